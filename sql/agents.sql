@@ -1,0 +1,142 @@
+-- Agent versions: immutable snapshots of an agent's configuration. Every agent has a current
+-- version from the moment it exists; tasks are pinned to the version they ran with.
+
+-- Who made a change: the Supabase user (JWT "sub") when PostgREST set the claims, else the role.
+CREATE FUNCTION ai_agents.current_actor() RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub',
+                    current_user::text)
+$$;
+
+CREATE FUNCTION ai_agents.create_agent_version_from_current(agent_id uuid, change_note text DEFAULT NULL)
+RETURNS ai_agents.ai_agent_versions
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    a ai_agents.ai_agents;
+    cur ai_agents.ai_agent_versions;
+BEGIN
+    IF create_agent_version_from_current.agent_id IS NULL THEN
+        RAISE EXCEPTION 'agent_id must not be null' USING ERRCODE = '22004';
+    END IF;
+    -- The row lock serializes version numbering per agent.
+    SELECT * INTO a FROM ai_agents.ai_agents WHERE id = create_agent_version_from_current.agent_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'agent % does not exist', create_agent_version_from_current.agent_id
+            USING ERRCODE = 'P0002';
+    END IF;
+    SELECT * INTO cur FROM ai_agents.ai_agent_versions WHERE id = a.current_version_id;
+    IF FOUND AND (cur.name, cur.agent_type, cur.system_prompt, cur.provider, cur.model,
+                  cur.temperature, cur.max_tokens, cur.config)
+                 IS NOT DISTINCT FROM
+                 (a.name, a.agent_type, a.system_prompt, a.provider, a.model,
+                  a.temperature, a.max_tokens, a.config) THEN
+        RETURN cur;
+    END IF;
+    INSERT INTO ai_agents.ai_agent_versions
+        (agent_id, organization_id, version_number, name, agent_type, system_prompt, provider,
+         model, temperature, max_tokens, config, change_note, created_by)
+    VALUES
+        (a.id, a.organization_id,
+         coalesce((SELECT max(v.version_number) FROM ai_agents.ai_agent_versions v WHERE v.agent_id = a.id), 0) + 1,
+         a.name, a.agent_type, a.system_prompt, a.provider, a.model, a.temperature, a.max_tokens,
+         a.config, create_agent_version_from_current.change_note, ai_agents.current_actor())
+    RETURNING * INTO cur;
+    UPDATE ai_agents.ai_agents SET current_version_id = cur.id WHERE id = a.id;
+    RETURN cur;
+END
+$$;
+
+-- Roll an agent back (or forward) to one of its versions. The agent's configuration becomes
+-- that version's and no new version is written: the snapshot trigger finds it identical.
+CREATE FUNCTION ai_agents.activate_agent_version(agent_id uuid, version_number integer)
+RETURNS ai_agents.ai_agents
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v ai_agents.ai_agent_versions;
+    a ai_agents.ai_agents;
+BEGIN
+    SELECT * INTO v FROM ai_agents.ai_agent_versions
+     WHERE agent_id = activate_agent_version.agent_id
+       AND version_number = activate_agent_version.version_number;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'agent % has no version %', activate_agent_version.agent_id,
+            activate_agent_version.version_number USING ERRCODE = 'P0002';
+    END IF;
+    UPDATE ai_agents.ai_agents
+       SET current_version_id = v.id, name = v.name, agent_type = v.agent_type,
+           system_prompt = v.system_prompt, provider = v.provider, model = v.model,
+           temperature = v.temperature, max_tokens = v.max_tokens, config = v.config
+     WHERE id = v.agent_id
+    RETURNING * INTO a;
+    INSERT INTO ai_agents.ai_agent_activity_log
+        (organization_id, agent_id, action_type, success, details)
+    VALUES (a.organization_id, a.id, 'agent_version_activated', true,
+            jsonb_build_object('version_number', v.version_number, 'version_id', v.id,
+                               'by', ai_agents.current_actor()));
+    RETURN a;
+END
+$$;
+
+CREATE FUNCTION ai_agents.snapshot_agent_version() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM ai_agents.create_agent_version_from_current(
+        NEW.id, CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'configuration changed' END);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER ai_agents_version_on_insert
+    AFTER INSERT ON ai_agents.ai_agents
+    FOR EACH ROW EXECUTE FUNCTION ai_agents.snapshot_agent_version();
+
+CREATE TRIGGER ai_agents_version_on_change
+    AFTER UPDATE OF name, agent_type, system_prompt, provider, model, temperature, max_tokens, config
+    ON ai_agents.ai_agents
+    FOR EACH ROW
+    WHEN ((OLD.name, OLD.agent_type, OLD.system_prompt, OLD.provider, OLD.model, OLD.temperature,
+           OLD.max_tokens, OLD.config)
+          IS DISTINCT FROM
+          (NEW.name, NEW.agent_type, NEW.system_prompt, NEW.provider, NEW.model, NEW.temperature,
+           NEW.max_tokens, NEW.config))
+    EXECUTE FUNCTION ai_agents.snapshot_agent_version();
+
+CREATE FUNCTION ai_agents.touch_updated_at() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- A writer that sets updated_at itself (a data migration, a test) is taken at its word.
+    IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER ai_agents_touch BEFORE UPDATE ON ai_agents.ai_agents
+    FOR EACH ROW EXECUTE FUNCTION ai_agents.touch_updated_at();
+
+CREATE FUNCTION ai_agents.refuse_version_update() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'agent versions are immutable (version % of agent %)', OLD.version_number, OLD.agent_id
+        USING ERRCODE = '0A000',
+              HINT = 'Change the agent instead: a new version is recorded automatically.';
+END
+$$;
+
+CREATE TRIGGER ai_agent_versions_immutable BEFORE UPDATE ON ai_agents.ai_agent_versions
+    FOR EACH ROW EXECUTE FUNCTION ai_agents.refuse_version_update();

@@ -1,0 +1,604 @@
+-- The task engine (DESIGN.md section 3): validation, enqueue, claim, complete, fail, heartbeat,
+-- cancel, run-now, pause/resume, lease rescue, pruning and the monitoring summary.
+--
+-- States: a task is claimable when next_run_at is set and due, it is not paused, and its status
+-- is 'pending' or - for a recurring task, whose one row records the outcome of its last run -
+-- 'completed' or 'failed'. Claiming makes it 'running' under a lease with a fresh fencing token;
+-- every write that ends the run must present that token.
+
+-- Validates every new row, including plain INSERTs as the deployment guide writes them, and
+-- re-validates when the fields it checks change. Errors name the problem and carry a SQLSTATE.
+CREATE FUNCTION ai_agents.validate_task() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a record;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+            NEW.updated_at := now();
+        END IF;
+        IF (NEW.agent_id, NEW.organization_id, NEW.schedule_cron, NEW.timezone, NEW.title,
+            NEW.status, NEW.task_type, NEW.max_attempts, NEW.idempotency_key)
+           IS NOT DISTINCT FROM
+           (OLD.agent_id, OLD.organization_id, OLD.schedule_cron, OLD.timezone, OLD.title,
+            OLD.status, OLD.task_type, OLD.max_attempts, OLD.idempotency_key) THEN
+            RETURN NEW;
+        END IF;
+    END IF;
+
+    IF NEW.title IS NULL OR btrim(NEW.title) = '' THEN
+        RAISE EXCEPTION 'task title must not be empty' USING ERRCODE = '23514';
+    END IF;
+    IF NEW.status IS NULL OR NEW.status NOT IN ('pending', 'queued', 'running', 'completed', 'failed', 'cancelled') THEN
+        RAISE EXCEPTION 'unknown task status "%"', NEW.status USING ERRCODE = '23514',
+            HINT = 'Use one of pending, queued, running, completed, failed, cancelled.';
+    END IF;
+    IF NEW.task_type IS NULL OR NEW.task_type NOT IN ('scheduled', 'adhoc', 'conversation', 'report') THEN
+        RAISE EXCEPTION 'unknown task type "%"', NEW.task_type USING ERRCODE = '23514',
+            HINT = 'Use one of scheduled, adhoc, conversation, report.';
+    END IF;
+    IF NEW.max_attempts IS NULL OR NEW.max_attempts < 1 THEN
+        RAISE EXCEPTION 'max_attempts must be at least 1, got %', coalesce(NEW.max_attempts::text, 'NULL')
+            USING ERRCODE = '23514';
+    END IF;
+    IF length(NEW.idempotency_key) > 255 THEN
+        RAISE EXCEPTION 'idempotency_key is % characters long; at most 255 are allowed', length(NEW.idempotency_key)
+            USING ERRCODE = '22001';
+    END IF;
+    IF NEW.idempotency_key = '' THEN
+        RAISE EXCEPTION 'idempotency_key must not be empty (use NULL for none)' USING ERRCODE = '23514';
+    END IF;
+
+    IF TG_OP = 'INSERT' OR NEW.agent_id <> OLD.agent_id OR NEW.organization_id IS DISTINCT FROM OLD.organization_id THEN
+        SELECT ag.organization_id, ag.is_active, ag.tasks_paused INTO a
+          FROM ai_agents.ai_agents ag WHERE ag.id = NEW.agent_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'agent % does not exist', coalesce(NEW.agent_id::text, 'NULL') USING ERRCODE = '23503';
+        END IF;
+        IF NOT a.is_active THEN
+            RAISE EXCEPTION 'agent % is not active', NEW.agent_id USING ERRCODE = '55000',
+                HINT = 'Activate the agent (is_active = true) before giving it tasks.';
+        END IF;
+        IF NEW.organization_id IS NULL THEN
+            NEW.organization_id := a.organization_id;
+        ELSIF NEW.organization_id <> a.organization_id THEN
+            RAISE EXCEPTION 'organization % does not match agent %, which belongs to organization %',
+                NEW.organization_id, NEW.agent_id, a.organization_id USING ERRCODE = '23503';
+        END IF;
+        NEW.paused := a.tasks_paused;
+    END IF;
+
+    IF TG_OP = 'INSERT'
+       OR NEW.schedule_cron IS DISTINCT FROM OLD.schedule_cron
+       OR NEW.timezone IS DISTINCT FROM OLD.timezone THEN
+        PERFORM ai_agents.validate_schedule(NEW.schedule_cron, NEW.timezone);
+        -- A new or changed schedule decides the next run, unless the writer set one itself.
+        IF NEW.schedule_cron IS NOT NULL AND NEW.status IN ('pending', 'completed', 'failed')
+           AND (NEW.next_run_at IS NULL
+                OR TG_OP = 'UPDATE' AND NEW.next_run_at IS NOT DISTINCT FROM OLD.next_run_at) THEN
+            NEW.next_run_at := ai_agents.next_run_time(NEW.schedule_cron, NEW.timezone, now());
+        END IF;
+    END IF;
+    -- A pending task always has a due time: now, unless the writer or its schedule said later.
+    IF NEW.status = 'pending' AND NEW.next_run_at IS NULL THEN
+        NEW.next_run_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER ai_agent_tasks_validate
+    BEFORE INSERT OR UPDATE ON ai_agents.ai_agent_tasks
+    FOR EACH ROW EXECUTE FUNCTION ai_agents.validate_task();
+
+-- Pausing or deactivating an agent holds all of its tasks; the copy of the flag on each task
+-- keeps held tasks out of the claim index.
+CREATE FUNCTION ai_agents.propagate_agent_pause() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE ai_agents.ai_agent_tasks
+       SET paused = (NEW.tasks_paused OR NOT NEW.is_active)
+     WHERE agent_id = NEW.id AND paused IS DISTINCT FROM (NEW.tasks_paused OR NOT NEW.is_active);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER ai_agents_propagate_pause
+    AFTER UPDATE OF tasks_paused, is_active ON ai_agents.ai_agents
+    FOR EACH ROW
+    WHEN ((OLD.tasks_paused OR NOT OLD.is_active) IS DISTINCT FROM (NEW.tasks_paused OR NOT NEW.is_active))
+    EXECUTE FUNCTION ai_agents.propagate_agent_pause();
+
+CREATE FUNCTION ai_agents.enqueue_task(
+    agent_id        uuid,
+    title           text,
+    description     text DEFAULT NULL,
+    input           jsonb DEFAULT '{}',
+    task_type       text DEFAULT 'adhoc',
+    priority        integer DEFAULT 0,
+    run_at          timestamptz DEFAULT NULL,
+    schedule_cron   text DEFAULT NULL,
+    timezone        text DEFAULT 'UTC',
+    idempotency_key text DEFAULT NULL,
+    max_attempts    integer DEFAULT 3,
+    conversation_id uuid DEFAULT NULL)
+RETURNS ai_agents.ai_agent_tasks
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    org uuid;
+    t ai_agents.ai_agent_tasks;
+BEGIN
+    SELECT ag.organization_id INTO org FROM ai_agents.ai_agents ag WHERE ag.id = enqueue_task.agent_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'agent % does not exist', coalesce(enqueue_task.agent_id::text, 'NULL')
+            USING ERRCODE = '23503';
+    END IF;
+    IF enqueue_task.idempotency_key IS NOT NULL THEN
+        SELECT * INTO t FROM ai_agents.ai_agent_tasks
+         WHERE organization_id = org AND idempotency_key = enqueue_task.idempotency_key;
+        IF FOUND THEN
+            RETURN t;
+        END IF;
+    END IF;
+    INSERT INTO ai_agents.ai_agent_tasks
+        (agent_id, organization_id, title, description, input, task_type, priority, next_run_at,
+         schedule_cron, timezone, idempotency_key, max_attempts, conversation_id)
+    VALUES
+        (enqueue_task.agent_id, org, enqueue_task.title, enqueue_task.description,
+         coalesce(enqueue_task.input, '{}'), enqueue_task.task_type, coalesce(enqueue_task.priority, 0),
+         enqueue_task.run_at, enqueue_task.schedule_cron, coalesce(enqueue_task.timezone, 'UTC'),
+         enqueue_task.idempotency_key, enqueue_task.max_attempts, enqueue_task.conversation_id)
+    ON CONFLICT (organization_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING * INTO t;
+    IF t.id IS NULL THEN
+        -- A concurrent enqueue with the same key committed first: its task is the answer.
+        SELECT * INTO t FROM ai_agents.ai_agent_tasks
+         WHERE organization_id = org AND idempotency_key = enqueue_task.idempotency_key;
+    END IF;
+    RETURN t;
+END
+$$;
+
+-- The next run of a task whose run starts or ends now: the next fire time after now for a
+-- recurring task (so fire times missed during downtime run once, not once each), none for a
+-- one-shot task.
+CREATE FUNCTION ai_agents.next_run_after_now(schedule_cron text, timezone text) RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN schedule_cron IS NULL THEN NULL
+                ELSE ai_agents.next_run_time(schedule_cron, timezone, now()) END
+$$;
+
+CREATE FUNCTION ai_agents.claim_due_tasks(worker text, max_tasks integer DEFAULT 1, lease interval DEFAULT '5 minutes')
+RETURNS SETOF ai_agents.ai_agent_tasks
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF worker IS NULL OR btrim(worker) = '' THEN
+        RAISE EXCEPTION 'worker name must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF max_tasks IS NULL OR max_tasks < 1 THEN
+        RAISE EXCEPTION 'max_tasks must be at least 1, got %', coalesce(max_tasks::text, 'NULL') USING ERRCODE = '22023';
+    END IF;
+    IF lease IS NULL OR lease <= interval '0' THEN
+        RAISE EXCEPTION 'lease must be a positive interval, got %', coalesce(lease::text, 'NULL') USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    WITH due AS (
+        SELECT t.id
+          FROM ai_agents.ai_agent_tasks t
+         WHERE t.status IN ('pending', 'completed', 'failed')
+           AND t.next_run_at <= now()
+           AND NOT t.paused
+         ORDER BY t.priority DESC, t.next_run_at
+         LIMIT max_tasks
+           FOR UPDATE SKIP LOCKED
+    )
+    UPDATE ai_agents.ai_agent_tasks t
+       SET status = 'running',
+           -- A recurring task's new run starts its attempts afresh; a retry adds one.
+           attempts = CASE WHEN t.status = 'pending' THEN t.attempts + 1 ELSE 1 END,
+           execution_started_at = now(),
+           completed_at = NULL,
+           -- While it runs, a recurring task already shows its next slot and a one-shot task
+           -- none, so a manual status change (as the guide's troubleshooting does) can never
+           -- make a one-shot task claimable again.
+           next_run_at = ai_agents.next_run_after_now(t.schedule_cron, t.timezone),
+           locked_by = worker,
+           lease_expires_at = now() + lease,
+           fencing_token = nextval('ai_agents.fencing_token_seq'),
+           agent_version_id = ag.current_version_id
+      FROM due, ai_agents.ai_agents ag
+     WHERE t.id = due.id AND ag.id = t.agent_id
+    RETURNING t.*;
+END
+$$;
+
+-- Raises the error for a completion, failure or heartbeat that does not hold the task's lease.
+CREATE FUNCTION ai_agents.refuse_stale_token(task_id uuid, fencing_token bigint) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t ai_agents.ai_agent_tasks;
+BEGIN
+    SELECT * INTO t FROM ai_agents.ai_agent_tasks WHERE id = refuse_stale_token.task_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'task % does not exist', coalesce(refuse_stale_token.task_id::text, 'NULL')
+            USING ERRCODE = 'P0002';
+    END IF;
+    RAISE EXCEPTION 'stale fencing token % for task %: the task is % with token %',
+        coalesce(refuse_stale_token.fencing_token::text, 'NULL'), t.id, t.status,
+        coalesce(t.fencing_token::text, 'none')
+        USING ERRCODE = '55000',
+              HINT = 'The lease expired and the task was rescued or claimed again; this result is discarded.';
+END
+$$;
+
+CREATE FUNCTION ai_agents.complete_task(
+    task_id           uuid,
+    fencing_token     bigint,
+    output            text DEFAULT NULL,
+    result            jsonb DEFAULT NULL,
+    tokens_used       integer DEFAULT NULL,
+    cost_usd          numeric DEFAULT NULL,
+    execution_time_ms integer DEFAULT NULL,
+    details           jsonb DEFAULT '{}')
+RETURNS ai_agents.ai_agent_tasks
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t ai_agents.ai_agent_tasks;
+BEGIN
+    UPDATE ai_agents.ai_agent_tasks
+       SET status = 'completed',
+           completed_at = now(),
+           output = complete_task.output,
+           result = complete_task.result,
+           tokens_used = complete_task.tokens_used,
+           cost_usd = complete_task.cost_usd,
+           execution_time_ms = coalesce(complete_task.execution_time_ms,
+               (extract(epoch FROM now() - execution_started_at) * 1000)::integer),
+           error_message = NULL,
+           locked_by = NULL,
+           lease_expires_at = NULL,
+           next_run_at = ai_agents.next_run_after_now(schedule_cron, timezone)
+     WHERE id = complete_task.task_id AND status = 'running' AND fencing_token = complete_task.fencing_token
+    RETURNING * INTO t;
+    IF NOT FOUND THEN
+        PERFORM ai_agents.refuse_stale_token(complete_task.task_id, complete_task.fencing_token);
+    END IF;
+    INSERT INTO ai_agents.ai_agent_activity_log
+        (organization_id, agent_id, task_id, action_type, success, attempt, tokens_used, cost_usd,
+         execution_time_ms, details)
+    VALUES
+        (t.organization_id, t.agent_id, t.id, 'task_completed', true, t.attempts, t.tokens_used,
+         t.cost_usd, t.execution_time_ms,
+         coalesce(complete_task.details, '{}') || jsonb_build_object(
+             'fencing_token', t.fencing_token, 'agent_version_id', t.agent_version_id,
+             'next_run_at', t.next_run_at));
+    RETURN t;
+END
+$$;
+
+CREATE FUNCTION ai_agents.fail_task(
+    task_id           uuid,
+    fencing_token     bigint,
+    error             text,
+    http_status       integer DEFAULT NULL,
+    retry_after       interval DEFAULT NULL,
+    permanent         boolean DEFAULT NULL,
+    tokens_used       integer DEFAULT NULL,
+    cost_usd          numeric DEFAULT NULL,
+    execution_time_ms integer DEFAULT NULL,
+    details           jsonb DEFAULT '{}')
+RETURNS ai_agents.ai_agent_tasks
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t ai_agents.ai_agent_tasks;
+    transient boolean := ai_agents.failure_is_transient(fail_task.http_status, fail_task.permanent);
+    delay interval;
+    message text := coalesce(nullif(btrim(fail_task.error), ''), 'unknown error');
+BEGIN
+    SELECT * INTO t FROM ai_agents.ai_agent_tasks
+     WHERE id = fail_task.task_id AND status = 'running' AND fencing_token = fail_task.fencing_token
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM ai_agents.refuse_stale_token(fail_task.task_id, fail_task.fencing_token);
+    END IF;
+    IF transient AND t.attempts < t.max_attempts THEN
+        delay := ai_agents.retry_delay(t.attempts, fail_task.retry_after);
+    END IF;
+    UPDATE ai_agents.ai_agent_tasks
+       SET status = CASE WHEN delay IS NULL THEN 'failed' ELSE 'pending' END,
+           completed_at = CASE WHEN delay IS NULL THEN now() END,
+           next_run_at = CASE WHEN delay IS NULL THEN ai_agents.next_run_after_now(schedule_cron, timezone)
+                              ELSE now() + delay END,
+           error_message = message,
+           tokens_used = fail_task.tokens_used,
+           cost_usd = fail_task.cost_usd,
+           execution_time_ms = coalesce(fail_task.execution_time_ms,
+               (extract(epoch FROM now() - execution_started_at) * 1000)::integer),
+           locked_by = NULL,
+           lease_expires_at = NULL
+     WHERE id = t.id
+    RETURNING * INTO t;
+    INSERT INTO ai_agents.ai_agent_activity_log
+        (organization_id, agent_id, task_id, action_type, success, attempt, tokens_used, cost_usd,
+         execution_time_ms, error, details)
+    VALUES
+        (t.organization_id, t.agent_id, t.id, 'task_failed', false, t.attempts, t.tokens_used,
+         t.cost_usd, t.execution_time_ms, message,
+         coalesce(fail_task.details, '{}') || jsonb_build_object(
+             'http_status', fail_task.http_status, 'transient', transient,
+             'will_retry', delay IS NOT NULL, 'retry_in_seconds', extract(epoch FROM delay),
+             'max_attempts', t.max_attempts, 'fencing_token', t.fencing_token,
+             'agent_version_id', t.agent_version_id));
+    RETURN t;
+END
+$$;
+
+CREATE FUNCTION ai_agents.heartbeat_task(task_id uuid, fencing_token bigint, lease interval DEFAULT '5 minutes')
+RETURNS timestamptz
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    expires timestamptz;
+BEGIN
+    IF heartbeat_task.lease IS NULL OR heartbeat_task.lease <= interval '0' THEN
+        RAISE EXCEPTION 'lease must be a positive interval, got %', coalesce(heartbeat_task.lease::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    UPDATE ai_agents.ai_agent_tasks
+       SET lease_expires_at = now() + heartbeat_task.lease
+     WHERE id = heartbeat_task.task_id AND status = 'running' AND fencing_token = heartbeat_task.fencing_token
+    RETURNING lease_expires_at INTO expires;
+    IF NOT FOUND THEN
+        PERFORM ai_agents.refuse_stale_token(heartbeat_task.task_id, heartbeat_task.fencing_token);
+    END IF;
+    RETURN expires;
+END
+$$;
+
+-- Looks a task up for a control function, locked, or raises a clear error.
+CREATE FUNCTION ai_agents.lock_task(task_id uuid) RETURNS ai_agents.ai_agent_tasks
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t ai_agents.ai_agent_tasks;
+BEGIN
+    SELECT * INTO t FROM ai_agents.ai_agent_tasks WHERE id = lock_task.task_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'task % does not exist', coalesce(lock_task.task_id::text, 'NULL') USING ERRCODE = 'P0002';
+    END IF;
+    RETURN t;
+END
+$$;
+
+CREATE FUNCTION ai_agents.log_task_event(t ai_agents.ai_agent_tasks, action_type text, success boolean,
+                                         error text DEFAULT NULL, details jsonb DEFAULT '{}')
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO ai_agents.ai_agent_activity_log
+        (organization_id, agent_id, task_id, action_type, success, attempt, error, details)
+    VALUES (t.organization_id, t.agent_id, t.id, action_type, success, t.attempts, error,
+            details || jsonb_build_object('by', ai_agents.current_actor()))
+$$;
+
+CREATE FUNCTION ai_agents.cancel_task(task_id uuid, reason text DEFAULT NULL)
+RETURNS ai_agents.ai_agent_tasks
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t ai_agents.ai_agent_tasks := ai_agents.lock_task(cancel_task.task_id);
+    was text := t.status;
+BEGIN
+    IF t.status = 'cancelled' THEN
+        RETURN t;
+    END IF;
+    IF t.status IN ('completed', 'failed') AND t.next_run_at IS NULL THEN
+        RAISE EXCEPTION 'task % already finished as %', t.id, t.status USING ERRCODE = '55000';
+    END IF;
+    UPDATE ai_agents.ai_agent_tasks
+       SET status = 'cancelled', next_run_at = NULL, locked_by = NULL, lease_expires_at = NULL,
+           error_message = coalesce(cancel_task.reason, 'cancelled')
+     WHERE id = t.id
+    RETURNING * INTO t;
+    PERFORM ai_agents.log_task_event(t, 'task_cancelled', true, cancel_task.reason,
+                                     jsonb_build_object('previous_status', was));
+    RETURN t;
+END
+$$;
+
+-- Runs a task at once: a scheduled or waiting task, a recurring task ahead of its schedule, or a
+-- failed one-shot task again with fresh attempts.
+CREATE FUNCTION ai_agents.run_task_now(task_id uuid)
+RETURNS ai_agents.ai_agent_tasks
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t ai_agents.ai_agent_tasks := ai_agents.lock_task(run_task_now.task_id);
+BEGIN
+    IF t.status IN ('running', 'cancelled') OR (t.status = 'completed' AND t.next_run_at IS NULL) THEN
+        RAISE EXCEPTION 'task % is % and cannot be run now', t.id, t.status USING ERRCODE = '55000',
+            HINT = CASE t.status WHEN 'running' THEN 'Wait for the current run to end.'
+                                 ELSE 'Enqueue a new task instead.' END;
+    END IF;
+    UPDATE ai_agents.ai_agent_tasks
+       SET next_run_at = now(),
+           status = CASE WHEN status = 'failed' AND next_run_at IS NULL THEN 'pending' ELSE status END,
+           attempts = CASE WHEN status = 'failed' AND next_run_at IS NULL THEN 0 ELSE attempts END
+     WHERE id = t.id
+    RETURNING * INTO t;
+    PERFORM ai_agents.log_task_event(t, 'task_run_now', true);
+    RETURN t;
+END
+$$;
+
+CREATE FUNCTION ai_agents.set_agent_tasks_paused(agent_id uuid, paused boolean) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    held integer;
+BEGIN
+    UPDATE ai_agents.ai_agents SET tasks_paused = set_agent_tasks_paused.paused
+     WHERE id = set_agent_tasks_paused.agent_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'agent % does not exist', coalesce(set_agent_tasks_paused.agent_id::text, 'NULL')
+            USING ERRCODE = 'P0002';
+    END IF;
+    SELECT count(*) INTO held FROM ai_agents.ai_agent_tasks
+     WHERE agent_id = set_agent_tasks_paused.agent_id AND paused;
+    RETURN held;
+END
+$$;
+
+-- Holds every task of an agent (running ones finish; nothing new starts). Returns how many
+-- tasks are held.
+CREATE FUNCTION ai_agents.pause_agent_tasks(agent_id uuid) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT ai_agents.set_agent_tasks_paused(agent_id, true) $$;
+
+-- Releases an agent's tasks; returns how many are still held (0 unless the agent is inactive).
+CREATE FUNCTION ai_agents.resume_agent_tasks(agent_id uuid) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT ai_agents.set_agent_tasks_paused(agent_id, false) $$;
+
+-- Expired leases (a worker crashed, the server restarted, a call outlived its lease) go back to
+-- pending at once, or fail when no attempts are left; each rescue is logged.
+CREATE FUNCTION ai_agents.rescue_expired_leases() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rescued integer;
+BEGIN
+    WITH expired AS (
+        SELECT t.id FROM ai_agents.ai_agent_tasks t
+         WHERE t.status = 'running' AND t.lease_expires_at < now()
+           FOR UPDATE SKIP LOCKED
+    ), updated AS (
+        UPDATE ai_agents.ai_agent_tasks t
+           SET status = CASE WHEN t.attempts < t.max_attempts THEN 'pending' ELSE 'failed' END,
+               next_run_at = CASE WHEN t.attempts < t.max_attempts THEN now()
+                                  ELSE ai_agents.next_run_after_now(t.schedule_cron, t.timezone) END,
+               completed_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
+               error_message = format('lease of worker %s expired at %s on attempt %s of %s%s',
+                   t.locked_by, t.lease_expires_at, t.attempts, t.max_attempts,
+                   CASE WHEN t.attempts < t.max_attempts THEN '; retrying' ELSE '; no attempts left' END),
+               locked_by = NULL,
+               lease_expires_at = NULL
+          FROM expired e
+         WHERE t.id = e.id
+        RETURNING t.*
+    )
+    INSERT INTO ai_agents.ai_agent_activity_log
+        (organization_id, agent_id, task_id, action_type, success, attempt, error, details)
+    SELECT u.organization_id, u.agent_id, u.id, 'lease_expired', false, u.attempts, u.error_message,
+           jsonb_build_object('will_retry', u.status = 'pending', 'fencing_token', u.fencing_token,
+                              'max_attempts', u.max_attempts)
+      FROM updated u;
+    GET DIAGNOSTICS rescued = ROW_COUNT;
+    RETURN rescued;
+END
+$$;
+
+-- Deletes finished one-shot tasks and activity older than older_than, at most batch_size rows
+-- of each per call, so that no call holds many locks or writes much WAL. Returns the number of
+-- rows deleted; call again until it returns 0.
+CREATE FUNCTION ai_agents.prune_history(older_than interval, batch_size integer DEFAULT 1000)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tasks_deleted bigint;
+    activity_deleted bigint;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a non-negative interval, got %', coalesce(older_than::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, got %', coalesce(batch_size::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    WITH doomed AS (
+        SELECT t.id FROM ai_agents.ai_agent_tasks t
+         WHERE t.status IN ('completed', 'failed', 'cancelled') AND t.next_run_at IS NULL
+           AND t.updated_at < now() - older_than
+         ORDER BY t.updated_at
+         LIMIT batch_size
+           FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM ai_agents.ai_agent_tasks t USING doomed d WHERE t.id = d.id;
+    GET DIAGNOSTICS tasks_deleted = ROW_COUNT;
+    WITH doomed AS (
+        SELECT l.id FROM ai_agents.ai_agent_activity_log l
+         WHERE l.created_at < now() - older_than
+         ORDER BY l.created_at
+         LIMIT batch_size
+    )
+    DELETE FROM ai_agents.ai_agent_activity_log l USING doomed d WHERE l.id = d.id;
+    GET DIAGNOSTICS activity_deleted = ROW_COUNT;
+    RETURN tasks_deleted + activity_deleted;
+END
+$$;
+
+-- The deployment guide's monitoring query (Step 5.3), for any period and optionally one
+-- organization.
+CREATE FUNCTION ai_agents.task_summary(since interval DEFAULT '24 hours', organization_id uuid DEFAULT NULL)
+RETURNS TABLE (total_tasks bigint, completed bigint, failed bigint, pending bigint,
+               total_tokens bigint, total_cost_usd numeric, avg_execution_time_ms numeric)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT
+      COUNT(*),
+      COUNT(*) FILTER (WHERE t.status = 'completed'),
+      COUNT(*) FILTER (WHERE t.status = 'failed'),
+      COUNT(*) FILTER (WHERE t.status = 'pending'),
+      SUM(t.tokens_used),
+      SUM(t.cost_usd),
+      AVG(t.execution_time_ms)
+    FROM ai_agents.ai_agent_tasks t
+    WHERE t.created_at > NOW() - task_summary.since
+      AND (task_summary.organization_id IS NULL OR t.organization_id = task_summary.organization_id)
+$$;
+
+-- Worker-side functions run LLM calls and spend money: not for PUBLIC.
+REVOKE ALL ON FUNCTION ai_agents.claim_due_tasks(text, integer, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.complete_task(uuid, bigint, text, jsonb, integer, numeric, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.fail_task(uuid, bigint, text, integer, interval, boolean, integer, numeric, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.heartbeat_task(uuid, bigint, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.rescue_expired_leases() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.prune_history(interval, integer) FROM PUBLIC;

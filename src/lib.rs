@@ -1,0 +1,30 @@
+//! ai_agents: an AI-agent task system inside PostgreSQL.
+//! This file only wires the modules together; each capability lives in its own module.
+use pgrx::prelude::*;
+
+mod agents;
+mod error;
+mod reports;
+mod schedule;
+mod settings;
+mod tasks;
+
+pgrx::pg_module_magic!();
+
+// The tables come first; every other SQL file and function builds on them.
+pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::register();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'ai_agents'"]
+    }
+}

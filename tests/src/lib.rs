@@ -1,0 +1,233 @@
+//! A PostgreSQL cluster owned by the tests: initdb into /tmp, a free loopback port, the
+//! extension preloaded, one fresh database per test. Runs as the `postgres` user when the
+//! tests run as root (Postgres refuses to run as root).
+//!
+//! The extension must be installed in the system directories first (`cargo pgrx install`);
+//! `scripts/test` does that.
+use postgres::{Client, NoTls};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+pub use postgres;
+
+const DEFAULT_BINDIR: &str = "/usr/lib/postgresql/15/bin";
+const TEMPLATE_DB: &str = "ai_agents_template";
+
+pub struct Cluster {
+    datadir: PathBuf,
+    port: u16,
+    bindir: PathBuf,
+    next_db: AtomicU32,
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a Postgres program, as the postgres user when we are root, and panics on failure.
+fn run_pg(program: &Path, args: &[&str]) -> Output {
+    let mut command = if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    let output = command
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    assert!(
+        output.status.success(),
+        "{} {:?} failed: {}{}",
+        program.display(),
+        args,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+impl Cluster {
+    /// initdb and start a new cluster; `settings` are extra postgresql.conf lines.
+    pub fn start(name: &str, settings: &[&str]) -> Cluster {
+        let bindir = PathBuf::from(
+            std::env::var("AI_AGENTS_PG_BINDIR").unwrap_or_else(|_| DEFAULT_BINDIR.into()),
+        );
+        let datadir =
+            std::env::temp_dir().join(format!("ai_agents_it-{name}-{}", std::process::id()));
+        if datadir.exists() {
+            std::fs::remove_dir_all(&datadir).expect("cannot remove a stale data directory");
+        }
+        let datadir_str = datadir.to_str().expect("temp dir is not UTF-8").to_string();
+        run_pg(
+            &bindir.join("initdb"),
+            &[
+                "-D",
+                &datadir_str,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+        );
+        let port = free_port();
+        let mut conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
+             shared_preload_libraries = 'ai_agents'\nfsync = off\nsynchronous_commit = off\n\
+             full_page_writes = off\nmax_connections = 200\nlog_min_messages = warning\n"
+        );
+        for line in settings {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        // The conf file belongs to the postgres user; append through a program running as it.
+        let conf_path = datadir.join("postgresql.conf");
+        let append = format!("cat >> '{}' <<'EOF'\n{conf}EOF\n", conf_path.display());
+        run_pg(Path::new("/bin/sh"), &["-c", &append]);
+        let cluster = Cluster {
+            datadir,
+            port,
+            bindir,
+            next_db: AtomicU32::new(0),
+        };
+        cluster.pg_ctl(&["start", "-w", "-t", "60"]);
+        let mut admin = cluster.connect("postgres");
+        for statement in [
+            format!("CREATE DATABASE {TEMPLATE_DB}"),
+            format!("ALTER DATABASE {TEMPLATE_DB} SET search_path = ai_agents, public"),
+        ] {
+            admin
+                .batch_execute(&statement)
+                .expect("cannot create the template database");
+        }
+        cluster
+            .connect(TEMPLATE_DB)
+            .batch_execute("CREATE EXTENSION ai_agents")
+            .expect("CREATE EXTENSION ai_agents failed: is the extension installed?");
+        cluster
+    }
+
+    pub fn pg_ctl(&self, args: &[&str]) {
+        let log = self.datadir.join("server.log");
+        let mut all = vec![
+            "-D",
+            self.datadir.to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        run_pg(&self.bindir.join("pg_ctl"), &all);
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn conninfo(&self, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={database}",
+            self.port
+        )
+    }
+
+    pub fn connect(&self, database: &str) -> Client {
+        Client::connect(&self.conninfo(database), NoTls)
+            .unwrap_or_else(|e| panic!("cannot connect to {database}: {e}"))
+    }
+
+    /// A new database with the extension installed (copied from a template) and
+    /// search_path = ai_agents, public, as the deployment guide's SQL expects.
+    pub fn create_database(&self) -> String {
+        let name = format!("t{}", self.next_db.fetch_add(1, Ordering::SeqCst));
+        let mut admin = self.connect("postgres");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+            .expect("cannot create a test database");
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {name} SET search_path = ai_agents, public"
+            ))
+            .expect("cannot set search_path");
+        name
+    }
+
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
+        let _ = std::fs::remove_dir_all(&self.datadir);
+    }
+}
+
+/// A cluster whose start fails half-way is stopped on the way out too.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.datadir.join("postmaster.pid").exists() {
+            self.stop();
+        }
+    }
+}
+
+static SHARED: OnceLock<Cluster> = OnceLock::new();
+
+extern "C" fn stop_shared_cluster() {
+    if let Some(cluster) = SHARED.get() {
+        cluster.stop();
+    }
+}
+
+/// The cluster shared by all tests of one test binary; stopped when the binary exits.
+pub fn shared_cluster() -> &'static Cluster {
+    SHARED.get_or_init(|| {
+        let cluster = Cluster::start("shared", &[]);
+        // SAFETY: registering a plain extern "C" function; it only reads a OnceLock.
+        unsafe { libc::atexit(stop_shared_cluster) };
+        cluster
+    })
+}
+
+/// A connection to a fresh database of the shared cluster, and the database's name.
+pub fn fresh_database() -> (Client, String) {
+    let cluster = shared_cluster();
+    let name = cluster.create_database();
+    (cluster.connect(&name), name)
+}
+
+/// Creates an organization's agent and returns (organization_id, agent_id) as text.
+pub fn create_agent(client: &mut Client, name: &str) -> (String, String) {
+    let row = client
+        .query_one(
+            "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, system_prompt, model) \
+             VALUES (gen_random_uuid(), $1, 'customer_care', 'You help gym members.', 'gpt-4o-mini') \
+             RETURNING organization_id::text, id::text",
+            &[&name],
+        )
+        .expect("cannot create an agent");
+    (row.get(0), row.get(1))
+}
+
+/// The SQLSTATE and message of a statement that must fail.
+pub fn error_of(client: &mut Client, sql: &str) -> (String, String) {
+    match client.batch_execute(sql) {
+        Ok(()) => panic!("expected an error from: {sql}"),
+        Err(e) => {
+            let db = e
+                .as_db_error()
+                .unwrap_or_else(|| panic!("not a database error: {e}"));
+            (db.code().code().to_string(), db.message().to_string())
+        }
+    }
+}

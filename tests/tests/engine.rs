@@ -1,0 +1,633 @@
+//! The task engine through SQL on a real server: enqueue, idempotency, claim, fencing,
+//! retries, rescue, control functions, pruning, and the errors bad input gets.
+use ai_agents_tests::postgres::Client;
+use ai_agents_tests::{create_agent, error_of, fresh_database};
+
+fn enqueue(c: &mut Client, agent: &str, title: &str) -> String {
+    c.query_one(
+        "SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, $2)",
+        &[&agent, &title],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Claims one task and returns (task id, fencing token, attempts).
+fn claim_one(c: &mut Client, worker: &str) -> (String, i64, i32) {
+    let row = c
+        .query_one(
+            "SELECT id::text, fencing_token, attempts FROM ai_agents.claim_due_tasks($1, 1, '1 minute')",
+            &[&worker],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+fn task_field(c: &mut Client, task: &str, expr: &str) -> Option<String> {
+    c.query_one(
+        &format!("SELECT ({expr})::text FROM ai_agents.ai_agent_tasks WHERE id = $1::text::uuid"),
+        &[&task],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn activity(c: &mut Client, task: &str) -> Vec<(String, bool, Option<i32>)> {
+    c.query(
+        "SELECT action_type, success, attempt FROM ai_agents.ai_agent_activity_log \
+         WHERE task_id = $1::text::uuid ORDER BY id",
+        &[&task],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+#[test]
+fn enqueue_fills_organization_and_due_time_and_claim_pins_the_version() {
+    let (mut c, _) = fresh_database();
+    let (org, agent) = create_agent(&mut c, "a");
+    let task = enqueue(&mut c, &agent, "Call back");
+    assert_eq!(
+        task_field(&mut c, &task, "organization_id").as_deref(),
+        Some(org.as_str())
+    );
+    assert_eq!(
+        task_field(&mut c, &task, "next_run_at <= now()").as_deref(),
+        Some("true")
+    );
+
+    let version: String = c
+        .query_one(
+            "SELECT current_version_id::text FROM ai_agents.ai_agents WHERE id = $1::text::uuid",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    let (claimed, token, attempts) = claim_one(&mut c, "w1");
+    assert_eq!((claimed.as_str(), attempts), (task.as_str(), 1));
+    assert!(token > 0);
+    assert_eq!(
+        task_field(&mut c, &task, "status").as_deref(),
+        Some("running")
+    );
+    assert_eq!(
+        task_field(&mut c, &task, "locked_by").as_deref(),
+        Some("w1")
+    );
+    assert_eq!(
+        task_field(&mut c, &task, "agent_version_id").as_deref(),
+        Some(version.as_str())
+    );
+    assert_eq!(
+        task_field(
+            &mut c,
+            &task,
+            "lease_expires_at > now() + interval '50 seconds'"
+        )
+        .as_deref(),
+        Some("true")
+    );
+    // Nothing else is due.
+    assert!(c
+        .query("SELECT * FROM ai_agents.claim_due_tasks('w2', 10)", &[])
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn claims_follow_priority_then_due_time_and_skip_future_and_paused_tasks() {
+    let (mut c, _) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "a");
+    let (_, held_agent) = create_agent(&mut c, "held");
+    c.batch_execute(&format!(
+        "SELECT ai_agents.enqueue_task('{agent}', 'low-old', priority => 0, run_at => now() - interval '2 hours');
+         SELECT ai_agents.enqueue_task('{agent}', 'high-new', priority => 5, run_at => now() - interval '1 minute');
+         SELECT ai_agents.enqueue_task('{agent}', 'high-old', priority => 5, run_at => now() - interval '1 hour');
+         SELECT ai_agents.enqueue_task('{agent}', 'future', priority => 9, run_at => now() + interval '1 hour');
+         SELECT ai_agents.enqueue_task('{held_agent}', 'held', priority => 9);
+         SELECT ai_agents.pause_agent_tasks('{held_agent}');"
+    ))
+    .unwrap();
+    let titles: Vec<String> = c
+        .query("SELECT title FROM ai_agents.claim_due_tasks('w', 10)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut sorted = titles.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["high-new", "high-old", "low-old"]);
+    // With room for one at a time, the order is priority, then due time.
+    let (mut c2, _) = fresh_database();
+    let (_, agent2) = create_agent(&mut c2, "b");
+    c2.batch_execute(&format!(
+        "SELECT ai_agents.enqueue_task('{agent2}', 'low-old', priority => 0, run_at => now() - interval '2 hours');
+         SELECT ai_agents.enqueue_task('{agent2}', 'high-new', priority => 5, run_at => now() - interval '1 minute');
+         SELECT ai_agents.enqueue_task('{agent2}', 'high-old', priority => 5, run_at => now() - interval '1 hour');"
+    ))
+    .unwrap();
+    let order: Vec<String> = (0..3)
+        .map(|_| {
+            c2.query_one("SELECT title FROM ai_agents.claim_due_tasks('w', 1)", &[])
+                .unwrap()
+                .get(0)
+        })
+        .collect();
+    assert_eq!(order, ["high-old", "high-new", "low-old"]);
+
+    // Resuming releases the held task.
+    let held: i32 = c
+        .query_one(
+            "SELECT ai_agents.resume_agent_tasks($1::text::uuid)",
+            &[&held_agent],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0);
+    let title: String = c
+        .query_one("SELECT title FROM ai_agents.claim_due_tasks('w', 10)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(title, "held");
+}
+
+#[test]
+fn the_claim_uses_the_partial_index() {
+    let (mut c, _) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "a");
+    c.batch_execute(&format!(
+        "INSERT INTO ai_agents.ai_agent_tasks (agent_id, title, status, next_run_at, completed_at)
+         SELECT '{agent}', 'old ' || g, 'completed', NULL, now() FROM generate_series(1, 20000) g;
+         SELECT ai_agents.enqueue_task('{agent}', 'due');
+         ANALYZE ai_agents.ai_agent_tasks;"
+    ))
+    .unwrap();
+    let plan: Vec<String> = c
+        .query(
+            "EXPLAIN SELECT t.id FROM ai_agents.ai_agent_tasks t
+              WHERE t.status IN ('pending', 'completed', 'failed') AND t.next_run_at <= now() AND NOT t.paused
+              ORDER BY t.priority DESC, t.next_run_at LIMIT 10 FOR UPDATE SKIP LOCKED",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        plan.iter().any(|l| l.contains("ai_agent_tasks_claim_idx")),
+        "{plan:#?}"
+    );
+}
+
+#[test]
+fn a_stale_fencing_token_is_refused_and_changes_nothing() {
+    let (mut c, _) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "a");
+    let task = enqueue(&mut c, &agent, "zombie");
+    let (_, old_token, _) = claim_one(&mut c, "w1");
+    // The lease expires; the task is rescued and claimed again by another worker.
+    c.execute("UPDATE ai_agents.ai_agent_tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1::text::uuid", &[&task])
+        .unwrap();
+    let rescued: i32 = c
+        .query_one("SELECT ai_agents.rescue_expired_leases()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rescued, 1);
+    let (_, new_token, attempts) = claim_one(&mut c, "w2");
+    assert!(new_token > old_token);
+    assert_eq!(attempts, 2);
+
+    let row_text = |c: &mut Client| -> String {
+        c.query_one(
+            "SELECT t::text FROM ai_agents.ai_agent_tasks t WHERE t.id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let before = row_text(&mut c);
+    for call in [
+        format!("SELECT ai_agents.complete_task('{task}', {old_token}, 'zombie output')"),
+        format!("SELECT ai_agents.fail_task('{task}', {old_token}, 'zombie error')"),
+        format!("SELECT ai_agents.heartbeat_task('{task}', {old_token})"),
+    ] {
+        let (code, message) = error_of(&mut c, &call);
+        assert_eq!(code, "55000", "{call}: {message}");
+        assert!(message.contains("stale fencing token"), "{message}");
+    }
+    let after = row_text(&mut c);
+    assert_eq!(before, after);
+
+    // The current holder's result stands.
+    c.execute(
+        "SELECT ai_agents.heartbeat_task($1::text::uuid, $2)",
+        &[&task, &new_token],
+    )
+    .unwrap();
+    c.execute(
+        "SELECT ai_agents.complete_task($1::text::uuid, $2, 'real output')",
+        &[&task, &new_token],
+    )
+    .unwrap();
+    assert_eq!(
+        task_field(&mut c, &task, "output").as_deref(),
+        Some("real output")
+    );
+    let (code, _) = error_of(
+        &mut c,
+        &format!("SELECT ai_agents.complete_task('{task}', {new_token}, 'twice')"),
+    );
+    assert_eq!(code, "55000", "a completed run cannot be completed again");
+    let (code, _) = error_of(
+        &mut c,
+        "SELECT ai_agents.complete_task(gen_random_uuid(), 1)",
+    );
+    assert_eq!(code, "P0002");
+}
+
+#[test]
+fn transient_failures_back_off_then_fail_with_the_last_error() {
+    let (mut c, _) = fresh_database();
+    c.batch_execute("SET ai_agents.retry_base_delay = '10s'")
+        .unwrap();
+    let (_, agent) = create_agent(&mut c, "a");
+    let task: String = c
+        .query_one("SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, 'flaky', max_attempts => 4)", &[&agent])
+        .unwrap()
+        .get(0);
+    let mut delays = vec![];
+    for attempt in 1..=4 {
+        // Make the retry due now, then claim it.
+        c.execute(
+            "UPDATE ai_agents.ai_agent_tasks SET next_run_at = now() WHERE id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap();
+        let (_, token, attempts) = claim_one(&mut c, "w");
+        assert_eq!(attempts, attempt);
+        let row = c
+            .query_one(
+                "SELECT status, extract(epoch FROM next_run_at - now())::float8 \
+                 FROM ai_agents.fail_task($1::text::uuid, $2, $3, http_status => 503)",
+                &[&task, &token, &format!("upstream 503 #{attempt}")],
+            )
+            .unwrap();
+        let status: String = row.get(0);
+        if attempt < 4 {
+            assert_eq!(status, "pending");
+            delays.push(row.get::<_, f64>(1));
+        } else {
+            assert_eq!(status, "failed");
+        }
+    }
+    // Equal jitter: attempt n waits between 5*2^(n-1) and 10*2^(n-1) seconds.
+    for (i, delay) in delays.iter().enumerate() {
+        let full = 10.0 * 2f64.powi(i as i32);
+        assert!(
+            *delay >= full / 2.0 - 1.0 && *delay <= full + 1.0,
+            "attempt {}: {delay}",
+            i + 1
+        );
+    }
+    assert!(delays.windows(2).all(|w| w[1] >= w[0]), "{delays:?}");
+    assert_eq!(
+        task_field(&mut c, &task, "error_message").as_deref(),
+        Some("upstream 503 #4")
+    );
+    assert_eq!(task_field(&mut c, &task, "next_run_at"), None);
+    let log = activity(&mut c, &task);
+    assert_eq!(log.len(), 4, "one activity row per attempt: {log:?}");
+    for (i, (action, success, attempt)) in log.iter().enumerate() {
+        assert_eq!(
+            (action.as_str(), *success, *attempt),
+            ("task_failed", false, Some(i as i32 + 1))
+        );
+    }
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let (mut c, _) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "a");
+    let task = enqueue(&mut c, &agent, "rate limited upstream");
+    let (_, token, _) = claim_one(&mut c, "w");
+    let wait: f64 = c
+        .query_one(
+            "SELECT extract(epoch FROM next_run_at - now())::float8 FROM ai_agents.fail_task($1::text::uuid, $2, '429', \
+             http_status => 429, retry_after => interval '120 seconds')",
+            &[&task, &token],
+        )
+        .unwrap()
+        .get(0);
+    assert!((119.0..=121.0).contains(&wait), "{wait}");
+}
+
+#[test]
+fn permanent_failures_fail_at_once() {
+    let (mut c, _) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "a");
+    for (status, permanent) in [(Some(401), None), (Some(400), None), (None, Some(true))] {
+        let task = enqueue(&mut c, &agent, "bad key");
+        let (_, token, _) = claim_one(&mut c, "w");
+        let row = c
+            .query_one(
+                "SELECT status, attempts FROM ai_agents.fail_task($1::text::uuid, $2, 'nope', http_status => $3, permanent => $4)",
+                &[&task, &token, &status, &permanent],
+            )
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, String>(0), row.get::<_, i32>(1)),
+            ("failed".into(), 1)
+        );
+        assert_eq!(
+            activity(&mut c, &task),
+            vec![("task_failed".into(), false, Some(1))]
+        );
+    }
+}
+
+#[test]
+fn an_expired_lease_is_rescued_or_failed_when_no_attempts_are_left() {
+    let (mut c, _) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "a");
+    let retry: String = c
+        .query_one("SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, 'retry', max_attempts => 2)", &[&agent])
+        .unwrap()
+        .get(0);
+    let last: String = c
+        .query_one("SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, 'last', max_attempts => 1)", &[&agent])
+        .unwrap()
+        .get(0);
+    let claimed = c
+        .query(
+            "SELECT id FROM ai_agents.claim_due_tasks('crashed-worker', 10, '50 milliseconds')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let rescued: i32 = c
+        .query_one("SELECT ai_agents.rescue_expired_leases()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rescued, 2);
+    assert_eq!(
+        task_field(&mut c, &retry, "status").as_deref(),
+        Some("pending")
+    );
+    assert_eq!(
+        task_field(&mut c, &retry, "next_run_at <= now()").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        task_field(&mut c, &last, "status").as_deref(),
+        Some("failed")
+    );
+    let message = task_field(&mut c, &last, "error_message").unwrap();
+    assert!(
+        message.contains("crashed-worker") && message.contains("no attempts left"),
+        "{message}"
+    );
+    assert_eq!(
+        activity(&mut c, &retry),
+        vec![("lease_expired".into(), false, Some(1))]
+    );
+    assert_eq!(
+        activity(&mut c, &last),
+        vec![("lease_expired".into(), false, Some(1))]
+    );
+    // Nothing more to rescue.
+    let again: i32 = c
+        .query_one("SELECT ai_agents.rescue_expired_leases()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(again, 0);
+}
+
+#[test]
+fn cancel_and_run_now() {
+    let (mut c, _) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "a");
+    let later: String = c
+        .query_one("SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, 'later', run_at => now() + interval '1 day')", &[&agent])
+        .unwrap()
+        .get(0);
+    c.execute("SELECT ai_agents.run_task_now($1::text::uuid)", &[&later])
+        .unwrap();
+    let (claimed, token, _) = claim_one(&mut c, "w");
+    assert_eq!(claimed, later);
+    let (code, _) = error_of(&mut c, &format!("SELECT ai_agents.run_task_now('{later}')"));
+    assert_eq!(code, "55000", "a running task cannot be started again");
+
+    // Cancelling a running task makes its worker's result stale.
+    c.execute(
+        "SELECT ai_agents.cancel_task($1::text::uuid, 'owner changed their mind')",
+        &[&later],
+    )
+    .unwrap();
+    assert_eq!(
+        task_field(&mut c, &later, "status").as_deref(),
+        Some("cancelled")
+    );
+    let (code, _) = error_of(
+        &mut c,
+        &format!("SELECT ai_agents.complete_task('{later}', {token}, 'late')"),
+    );
+    assert_eq!(code, "55000");
+    assert_eq!(
+        activity(&mut c, &later)
+            .iter()
+            .map(|a| a.0.as_str())
+            .collect::<Vec<_>>(),
+        ["task_run_now", "task_cancelled"]
+    );
+    let (code, _) = error_of(&mut c, &format!("SELECT ai_agents.run_task_now('{later}')"));
+    assert_eq!(code, "55000", "a cancelled task stays cancelled");
+
+    // A failed one-shot task can be run again with fresh attempts.
+    let failing = enqueue(&mut c, &agent, "failing");
+    let (_, token, _) = claim_one(&mut c, "w");
+    c.execute(
+        "SELECT ai_agents.fail_task($1::text::uuid, $2, 'bad request', http_status => 400)",
+        &[&failing, &token],
+    )
+    .unwrap();
+    let row = c
+        .query_one("SELECT status, attempts, next_run_at <= now() FROM ai_agents.run_task_now($1::text::uuid)", &[&failing])
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, i32>(1),
+            row.get::<_, bool>(2)
+        ),
+        ("pending".into(), 0, true)
+    );
+    let (code, _) = error_of(&mut c, "SELECT ai_agents.cancel_task(gen_random_uuid())");
+    assert_eq!(code, "P0002");
+}
+
+#[test]
+fn pausing_holds_new_and_existing_tasks_and_deactivation_holds_too() {
+    let (mut c, _) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "a");
+    enqueue(&mut c, &agent, "before");
+    let held: i32 = c
+        .query_one(
+            "SELECT ai_agents.pause_agent_tasks($1::text::uuid)",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 1);
+    enqueue(&mut c, &agent, "during");
+    assert!(c
+        .query("SELECT * FROM ai_agents.claim_due_tasks('w', 10)", &[])
+        .unwrap()
+        .is_empty());
+    let held: i32 = c
+        .query_one(
+            "SELECT ai_agents.resume_agent_tasks($1::text::uuid)",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0);
+    c.execute(
+        "UPDATE ai_agents.ai_agents SET is_active = false WHERE id = $1::text::uuid",
+        &[&agent],
+    )
+    .unwrap();
+    assert!(c
+        .query("SELECT * FROM ai_agents.claim_due_tasks('w', 10)", &[])
+        .unwrap()
+        .is_empty());
+    c.execute(
+        "UPDATE ai_agents.ai_agents SET is_active = true WHERE id = $1::text::uuid",
+        &[&agent],
+    )
+    .unwrap();
+    assert_eq!(
+        c.query("SELECT * FROM ai_agents.claim_due_tasks('w', 10)", &[])
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn idempotency_key_returns_the_existing_task() {
+    let (mut c, _) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "a");
+    let (_, other_org_agent) = create_agent(&mut c, "b");
+    let first: String = c
+        .query_one("SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, 'once', idempotency_key => 'req-1')", &[&agent])
+        .unwrap()
+        .get(0);
+    let second: String = c
+        .query_one("SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, 'once again', idempotency_key => 'req-1')", &[&agent])
+        .unwrap()
+        .get(0);
+    assert_eq!(first, second);
+    // Keys are per organization.
+    let other: String = c
+        .query_one("SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, 'once', idempotency_key => 'req-1')", &[&other_org_agent])
+        .unwrap()
+        .get(0);
+    assert_ne!(first, other);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM ai_agents.ai_agent_tasks", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
+
+#[test]
+fn prune_history_deletes_old_finished_rows_in_batches() {
+    let (mut c, _) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "a");
+    c.batch_execute(&format!(
+        "INSERT INTO ai_agents.ai_agent_tasks (agent_id, title, status, next_run_at, completed_at)
+         SELECT '{agent}', 'old ' || g, 'completed', NULL, now() FROM generate_series(1, 25) g;
+         UPDATE ai_agents.ai_agent_tasks SET updated_at = now() - interval '40 days';
+         SELECT ai_agents.enqueue_task('{agent}', 'recent pending');
+         SELECT ai_agents.enqueue_task('{agent}', 'old recurring', schedule_cron => '0 * * * *');
+         UPDATE ai_agents.ai_agent_tasks SET updated_at = now() - interval '40 days' WHERE title = 'old recurring';
+         INSERT INTO ai_agents.ai_agent_activity_log (organization_id, action_type, success, created_at)
+         SELECT gen_random_uuid(), 'x', true, now() - interval '40 days' FROM generate_series(1, 7);"
+    ))
+    .unwrap();
+    let first: i64 = c
+        .query_one("SELECT ai_agents.prune_history('30 days', 10)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(first, 17, "10 tasks and 7 activity rows");
+    let mut total = first;
+    loop {
+        let n: i64 = c
+            .query_one("SELECT ai_agents.prune_history('30 days', 10)", &[])
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert_eq!(total, 32);
+    let left: Vec<String> = c
+        .query(
+            "SELECT title FROM ai_agents.ai_agent_tasks ORDER BY title",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["old recurring", "recent pending"]);
+    let (code, _) = error_of(&mut c, "SELECT ai_agents.prune_history('-1 day')");
+    assert_eq!(code, "22023");
+}
+
+/// Each kind of bad input gets its own clear error and SQLSTATE.
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let (mut c, _) = fresh_database();
+    let (org, agent) = create_agent(&mut c, "a");
+    let (_, inactive) = create_agent(&mut c, "sleeping");
+    c.execute(
+        "UPDATE ai_agents.ai_agents SET is_active = false WHERE id = $1::text::uuid",
+        &[&inactive],
+    )
+    .unwrap();
+    let insert = |columns: &str, values: &str| {
+        format!("INSERT INTO ai_agent_tasks (agent_id, organization_id, title{columns}) VALUES ('{agent}', '{org}', 'T'{values})")
+    };
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("invalid cron", insert(", schedule_cron", ", '*/0 * * * *'"), "22023", "invalid cron expression"),
+        ("cron with 4 fields", format!("SELECT enqueue_task('{agent}', 'x', schedule_cron => '* * * *')"), "22023", "invalid cron expression"),
+        ("unknown time zone", insert(", timezone", ", 'Europe/Atlantis'"), "22023", "unknown time zone \"Europe/Atlantis\""),
+        ("unknown agent", format!("INSERT INTO ai_agent_tasks (agent_id, organization_id, title) VALUES (gen_random_uuid(), '{org}', 'T')"), "23503", "does not exist"),
+        ("unknown agent via enqueue", "SELECT enqueue_task(gen_random_uuid(), 'x')".into(), "23503", "does not exist"),
+        ("inactive agent", format!("SELECT enqueue_task('{inactive}', 'x')"), "55000", "is not active"),
+        ("organization mismatch", format!("INSERT INTO ai_agent_tasks (agent_id, organization_id, title) VALUES ('{agent}', gen_random_uuid(), 'T')"), "23503", "does not match agent"),
+        ("unknown status", insert(", status", ", 'done'"), "23514", "unknown task status \"done\""),
+        ("unknown task type", insert(", task_type", ", 'cron'"), "23514", "unknown task type \"cron\""),
+        ("max_attempts < 1", format!("SELECT enqueue_task('{agent}', 'x', max_attempts => 0)"), "23514", "max_attempts must be at least 1"),
+        ("empty title", format!("SELECT enqueue_task('{agent}', '   ')"), "23514", "title must not be empty"),
+        ("oversized idempotency key", format!("SELECT enqueue_task('{agent}', 'x', idempotency_key => repeat('k', 256))"), "22001", "at most 255"),
+        ("claim without a worker name", "SELECT claim_due_tasks('', 1)".into(), "22023", "worker name"),
+        ("claim of zero tasks", "SELECT claim_due_tasks('w', 0)".into(), "22023", "max_tasks"),
+        ("claim with a negative lease", "SELECT claim_due_tasks('w', 1, '-1 minute')".into(), "22023", "lease"),
+        ("status changed to garbage", format!("UPDATE ai_agent_tasks SET status = 'finished' WHERE agent_id = '{agent}'"), "23514", "unknown task status"),
+        ("a version changed in place", format!("UPDATE ai_agent_versions SET model = 'x' WHERE agent_id = '{agent}'"), "0A000", "immutable"),
+    ];
+    // One valid task so that the UPDATE cases touch a row.
+    enqueue(&mut c, &agent, "valid");
+    for (case, sql, code, needle) in cases {
+        let (got, message) = error_of(&mut c, &sql);
+        assert_eq!(got, code, "{case}: {message}");
+        assert!(message.contains(needle), "{case}: {message}");
+    }
+}
