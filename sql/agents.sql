@@ -96,9 +96,11 @@ BEGIN
 END
 $$;
 
+-- A row that arrives with its current version (pg_dump restoring both tables) keeps it.
 CREATE TRIGGER ai_agents_version_on_insert
     AFTER INSERT ON ai_agents.ai_agents
-    FOR EACH ROW EXECUTE FUNCTION ai_agents.snapshot_agent_version();
+    FOR EACH ROW WHEN (NEW.current_version_id IS NULL)
+    EXECUTE FUNCTION ai_agents.snapshot_agent_version();
 
 CREATE TRIGGER ai_agents_version_on_change
     AFTER UPDATE OF name, agent_type, system_prompt, provider, model, temperature, max_tokens, config

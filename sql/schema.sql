@@ -55,9 +55,9 @@ CREATE TABLE ai_agents.ai_agent_versions (
         REFERENCES ai_agents.ai_agents (id, organization_id) ON DELETE CASCADE
 );
 
-ALTER TABLE ai_agents.ai_agents
-    ADD CONSTRAINT ai_agents_current_version_fkey FOREIGN KEY (current_version_id)
-    REFERENCES ai_agents.ai_agent_versions (id);
+-- ai_agents.current_version_id has no foreign key on purpose: with one, agents and versions
+-- would reference each other and pg_dump could not restore either table's rows first. The
+-- functions in sql/agents.sql are the only writers of the column.
 
 CREATE TABLE ai_agents.ai_agent_conversations (
     id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -73,8 +73,11 @@ CREATE TABLE ai_agents.ai_agent_conversations (
 CREATE INDEX ai_agent_conversations_agent_idx ON ai_agents.ai_agent_conversations (agent_id);
 CREATE INDEX ai_agent_conversations_organization_idx ON ai_agents.ai_agent_conversations (organization_id);
 
+-- Plain sequences rather than identity columns: pg_dump keeps an extension sequence's
+-- position only for a sequence that is itself marked with pg_extension_config_dump.
+CREATE SEQUENCE ai_agents.ai_agent_messages_id_seq;
 CREATE TABLE ai_agents.ai_agent_messages (
-    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              bigint PRIMARY KEY DEFAULT nextval('ai_agents.ai_agent_messages_id_seq'),
     conversation_id uuid NOT NULL REFERENCES ai_agents.ai_agent_conversations (id) ON DELETE CASCADE,
     organization_id uuid NOT NULL,
     role            text NOT NULL CONSTRAINT ai_agent_messages_role_check
@@ -150,8 +153,9 @@ CREATE INDEX ai_agent_tasks_finished_idx
 CREATE INDEX ai_agent_tasks_conversation_idx ON ai_agents.ai_agent_tasks (conversation_id)
     WHERE conversation_id IS NOT NULL;
 
+CREATE SEQUENCE ai_agents.ai_agent_activity_log_id_seq;
 CREATE TABLE ai_agents.ai_agent_activity_log (
-    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                bigint PRIMARY KEY DEFAULT nextval('ai_agents.ai_agent_activity_log_id_seq'),
     organization_id   uuid NOT NULL,
     agent_id          uuid,
     task_id           uuid REFERENCES ai_agents.ai_agent_tasks (id) ON DELETE SET NULL,
@@ -237,15 +241,16 @@ CREATE TABLE ai_agents.ai_agent_rate_limits (
 
 -- Seed rows: the deployment guide's two report templates and the model prices.
 INSERT INTO ai_agents.ai_agent_report_templates
-    (name, report_type, agent_type, description, period, sections, narrative_prompt, is_builtin)
+    (id, name, report_type, agent_type, description, period, sections, narrative_prompt, is_builtin)
 VALUES
-    ('Customer Care Weekly Summary', 'weekly_performance', 'customer_care',
+    -- Fixed ids: reports refer to them, and a restored dump must find the same ids.
+    ('00000000-0000-4000-8000-000000000001', 'Customer Care Weekly Summary', 'weekly_performance', 'customer_care',
      'What the Customer Care agent did this week: tasks and conversations, success rate, latency, failures, tokens and cost, compared with the previous week.',
      'week',
      '["tasks_by_status", "success_rate", "latency", "failures", "usage", "per_agent", "previous_period"]',
      'Write a short summary for the gym owner of what the customer care agent did this week, what went wrong and what to watch next week.',
      true),
-    ('Finance Monthly Forecast', 'monthly_forecast', 'finance',
+    ('00000000-0000-4000-8000-000000000002', 'Finance Monthly Forecast', 'monthly_forecast', 'finance',
      'Spend and tokens by agent and model over the month, the trend over previous months, and a forecast of next month''s spend.',
      'month',
      '["usage", "per_agent", "per_model", "trend", "forecast"]',
@@ -280,6 +285,8 @@ SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_rate_limits', '')
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_report_templates', 'WHERE NOT is_builtin');
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_model_prices', 'WHERE NOT is_builtin');
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.fencing_token_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_messages_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_activity_log_id_seq', '');
 
 -- Extension tables may not lose columns, constraints or triggers by hand: the deployment
 -- guide's rollback ("ALTER TABLE ai_agent_tasks DROP COLUMN ...") would leave the extension

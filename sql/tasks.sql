@@ -192,6 +192,9 @@ BEGIN
     IF lease IS NULL OR lease <= interval '0' THEN
         RAISE EXCEPTION 'lease must be a positive interval, got %', coalesce(lease::text, 'NULL') USING ERRCODE = '22023';
     END IF;
+    -- Any claimer rescues expired leases first, so a crashed worker's tasks come back without
+    -- anyone running SQL by hand (the lease index makes this a cheap probe).
+    PERFORM ai_agents.rescue_expired_leases();
     RETURN QUERY
     WITH due AS (
         SELECT t.id

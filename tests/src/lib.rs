@@ -166,6 +166,39 @@ impl Cluster {
         name
     }
 
+    /// An empty database (from template0), for restoring dumps into.
+    pub fn create_blank_database(&self) -> String {
+        let name = format!("t{}", self.next_db.fetch_add(1, Ordering::SeqCst));
+        self.connect("postgres")
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0"))
+            .expect("cannot create a blank database");
+        name
+    }
+
+    /// Runs a client program of this Postgres installation (pg_dump, psql) against a database.
+    pub fn client_program(&self, program: &str, database: &str, args: &[&str]) -> Output {
+        let output = Command::new(self.bindir.join(program))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
     pub fn stop(&self) {
         self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
         let _ = std::fs::remove_dir_all(&self.datadir);

@@ -590,44 +590,85 @@ fn prune_history_deletes_old_finished_rows_in_batches() {
     assert_eq!(code, "22023");
 }
 
-/// Each kind of bad input gets its own clear error and SQLSTATE.
 #[test]
-fn bad_input_gets_a_clear_error() {
+fn the_next_claim_rescues_an_expired_lease_without_manual_sql() {
     let (mut c, _) = fresh_database();
-    let (org, agent) = create_agent(&mut c, "a");
-    let (_, inactive) = create_agent(&mut c, "sleeping");
-    c.execute(
-        "UPDATE ai_agents.ai_agents SET is_active = false WHERE id = $1::text::uuid",
-        &[&inactive],
-    )
-    .unwrap();
-    let insert = |columns: &str, values: &str| {
-        format!("INSERT INTO ai_agent_tasks (agent_id, organization_id, title{columns}) VALUES ('{agent}', '{org}', 'T'{values})")
-    };
-    let cases: Vec<(&str, String, &str, &str)> = vec![
-        ("invalid cron", insert(", schedule_cron", ", '*/0 * * * *'"), "22023", "invalid cron expression"),
-        ("cron with 4 fields", format!("SELECT enqueue_task('{agent}', 'x', schedule_cron => '* * * *')"), "22023", "invalid cron expression"),
-        ("unknown time zone", insert(", timezone", ", 'Europe/Atlantis'"), "22023", "unknown time zone \"Europe/Atlantis\""),
-        ("unknown agent", format!("INSERT INTO ai_agent_tasks (agent_id, organization_id, title) VALUES (gen_random_uuid(), '{org}', 'T')"), "23503", "does not exist"),
-        ("unknown agent via enqueue", "SELECT enqueue_task(gen_random_uuid(), 'x')".into(), "23503", "does not exist"),
-        ("inactive agent", format!("SELECT enqueue_task('{inactive}', 'x')"), "55000", "is not active"),
-        ("organization mismatch", format!("INSERT INTO ai_agent_tasks (agent_id, organization_id, title) VALUES ('{agent}', gen_random_uuid(), 'T')"), "23503", "does not match agent"),
-        ("unknown status", insert(", status", ", 'done'"), "23514", "unknown task status \"done\""),
-        ("unknown task type", insert(", task_type", ", 'cron'"), "23514", "unknown task type \"cron\""),
-        ("max_attempts < 1", format!("SELECT enqueue_task('{agent}', 'x', max_attempts => 0)"), "23514", "max_attempts must be at least 1"),
-        ("empty title", format!("SELECT enqueue_task('{agent}', '   ')"), "23514", "title must not be empty"),
-        ("oversized idempotency key", format!("SELECT enqueue_task('{agent}', 'x', idempotency_key => repeat('k', 256))"), "22001", "at most 255"),
-        ("claim without a worker name", "SELECT claim_due_tasks('', 1)".into(), "22023", "worker name"),
-        ("claim of zero tasks", "SELECT claim_due_tasks('w', 0)".into(), "22023", "max_tasks"),
-        ("claim with a negative lease", "SELECT claim_due_tasks('w', 1, '-1 minute')".into(), "22023", "lease"),
-        ("status changed to garbage", format!("UPDATE ai_agent_tasks SET status = 'finished' WHERE agent_id = '{agent}'"), "23514", "unknown task status"),
-        ("a version changed in place", format!("UPDATE ai_agent_versions SET model = 'x' WHERE agent_id = '{agent}'"), "0A000", "immutable"),
-    ];
-    // One valid task so that the UPDATE cases touch a row.
-    enqueue(&mut c, &agent, "valid");
-    for (case, sql, code, needle) in cases {
-        let (got, message) = error_of(&mut c, &sql);
-        assert_eq!(got, code, "{case}: {message}");
-        assert!(message.contains(needle), "{case}: {message}");
-    }
+    let (_, agent) = create_agent(&mut c, "a");
+    let task = enqueue(&mut c, &agent, "worker dies");
+    let first = c
+        .query_one("SELECT fencing_token FROM ai_agents.claim_due_tasks('doomed-worker', 1, '50 milliseconds')", &[])
+        .unwrap()
+        .get::<_, i64>(0);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Another worker's ordinary claim picks the task up again as attempt 2.
+    let (claimed, token, attempts) = claim_one(&mut c, "healthy-worker");
+    assert_eq!((claimed.as_str(), attempts), (task.as_str(), 2));
+    assert!(token > first);
+    assert_eq!(
+        activity(&mut c, &task),
+        vec![("lease_expired".into(), false, Some(1))],
+        "the rescue is on record"
+    );
+}
+
+/// Each kind of bad input gets its own clear error and SQLSTATE: one test per case.
+macro_rules! bad_input {
+    ($($name:ident: $sql:expr => $code:expr, $needle:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            let (mut c, _) = fresh_database();
+            let (org, agent) = create_agent(&mut c, "a");
+            let (_, inactive) = create_agent(&mut c, "sleeping");
+            c.execute("UPDATE ai_agents.ai_agents SET is_active = false WHERE id = $1::text::uuid", &[&inactive])
+                .unwrap();
+            enqueue(&mut c, &agent, "valid");
+            let sql = $sql.replace("{agent}", &agent).replace("{org}", &org).replace("{inactive}", &inactive);
+            let (code, message) = error_of(&mut c, &sql);
+            assert_eq!(code, $code, "{message}");
+            assert!(message.contains($needle), "{message}");
+        }
+    )*};
+}
+
+const INSERT: &str = "INSERT INTO ai_agent_tasks (agent_id, organization_id, title";
+
+bad_input! {
+    invalid_cron_on_insert:
+        format!("{INSERT}, schedule_cron) VALUES ('{{agent}}', '{{org}}', 'T', '*/0 * * * *')")
+        => "22023", "invalid cron expression";
+    cron_with_four_fields:
+        "SELECT enqueue_task('{agent}', 'x', schedule_cron => '* * * *')" => "22023", "expected 5 or 6 fields";
+    cron_that_never_fires:
+        "SELECT enqueue_task('{agent}', 'x', schedule_cron => '0 0 30 2 *')" => "22023", "never fires";
+    unknown_time_zone:
+        format!("{INSERT}, timezone) VALUES ('{{agent}}', '{{org}}', 'T', 'Europe/Atlantis')")
+        => "22023", "unknown time zone \"Europe/Atlantis\"";
+    unknown_agent_on_insert:
+        format!("{INSERT}) VALUES (gen_random_uuid(), '{{org}}', 'T')") => "23503", "does not exist";
+    unknown_agent_on_enqueue:
+        "SELECT enqueue_task(gen_random_uuid(), 'x')" => "23503", "does not exist";
+    inactive_agent:
+        "SELECT enqueue_task('{inactive}', 'x')" => "55000", "is not active";
+    organization_mismatch:
+        format!("{INSERT}) VALUES ('{{agent}}', gen_random_uuid(), 'T')") => "23503", "does not match agent";
+    unknown_status:
+        format!("{INSERT}, status) VALUES ('{{agent}}', '{{org}}', 'T', 'done')") => "23514", "unknown task status \"done\"";
+    unknown_status_on_update:
+        "UPDATE ai_agent_tasks SET status = 'finished' WHERE agent_id = '{agent}'" => "23514", "unknown task status";
+    unknown_task_type:
+        format!("{INSERT}, task_type) VALUES ('{{agent}}', '{{org}}', 'T', 'cron')") => "23514", "unknown task type \"cron\"";
+    max_attempts_below_one:
+        "SELECT enqueue_task('{agent}', 'x', max_attempts => 0)" => "23514", "max_attempts must be at least 1";
+    empty_title:
+        "SELECT enqueue_task('{agent}', '   ')" => "23514", "title must not be empty";
+    oversized_idempotency_key:
+        "SELECT enqueue_task('{agent}', 'x', idempotency_key => repeat('k', 256))" => "22001", "at most 255";
+    claim_without_a_worker_name:
+        "SELECT claim_due_tasks('', 1)" => "22023", "worker name";
+    claim_of_zero_tasks:
+        "SELECT claim_due_tasks('w', 0)" => "22023", "max_tasks";
+    claim_with_a_negative_lease:
+        "SELECT claim_due_tasks('w', 1, '-1 minute')" => "22023", "lease";
+    version_changed_in_place:
+        "UPDATE ai_agent_versions SET model = 'x' WHERE agent_id = '{agent}'" => "0A000", "immutable";
 }

@@ -1,0 +1,46 @@
+-- The deployment guide's Step 4 played through the SQL API. Until the background worker
+-- lands, this script does the worker's part itself: claim, (pretend to) call the LLM, record.
+\set ON_ERROR_STOP 1
+SET search_path = ai_agents, public;
+\pset footer off
+
+\echo '-- 1. A gym (organization) and its three agents'
+SELECT gen_random_uuid() AS org \gset
+INSERT INTO ai_agents (organization_id, name, agent_type, system_prompt, model)
+VALUES (:'org', 'Customer Care', 'customer_care', 'You answer gym members kindly and briefly.', 'gpt-4o-mini'),
+       (:'org', 'Financial Manager', 'finance', 'You watch the gym''s revenue and costs.', 'gpt-4o-mini'),
+       (:'org', 'Lead Follow-up', 'lead_followup', 'You follow up on trial-class leads.', 'gpt-4o-mini');
+SELECT id AS agent FROM ai_agents WHERE name = 'Customer Care' AND organization_id = :'org' \gset
+SELECT a.name, v.version_number FROM ai_agents a JOIN ai_agent_versions v ON v.id = a.current_version_id
+ WHERE a.organization_id = :'org' ORDER BY a.name;
+
+\echo '-- 2. The guide''s Step 4.1 INSERT, as written, with real ids'
+INSERT INTO ai_agent_tasks (
+  agent_id, organization_id, title, description, task_type, status, priority, next_run_at, schedule_cron
+) VALUES (
+  :'agent', :'org', 'Test Scheduled Task', 'This is a test to verify the scheduler works',
+  'scheduled', 'pending', 10, NOW(), '*/10 * * * *'
+);
+
+\echo '-- 3. An ad-hoc task, enqueued twice with one idempotency key: one task'
+SELECT id, title, status FROM enqueue_task(:'agent', 'Reply to member #4711', input => '{"member": 4711}',
+                                          idempotency_key => 'ticket-4711');
+SELECT id, title, status FROM enqueue_task(:'agent', 'Reply to member #4711', input => '{"member": 4711}',
+                                          idempotency_key => 'ticket-4711');
+
+\echo '-- 4. The worker''s part: claim due tasks under a lease, then record each result'
+CREATE TEMP TABLE claimed AS SELECT * FROM claim_due_tasks('demo-worker', 10, '1 minute');
+SELECT title, status, attempts, fencing_token, lease_expires_at > now() AS leased FROM claimed;
+SELECT t.title, c.status, c.tokens_used, c.cost_usd
+  FROM claimed t,
+       complete_task(t.id, t.fencing_token, output => 'Done: ' || t.title, tokens_used => 120,
+                     cost_usd => 0.000042) c;
+
+\echo '-- 5. The guide''s Step 4.2 query'
+SELECT id, title, status, execution_started_at, completed_at, tokens_used, cost_usd, error_message, next_run_at
+FROM ai_agent_tasks WHERE title = 'Test Scheduled Task' ORDER BY created_at DESC LIMIT 1;
+
+\echo '-- 6. Activity (one row per attempt) and the Step 5.3 summary'
+SELECT l.action_type, l.success, l.attempt, l.tokens_used, l.cost_usd, t.title
+  FROM ai_agent_activity_log l JOIN ai_agent_tasks t ON t.id = l.task_id ORDER BY l.id;
+SELECT * FROM task_summary('24 hours');
