@@ -248,6 +248,25 @@ BEGIN
 END
 $$;
 
+-- One activity row for a task: an attempt's outcome (with the run's tokens, cost and time) or
+-- a control event, with who caused it.
+CREATE FUNCTION ai_agents.log_task_event(t ai_agents.ai_agent_tasks, action_type text, success boolean,
+                                         error text DEFAULT NULL, details jsonb DEFAULT '{}',
+                                         with_usage boolean DEFAULT false)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO ai_agents.ai_agent_activity_log
+        (organization_id, agent_id, task_id, action_type, success, attempt, tokens_used, cost_usd,
+         execution_time_ms, error, details)
+    VALUES (t.organization_id, t.agent_id, t.id, action_type, success, t.attempts,
+            CASE WHEN with_usage THEN t.tokens_used END,
+            CASE WHEN with_usage THEN t.cost_usd END,
+            CASE WHEN with_usage THEN t.execution_time_ms END,
+            error, coalesce(details, '{}') || jsonb_build_object('by', ai_agents.current_actor()))
+$$;
+
 CREATE FUNCTION ai_agents.complete_task(
     task_id           uuid,
     fencing_token     bigint,
@@ -283,15 +302,11 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM ai_agents.refuse_stale_token(complete_task.task_id, complete_task.fencing_token);
     END IF;
-    INSERT INTO ai_agents.ai_agent_activity_log
-        (organization_id, agent_id, task_id, action_type, success, attempt, tokens_used, cost_usd,
-         execution_time_ms, details)
-    VALUES
-        (t.organization_id, t.agent_id, t.id, 'task_completed', true, t.attempts, t.tokens_used,
-         t.cost_usd, t.execution_time_ms,
-         coalesce(complete_task.details, '{}') || jsonb_build_object(
-             'fencing_token', t.fencing_token, 'agent_version_id', t.agent_version_id,
-             'next_run_at', t.next_run_at));
+    PERFORM ai_agents.log_task_event(t, 'task_completed', true, NULL,
+        coalesce(complete_task.details, '{}') || jsonb_build_object(
+            'fencing_token', t.fencing_token, 'agent_version_id', t.agent_version_id,
+            'next_run_at', t.next_run_at),
+        with_usage => true);
     RETURN t;
 END
 $$;
@@ -341,17 +356,13 @@ BEGIN
            lease_expires_at = NULL
      WHERE id = t.id
     RETURNING * INTO t;
-    INSERT INTO ai_agents.ai_agent_activity_log
-        (organization_id, agent_id, task_id, action_type, success, attempt, tokens_used, cost_usd,
-         execution_time_ms, error, details)
-    VALUES
-        (t.organization_id, t.agent_id, t.id, 'task_failed', false, t.attempts, t.tokens_used,
-         t.cost_usd, t.execution_time_ms, message,
-         coalesce(fail_task.details, '{}') || jsonb_build_object(
-             'http_status', fail_task.http_status, 'transient', transient,
-             'will_retry', delay IS NOT NULL, 'retry_in_seconds', extract(epoch FROM delay),
-             'max_attempts', t.max_attempts, 'fencing_token', t.fencing_token,
-             'agent_version_id', t.agent_version_id));
+    PERFORM ai_agents.log_task_event(t, 'task_failed', false, message,
+        coalesce(fail_task.details, '{}') || jsonb_build_object(
+            'http_status', fail_task.http_status, 'transient', transient,
+            'will_retry', delay IS NOT NULL, 'retry_in_seconds', extract(epoch FROM delay),
+            'max_attempts', t.max_attempts, 'fencing_token', t.fencing_token,
+            'agent_version_id', t.agent_version_id),
+        with_usage => true);
     RETURN t;
 END
 $$;
@@ -395,18 +406,6 @@ BEGIN
     END IF;
     RETURN t;
 END
-$$;
-
-CREATE FUNCTION ai_agents.log_task_event(t ai_agents.ai_agent_tasks, action_type text, success boolean,
-                                         error text DEFAULT NULL, details jsonb DEFAULT '{}')
-RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $$
-    INSERT INTO ai_agents.ai_agent_activity_log
-        (organization_id, agent_id, task_id, action_type, success, attempt, error, details)
-    VALUES (t.organization_id, t.agent_id, t.id, action_type, success, t.attempts, error,
-            details || jsonb_build_object('by', ai_agents.current_actor()))
 $$;
 
 CREATE FUNCTION ai_agents.cancel_task(task_id uuid, reason text DEFAULT NULL)
