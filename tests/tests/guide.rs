@@ -146,7 +146,11 @@ fn step4_statements_run_as_written() {
     assert_eq!(activity[0].len(), 1);
     assert_eq!(activity[0][0][0].as_deref(), Some("task_completed"));
     assert_eq!(activity[0][0][1].as_deref(), Some("t"));
-    assert_eq!(activity[0][0][2].as_deref(), Some("42"), "the attempt's tokens");
+    assert_eq!(
+        activity[0][0][2].as_deref(),
+        Some("42"),
+        "the attempt's tokens"
+    );
 
     run_script(&mut c, &guide("step4_4_create_60_tasks", &agent, &org, ""));
     let count: i64 = c
