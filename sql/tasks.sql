@@ -182,6 +182,10 @@ RETURNS SETOF ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    candidate record;
+    verdict record;
+    deferred ai_agents.ai_agent_tasks;
 BEGIN
     IF worker IS NULL OR btrim(worker) = '' THEN
         RAISE EXCEPTION 'worker name must not be empty' USING ERRCODE = '22023';
@@ -195,9 +199,8 @@ BEGIN
     -- Any claimer rescues expired leases first, so a crashed worker's tasks come back without
     -- anyone running SQL by hand (the lease index makes this a cheap probe).
     PERFORM ai_agents.rescue_expired_leases();
-    RETURN QUERY
-    WITH due AS (
-        SELECT t.id
+    FOR candidate IN
+        SELECT t.id, t.organization_id, t.agent_id
           FROM ai_agents.ai_agent_tasks t
          WHERE t.status IN ('pending', 'completed', 'failed')
            AND t.next_run_at <= now()
@@ -205,24 +208,39 @@ BEGIN
          ORDER BY t.priority DESC, t.next_run_at
          LIMIT max_tasks
            FOR UPDATE SKIP LOCKED
-    )
-    UPDATE ai_agents.ai_agent_tasks t
-       SET status = 'running',
-           -- A recurring task's new run starts its attempts afresh; a retry adds one.
-           attempts = CASE WHEN t.status = 'pending' THEN t.attempts + 1 ELSE 1 END,
-           execution_started_at = now(),
-           completed_at = NULL,
-           -- While it runs, a recurring task already shows its next slot and a one-shot task
-           -- none, so a manual status change (as the guide's troubleshooting does) can never
-           -- make a one-shot task claimable again.
-           next_run_at = ai_agents.next_run_after_now(t.schedule_cron, t.timezone),
-           locked_by = worker,
-           lease_expires_at = now() + lease,
-           fencing_token = nextval('ai_agents.fencing_token_seq'),
-           agent_version_id = ag.current_version_id
-      FROM due, ai_agents.ai_agents ag
-     WHERE t.id = due.id AND ag.id = t.agent_id
-    RETURNING t.*;
+    LOOP
+        -- Each claim is one LLM call: it must pass the three rate-limit tiers. A task that
+        -- would be refused waits for the moment its limit allows it; no attempt is used.
+        SELECT * INTO verdict FROM ai_agents.check_rate_limit(candidate.organization_id, candidate.agent_id);
+        IF NOT verdict.allowed THEN
+            UPDATE ai_agents.ai_agent_tasks SET next_run_at = now() + verdict.retry_after
+             WHERE id = candidate.id
+            RETURNING * INTO deferred;
+            PERFORM ai_agents.log_task_event(deferred, 'rate_limited', false,
+                format('%s rate limit reached; deferred by %s', verdict.refused_tier, verdict.retry_after),
+                jsonb_build_object('tier', verdict.refused_tier,
+                                   'retry_after_seconds', extract(epoch FROM verdict.retry_after)));
+            CONTINUE;
+        END IF;
+        RETURN QUERY
+        UPDATE ai_agents.ai_agent_tasks t
+           SET status = 'running',
+               -- A recurring task's new run starts its attempts afresh; a retry adds one.
+               attempts = CASE WHEN t.status = 'pending' THEN t.attempts + 1 ELSE 1 END,
+               execution_started_at = now(),
+               completed_at = NULL,
+               -- While it runs, a recurring task already shows its next slot and a one-shot
+               -- task none, so a manual status change (as the guide's troubleshooting does)
+               -- can never make a one-shot task claimable again.
+               next_run_at = ai_agents.next_run_after_now(t.schedule_cron, t.timezone),
+               locked_by = worker,
+               lease_expires_at = now() + lease,
+               fencing_token = nextval('ai_agents.fencing_token_seq'),
+               agent_version_id = ag.current_version_id
+          FROM ai_agents.ai_agents ag
+         WHERE t.id = candidate.id AND ag.id = t.agent_id
+        RETURNING t.*;
+    END LOOP;
 END
 $$;
 

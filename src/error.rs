@@ -1,4 +1,5 @@
 //! The one error type of the Rust side, mapped to SQLSTATEs where it reaches SQL.
+use pgrx::datum::Interval;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
@@ -10,6 +11,12 @@ pub enum Error {
     InvalidParameter(String),
     #[error("{0}")]
     DatetimeOutOfRange(String),
+    #[error("{0}")]
+    NullValue(String),
+    #[error("ai_agents rate limits live in shared memory: add ai_agents to shared_preload_libraries and restart the server")]
+    NotPreloaded,
+    #[error("the rate-limit key table is full of keys that are still counting (raise ai_agents.rate_limit_max_keys); retry in {0}")]
+    TableFull(Interval),
 }
 
 impl Error {
@@ -19,6 +26,9 @@ impl Error {
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
             }
             Error::DatetimeOutOfRange(_) => PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
+            Error::NullValue(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            Error::NotPreloaded => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Error::TableFull(_) => PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
         }
     }
 

@@ -4,6 +4,7 @@ use pgrx::prelude::*;
 
 mod agents;
 mod error;
+mod ratelimit;
 mod reports;
 mod schedule;
 mod settings;
@@ -17,6 +18,7 @@ pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
+    ratelimit::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -199,6 +199,12 @@ impl Cluster {
         output
     }
 
+    /// A connection to a new database of this cluster, and the database's name.
+    pub fn fresh_database(&self) -> (Client, String) {
+        let name = self.create_database();
+        (self.connect(&name), name)
+    }
+
     pub fn stop(&self) {
         self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
         let _ = std::fs::remove_dir_all(&self.datadir);
@@ -225,7 +231,12 @@ extern "C" fn stop_shared_cluster() {
 /// The cluster shared by all tests of one test binary; stopped when the binary exits.
 pub fn shared_cluster() -> &'static Cluster {
     SHARED.get_or_init(|| {
-        let cluster = Cluster::start("shared", &[]);
+        // Tests share the server-wide global tier; only the rate-limit tests, on clusters of
+        // their own, run with the default 400 per minute.
+        let cluster = Cluster::start(
+            "shared",
+            &["ai_agents.rate_limit_global_per_minute = 1000000"],
+        );
         // SAFETY: registering a plain extern "C" function; it only reads a OnceLock.
         unsafe { libc::atexit(stop_shared_cluster) };
         cluster
@@ -234,9 +245,7 @@ pub fn shared_cluster() -> &'static Cluster {
 
 /// A connection to a fresh database of the shared cluster, and the database's name.
 pub fn fresh_database() -> (Client, String) {
-    let cluster = shared_cluster();
-    let name = cluster.create_database();
-    (cluster.connect(&name), name)
+    shared_cluster().fresh_database()
 }
 
 /// Creates an organization's agent and returns (organization_id, agent_id) as text.

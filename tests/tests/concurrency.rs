@@ -11,7 +11,13 @@ const TASKS: i64 = 10_000;
 #[test]
 fn sixteen_sessions_claim_ten_thousand_tasks_exactly_once() {
     let (mut c, db) = fresh_database();
-    let (_, agent) = create_agent(&mut c, "busy");
+    let (org, agent) = create_agent(&mut c, "busy");
+    // This test is about claiming, not rate limits: lift the agent's and organization's.
+    c.batch_execute(&format!(
+        "INSERT INTO ai_agents.ai_agent_rate_limits (organization_id, agent_id, max_per_minute)
+         VALUES ('{org}', NULL, 1000000), ('{org}', '{agent}', 1000000)"
+    ))
+    .unwrap();
     c.batch_execute(&format!(
         "INSERT INTO ai_agents.ai_agent_tasks (agent_id, title, task_type, status, next_run_at)
          SELECT '{agent}', 'load ' || g, 'adhoc', 'pending', now() FROM generate_series(1, {TASKS}) g"

@@ -1,0 +1,25 @@
+-- Rate limits (DESIGN.md section 4). The counting lives in shared memory (src/ratelimit);
+-- this file has the usage view and keeps every backend's copy of the overrides current.
+
+-- Current usage per key: tier keys 'global', 'organization:<uuid>', 'agent:<uuid>', app keys
+-- 'app:<key>', and paused keys.
+CREATE VIEW ai_agents.rate_limit_usage AS
+    SELECT * FROM ai_agents.rate_limit_keys();
+
+CREATE FUNCTION ai_agents.rate_limit_overrides_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM ai_agents.reload_rate_limit_overrides_at_commit();
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER ai_agent_rate_limits_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON ai_agents.ai_agent_rate_limits
+    FOR EACH STATEMENT EXECUTE FUNCTION ai_agents.rate_limit_overrides_changed();
+
+-- Limits are the operator's to change and to spend.
+REVOKE ALL ON FUNCTION ai_agents.pause_rate_limit(text, timestamptz, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.reset_rate_limit(text) FROM PUBLIC;

@@ -1,0 +1,511 @@
+//! The table of rate-limit keys that lives in shared memory: open addressing with linear
+//! probing over a fixed array, backward-shift deletion, and eviction of idle keys when full.
+//! Plain Rust over a slice, so it is tested without Postgres.
+use super::window::{Verdict, Window};
+use std::hash::{Hash, Hasher};
+
+/// Bytes of a key's name kept for display (the hash identifies the key).
+const NAME_BYTES: usize = 63;
+
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Slot {
+    /// 0 marks an empty slot; real hashes are never 0. Two u64 rather than a [u64; 2], which
+    /// would need 16-byte alignment that Postgres shared memory does not promise.
+    hash: [u64; 2],
+    name_len: u8,
+    name: [u8; NAME_BYTES],
+    /// The limit of the latest check, for display.
+    limit: u64,
+    last_used_us: u64,
+    paused_until_us: u64,
+    window: Window,
+}
+
+impl Slot {
+    pub const EMPTY: Slot = Slot {
+        hash: [0; 2],
+        name_len: 0,
+        name: [0; NAME_BYTES],
+        limit: 0,
+        last_used_us: 0,
+        paused_until_us: 0,
+        window: Window::EMPTY,
+    };
+
+    fn is_empty(&self) -> bool {
+        self.hash == [0; 2]
+    }
+
+    pub fn name(&self) -> &str {
+        let bytes = &self.name[..usize::from(self.name_len)];
+        std::str::from_utf8(bytes).unwrap_or("?")
+    }
+
+    /// A key nobody needs to remember: nothing counted in its window and no pause ahead.
+    fn is_idle(&mut self, now_us: u64) -> bool {
+        self.paused_until_us <= now_us && self.window.used(now_us) == 0
+    }
+}
+
+/// A key: a name and the window its limit is counted over.
+#[derive(Clone, Copy, Debug)]
+pub struct Key<'a> {
+    pub name: &'a str,
+    pub window_us: u64,
+}
+
+impl Key<'_> {
+    fn hash(&self) -> [u64; 2] {
+        let half = |salt: u8| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            salt.hash(&mut h);
+            self.name.hash(&mut h);
+            self.window_us.hash(&mut h);
+            h.finish()
+        };
+        // Two independent 64-bit hashes: a collision would make two keys share one count,
+        // which refuses more, never admits more.
+        [half(1), half(2).max(1)]
+    }
+}
+
+/// One limit to check: a key and the most it may admit per window.
+#[derive(Clone, Copy, Debug)]
+pub struct Limit<'a> {
+    pub key: Key<'a>,
+    pub max: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every limit had room; `remaining[i]` is what is left under limit i afterwards.
+    Admitted { remaining: Vec<u64> },
+    /// Limit `index` refused (paused, or no room); nothing was taken anywhere.
+    Refused {
+        index: usize,
+        retry_after_us: u64,
+        remaining: Vec<u64>,
+    },
+    /// The table is full of keys still counting; nothing was taken.
+    Full { retry_after_us: u64 },
+}
+
+/// Usage of one key, for the usage view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub name: String,
+    pub window_us: u64,
+    pub limit: u64,
+    pub used: u64,
+    pub paused_until_us: u64,
+    pub last_used_us: u64,
+}
+
+/// The table over a slice whose length is a power of two; at most `max_keys` are live.
+pub struct Table<'a> {
+    slots: &'a mut [Slot],
+    max_keys: usize,
+}
+
+impl<'a> Table<'a> {
+    pub fn new(slots: &'a mut [Slot], max_keys: usize) -> Table<'a> {
+        debug_assert!(slots.len().is_power_of_two() && max_keys < slots.len());
+        Table { slots, max_keys }
+    }
+
+    /// Slots for `max_keys` keys: twice as many, so probe sequences stay short.
+    pub fn slots_for(max_keys: usize) -> usize {
+        (max_keys.max(1) * 2).next_power_of_two()
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    fn find(&self, hash: [u64; 2]) -> Result<usize, usize> {
+        let mut i = hash[0] as usize & self.mask();
+        loop {
+            let slot = &self.slots[i];
+            if slot.is_empty() {
+                return Err(i);
+            }
+            if slot.hash == hash {
+                return Ok(i);
+            }
+            i = (i + 1) & self.mask();
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.slots.iter().filter(|s| !s.is_empty()).count()
+    }
+
+    /// Removes slot `hole`, moving later members of its probe run back so lookups still work.
+    fn remove(&mut self, mut hole: usize) {
+        self.slots[hole] = Slot::EMPTY;
+        let mut j = (hole + 1) & self.mask();
+        while !self.slots[j].is_empty() {
+            let home = self.slots[j].hash[0] as usize & self.mask();
+            if (j.wrapping_sub(home) & self.mask()) >= (j.wrapping_sub(hole) & self.mask()) {
+                self.slots[hole] = self.slots[j];
+                self.slots[j] = Slot::EMPTY;
+                hole = j;
+            }
+            j = (j + 1) & self.mask();
+        }
+    }
+
+    /// Makes room for `needed` new keys by evicting the longest-idle keys whose windows are
+    /// empty, never one of `keep`. Err(retry_after) when there are not enough such keys.
+    fn make_room(&mut self, needed: usize, keep: &[[u64; 2]], now_us: u64) -> Result<(), u64> {
+        let free = self.max_keys.saturating_sub(self.live());
+        for _ in free..needed {
+            let mut victim: Option<usize> = None;
+            let mut soonest_idle = u64::MAX;
+            for i in 0..self.slots.len() {
+                if self.slots[i].is_empty() || keep.contains(&self.slots[i].hash) {
+                    continue;
+                }
+                if self.slots[i].is_idle(now_us) {
+                    if victim
+                        .is_none_or(|v| self.slots[i].last_used_us < self.slots[v].last_used_us)
+                    {
+                        victim = Some(i);
+                    }
+                } else {
+                    let slot = &self.slots[i];
+                    let idle_at =
+                        (slot.last_used_us + slot.window.window_us() * 2).max(slot.paused_until_us);
+                    soonest_idle = soonest_idle.min(idle_at.saturating_sub(now_us).max(1));
+                }
+            }
+            match victim {
+                Some(v) => self.remove(v),
+                None => return Err(soonest_idle),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks all `limits` at `now_us` as one decision and, when `take` is set and all have
+    /// room, takes `cost` from each. A refusal at one limit takes nothing at any.
+    pub fn check(&mut self, now_us: u64, limits: &[Limit], cost: u64, take: bool) -> Outcome {
+        let hashes: Vec<[u64; 2]> = limits.iter().map(|l| l.key.hash()).collect();
+        if take {
+            let missing = hashes.iter().filter(|&&h| self.find(h).is_err()).count();
+            if let Err(retry_after_us) = self.make_room(missing, &hashes, now_us) {
+                return Outcome::Full { retry_after_us };
+            }
+            for (limit, &hash) in limits.iter().zip(&hashes) {
+                if let Err(empty) = self.find(hash) {
+                    self.slots[empty] = new_slot(limit.key, hash, now_us);
+                }
+            }
+        }
+        // What each limit has left before this call, and the longest wait any of them imposes.
+        let mut before = Vec::with_capacity(limits.len());
+        let mut refusal: Option<(usize, u64)> = None;
+        for (index, (limit, &hash)) in limits.iter().zip(&hashes).enumerate() {
+            let (used, wait) = match self.find(hash) {
+                Ok(i) => {
+                    let slot = &mut self.slots[i];
+                    let paused_for = slot.paused_until_us.saturating_sub(now_us);
+                    let wait = match slot.window.check(now_us, limit.max, cost) {
+                        Verdict::Fits => paused_for,
+                        Verdict::Refused { retry_after_us } => retry_after_us.max(paused_for),
+                    };
+                    (slot.window.used(now_us), wait)
+                }
+                Err(_) => (0, 0),
+            };
+            before.push(limit.max.saturating_sub(used));
+            // The limit that keeps the caller waiting longest is the one to report.
+            if wait > 0 && refusal.is_none_or(|(_, longest)| wait > longest) {
+                refusal = Some((index, wait));
+            }
+        }
+        if let Some((index, retry_after_us)) = refusal {
+            return Outcome::Refused {
+                index,
+                retry_after_us,
+                remaining: before,
+            };
+        }
+        if take {
+            for (limit, &hash) in limits.iter().zip(&hashes) {
+                if let Ok(i) = self.find(hash) {
+                    let slot = &mut self.slots[i];
+                    slot.window.take(now_us, cost);
+                    slot.limit = limit.max;
+                    slot.last_used_us = now_us;
+                }
+            }
+        }
+        Outcome::Admitted {
+            remaining: before
+                .iter()
+                .map(|left| left.saturating_sub(cost))
+                .collect(),
+        }
+    }
+
+    /// Refuses every call on `key` until `until_us` (a provider's Retry-After).
+    pub fn pause(&mut self, key: Key, until_us: u64, now_us: u64) -> Result<(), u64> {
+        let hash = key.hash();
+        let i = match self.find(hash) {
+            Ok(i) => i,
+            Err(_) => {
+                self.make_room(1, &[hash], now_us)?;
+                let Err(empty) = self.find(hash) else {
+                    unreachable!("just checked")
+                };
+                self.slots[empty] = new_slot(key, hash, now_us);
+                empty
+            }
+        };
+        self.slots[i].paused_until_us = until_us;
+        self.slots[i].last_used_us = now_us;
+        Ok(())
+    }
+
+    /// Forgets the keys whose name is `name` (any window), or every key; returns how many.
+    pub fn reset(&mut self, name: Option<&str>) -> usize {
+        let mut removed = 0;
+        let mut i = 0;
+        while i < self.slots.len() {
+            let slot = &self.slots[i];
+            // A removal can shift a later slot into i, so look at i again after one.
+            if !slot.is_empty() && name.is_none_or(|n| truncated(n) == slot.name()) {
+                self.remove(i);
+                removed += 1;
+            } else {
+                i += 1;
+            }
+        }
+        removed
+    }
+
+    pub fn usage(&mut self, now_us: u64) -> Vec<Usage> {
+        self.slots
+            .iter_mut()
+            .filter(|s| !s.is_empty())
+            .map(|s| Usage {
+                name: s.name().to_string(),
+                window_us: s.window.window_us(),
+                limit: s.limit,
+                used: s.window.used(now_us),
+                paused_until_us: s.paused_until_us,
+                last_used_us: s.last_used_us,
+            })
+            .collect()
+    }
+}
+
+/// A name cut to what a slot keeps, at a character boundary.
+fn truncated(name: &str) -> &str {
+    let mut end = name.len().min(NAME_BYTES);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+fn new_slot(key: Key, hash: [u64; 2], now_us: u64) -> Slot {
+    let shown = truncated(key.name);
+    let mut name = [0; NAME_BYTES];
+    name[..shown.len()].copy_from_slice(shown.as_bytes());
+    Slot {
+        hash,
+        name_len: shown.len() as u8,
+        name,
+        limit: 0,
+        last_used_us: now_us,
+        paused_until_us: 0,
+        window: Window::new(key.window_us, now_us),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: u64 = 60_000_000;
+
+    fn key(name: &str) -> Key<'_> {
+        Key {
+            name,
+            window_us: MINUTE,
+        }
+    }
+
+    fn limit(name: &str, max: u64) -> Limit<'_> {
+        Limit {
+            key: key(name),
+            max,
+        }
+    }
+
+    fn table(slots: &mut Vec<Slot>, max_keys: usize) -> Table<'_> {
+        slots.resize(Table::slots_for(max_keys), Slot::EMPTY);
+        Table::new(slots, max_keys)
+    }
+
+    fn tiers<'a>(agent: &'a str) -> [Limit<'a>; 3] {
+        [limit("global", 400), limit("org:1", 100), limit(agent, 50)]
+    }
+
+    #[test]
+    fn three_tiers_admit_together_and_refuse_together() {
+        let mut slots = vec![];
+        let mut t = table(&mut slots, 16);
+        for i in 0..50 {
+            let outcome = t.check(i, &tiers("agent:a"), 1, true);
+            assert_eq!(
+                outcome,
+                Outcome::Admitted {
+                    remaining: vec![399 - i, 99 - i, 49 - i]
+                }
+            );
+        }
+        let Outcome::Refused {
+            index, remaining, ..
+        } = t.check(50, &tiers("agent:a"), 1, true)
+        else {
+            panic!("the 51st call for one agent was admitted");
+        };
+        assert_eq!((index, remaining), (2, vec![350, 50, 0]));
+        // The refusal at the agent tier took nothing at the others: another agent of the same
+        // organization still has exactly 50 organization calls.
+        let usage = t.usage(60);
+        let used = |name: &str| usage.iter().find(|u| u.name == name).map(|u| u.used);
+        assert_eq!((used("global"), used("org:1")), (Some(50), Some(50)));
+        for i in 0..50 {
+            assert!(matches!(
+                t.check(100 + i, &tiers("agent:b"), 1, true),
+                Outcome::Admitted { .. }
+            ));
+        }
+        let Outcome::Refused { index, .. } = t.check(200, &tiers("agent:c"), 1, true) else {
+            panic!("the organization's 101st call was admitted");
+        };
+        assert_eq!(index, 1);
+    }
+
+    #[test]
+    fn peeking_takes_nothing_and_creates_no_key() {
+        let mut slots = vec![];
+        let mut t = table(&mut slots, 4);
+        assert_eq!(
+            t.check(0, &[limit("k", 2)], 2, false),
+            Outcome::Admitted { remaining: vec![0] }
+        );
+        assert!(t.usage(0).is_empty());
+        t.check(0, &[limit("k", 2)], 2, true);
+        assert!(matches!(
+            t.check(1, &[limit("k", 2)], 1, false),
+            Outcome::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn a_paused_key_refuses_until_its_time() {
+        let mut slots = vec![];
+        let mut t = table(&mut slots, 4);
+        t.pause(key("provider:openai"), 5_000_000, 0).unwrap();
+        let Outcome::Refused { retry_after_us, .. } =
+            t.check(1_000_000, &[limit("provider:openai", 100)], 1, true)
+        else {
+            panic!("a paused key admitted a call");
+        };
+        assert_eq!(retry_after_us, 4_000_000);
+        assert!(matches!(
+            t.check(5_000_000, &[limit("provider:openai", 100)], 1, true),
+            Outcome::Admitted { .. }
+        ));
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_longest_idle_key_and_never_a_counting_one() {
+        let mut slots = vec![];
+        let mut t = table(&mut slots, 3);
+        t.check(0, &[limit("a", 1)], 1, true);
+        t.check(10, &[limit("b", 1)], 1, true);
+        t.check(20, &[limit("c", 1)], 1, true);
+        // All three still count: a fourth key is refused, and nothing is forgotten.
+        let Outcome::Full { retry_after_us } = t.check(30, &[limit("d", 1)], 1, true) else {
+            panic!("a counting key was evicted");
+        };
+        assert!(retry_after_us > 0);
+        assert!(matches!(
+            t.check(40, &[limit("a", 1)], 1, true),
+            Outcome::Refused { .. }
+        ));
+        // Once their windows have drained, the longest idle ("a") makes room.
+        let later = 3 * MINUTE;
+        t.check(later, &[limit("b", 1)], 1, true);
+        t.check(later + 1, &[limit("c", 1)], 1, true);
+        assert!(matches!(
+            t.check(later + 2, &[limit("d", 1)], 1, true),
+            Outcome::Admitted { .. }
+        ));
+        let mut names: Vec<String> = t.usage(later + 3).into_iter().map(|u| u.name).collect();
+        names.sort();
+        assert_eq!(names, ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn many_keys_come_and_go_and_every_lookup_still_finds_its_key() {
+        let mut slots = vec![];
+        let mut t = table(&mut slots, 64);
+        let names: Vec<String> = (0..2000).map(|i| format!("key-{i}")).collect();
+        let mut now = 0;
+        for (round, name) in names.iter().enumerate() {
+            now += MINUTE; // every earlier key is idle by now
+            assert!(matches!(
+                t.check(now, &[limit(name, 1)], 1, true),
+                Outcome::Admitted { .. }
+            ));
+            // The keys admitted in this minute are all still refused: none got lost in a shift.
+            assert!(
+                matches!(
+                    t.check(now, &[limit(name, 1)], 1, true),
+                    Outcome::Refused { .. }
+                ),
+                "{round}"
+            );
+        }
+        assert!(t.usage(now).len() <= 64);
+    }
+
+    #[test]
+    fn reset_forgets_one_key_or_all() {
+        let mut slots = vec![];
+        let mut t = table(&mut slots, 8);
+        for name in ["a", "b", "c"] {
+            t.check(0, &[limit(name, 1)], 1, true);
+        }
+        assert_eq!(t.reset(Some("b")), 1);
+        assert!(matches!(
+            t.check(1, &[limit("b", 1)], 1, true),
+            Outcome::Admitted { .. }
+        ));
+        assert!(matches!(
+            t.check(1, &[limit("a", 1)], 1, true),
+            Outcome::Refused { .. }
+        ));
+        assert_eq!(t.reset(None), 3);
+        assert!(t.usage(2).is_empty());
+    }
+
+    #[test]
+    fn long_names_are_cut_for_display_at_a_character_boundary() {
+        let mut slots = vec![];
+        let mut t = table(&mut slots, 4);
+        let long = "é".repeat(40);
+        t.check(0, &[limit(&long, 1)], 1, true);
+        let shown = &t.usage(0)[0].name;
+        assert!(long.starts_with(shown.as_str()) && shown.len() <= NAME_BYTES);
+        assert_eq!(t.reset(Some(&long)), 1);
+    }
+}
