@@ -8,6 +8,7 @@
 
 mod shmem;
 mod table;
+mod verdict;
 mod window;
 
 use crate::error::{Error, OrReport};
@@ -106,6 +107,22 @@ fn tier_limits(organization: &Uuid, agent: &Uuid) -> Result<[u64; 3], Error> {
     })
 }
 
+/// `prefix` followed by the uuid in its usual hyphenated form. Written out by hand: the
+/// formatting machinery was a visible share of a check's cost.
+fn uuid_key(prefix: &str, id: &Uuid) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut key = String::with_capacity(prefix.len() + 36);
+    key.push_str(prefix);
+    for (i, byte) in id.as_bytes().iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            key.push('-');
+        }
+        key.push(HEX[usize::from(byte >> 4)] as char);
+        key.push(HEX[usize::from(byte & 0xf)] as char);
+    }
+    key
+}
+
 fn interval_us(us: u64) -> Interval {
     Interval::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
 }
@@ -122,18 +139,20 @@ fn required<T>(name: &str, value: Option<T>) -> Result<T, Error> {
 }
 
 /// allowed, refused_tier, retry_after, and what remains at the global, organization and agent
-/// tiers (pgrx needs the row type spelled out in each function's signature).
+/// tiers: the row of check_rate_limit and peek_rate_limit (see `verdict`).
 type TierRow = (bool, Option<String>, Option<Interval>, i64, i64, i64);
 
+/// Checks `cost` calls against the three tiers of an organization's agent and, when `take` is
+/// set and all have room, takes them.
 fn check_tiers(
     organization_id: Option<Uuid>,
     agent_id: Option<Uuid>,
-    cost: i32,
+    cost: Option<i32>,
     take: bool,
 ) -> Result<TierRow, Error> {
     let organization = required("organization_id", organization_id)?;
     let agent = required("agent_id", agent_id)?;
-    let cost = positive("cost", cost)?;
+    let cost = positive("cost", required("cost", cost)?)?;
     let maxima = tier_limits(&organization, &agent)?;
     if let Some(tier) = (0..3).find(|&i| cost > maxima[i]) {
         return Err(Error::InvalidParameter(format!(
@@ -142,19 +161,21 @@ fn check_tiers(
         )));
     }
     let (organization_key, agent_key) = (
-        format!("organization:{organization:-}"),
-        format!("agent:{agent:-}"),
+        uuid_key("organization:", &organization),
+        uuid_key("agent:", &agent),
     );
     let names = ["global", organization_key.as_str(), agent_key.as_str()];
     let limits: Vec<Limit> = names
         .iter()
         .zip(maxima)
-        .map(|(name, max)| Limit {
-            key: Key {
-                name,
-                window_us: MINUTE_US,
-            },
-            max,
+        .map(|(name, max)| {
+            Limit::new(
+                Key {
+                    name,
+                    window_us: MINUTE_US,
+                },
+                max,
+            )
         })
         .collect();
     let outcome = shmem::with_table(|table, now| table.check(now, &limits, cost, take))?;
@@ -178,47 +199,6 @@ fn check_tiers(
         } => row(false, Some(TIERS[index]), Some(retry_after_us), &remaining),
         Outcome::Full { retry_after_us } => row(false, Some("capacity"), Some(retry_after_us), &[]),
     })
-}
-
-/// Checks and takes one LLM call (or `cost` calls) against the global, organization and agent
-/// limits at once: refused at one tier, nothing is taken at any.
-#[pg_extern(volatile)]
-fn check_rate_limit(
-    organization_id: Option<Uuid>,
-    agent_id: Option<Uuid>,
-    cost: default!(i32, 1),
-) -> TableIterator<
-    'static,
-    (
-        name!(allowed, bool),
-        name!(refused_tier, Option<String>),
-        name!(retry_after, Option<Interval>),
-        name!(remaining_global, i64),
-        name!(remaining_organization, i64),
-        name!(remaining_agent, i64),
-    ),
-> {
-    TableIterator::once(check_tiers(organization_id, agent_id, cost, true).or_report())
-}
-
-/// What `check_rate_limit` would answer now, taking nothing.
-#[pg_extern(volatile)]
-fn peek_rate_limit(
-    organization_id: Option<Uuid>,
-    agent_id: Option<Uuid>,
-    cost: default!(i32, 1),
-) -> TableIterator<
-    'static,
-    (
-        name!(allowed, bool),
-        name!(refused_tier, Option<String>),
-        name!(retry_after, Option<Interval>),
-        name!(remaining_global, i64),
-        name!(remaining_organization, i64),
-        name!(remaining_agent, i64),
-    ),
-> {
-    TableIterator::once(check_tiers(organization_id, agent_id, cost, false).or_report())
 }
 
 fn window_us(window: Option<Interval>) -> Result<u64, Error> {
@@ -256,13 +236,13 @@ fn rate_limit(
                 "cost {cost} exceeds max {max}"
             )));
         }
-        let limit = Limit {
-            key: Key {
+        let limit = Limit::new(
+            Key {
                 name: &name,
                 window_us,
             },
             max,
-        };
+        );
         Ok(
             match shmem::with_table(|table, now| table.check(now, &[limit], cost, true))? {
                 Outcome::Admitted { remaining } => (true, None, remaining[0] as i64),

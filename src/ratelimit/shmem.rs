@@ -14,6 +14,8 @@ const NAME: &std::ffi::CStr = c"ai_agents rate limits";
 struct Header {
     /// Bumped when the override table changes, so backends reload their copy.
     overrides_generation: AtomicU64,
+    /// Live keys in the table; changed only under the lock.
+    live: u64,
     max_keys: u64,
     slot_count: u64,
 }
@@ -70,6 +72,7 @@ unsafe extern "C-unwind" fn startup_shmem() {
             let slot_count = Table::slots_for(max_keys());
             header.write(Header {
                 overrides_generation: AtomicU64::new(1),
+                live: 0,
                 max_keys: max_keys() as u64,
                 slot_count: slot_count as u64,
             });
@@ -84,10 +87,15 @@ unsafe extern "C-unwind" fn startup_shmem() {
     }
 }
 
-fn header() -> Result<&'static Header, Error> {
+fn header() -> Result<*mut Header, Error> {
     // SAFETY: HEADER is set once in the postmaster's startup hook and inherited by every
     // backend; it points into shared memory that lives as long as the server.
-    unsafe { HEADER.as_ref() }.ok_or(Error::NotPreloaded)
+    let header = unsafe { HEADER };
+    if header.is_null() {
+        Err(Error::NotPreloaded)
+    } else {
+        Ok(header)
+    }
 }
 
 /// Microseconds on the system-wide monotonic clock: the same in every process, and never
@@ -112,10 +120,10 @@ pub fn with_table<T>(f: impl FnOnce(&mut Table, u64) -> T) -> Result<T, Error> {
     unsafe {
         pg_sys::LWLockAcquire(LOCK, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let slots = std::slice::from_raw_parts_mut(
-            (header as *const Header).add(1).cast::<Slot>().cast_mut(),
-            header.slot_count as usize,
+            header.add(1).cast::<Slot>(),
+            (*header).slot_count as usize,
         );
-        let mut table = Table::new(slots, header.max_keys as usize);
+        let mut table = Table::new(slots, (*header).max_keys as usize, &mut (*header).live);
         let result = f(&mut table, now_us());
         pg_sys::LWLockRelease(LOCK);
         Ok(result)
@@ -123,12 +131,12 @@ pub fn with_table<T>(f: impl FnOnce(&mut Table, u64) -> T) -> Result<T, Error> {
 }
 
 pub fn overrides_generation() -> Result<u64, Error> {
-    Ok(header()?.overrides_generation.load(Ordering::Acquire))
+    // SAFETY: see `header`; the counter is atomic, so no lock is needed.
+    Ok(unsafe { &(*header()?).overrides_generation }.load(Ordering::Acquire))
 }
 
 pub fn bump_overrides_generation() -> Result<(), Error> {
-    header()?
-        .overrides_generation
-        .fetch_add(1, Ordering::AcqRel);
+    // SAFETY: see `header`; the counter is atomic, so no lock is needed.
+    unsafe { &(*header()?).overrides_generation }.fetch_add(1, Ordering::AcqRel);
     Ok(())
 }

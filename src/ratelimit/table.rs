@@ -57,24 +57,37 @@ pub struct Key<'a> {
 
 impl Key<'_> {
     fn hash(&self) -> [u64; 2] {
-        let half = |salt: u8| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            salt.hash(&mut h);
-            self.name.hash(&mut h);
-            self.window_us.hash(&mut h);
-            h.finish()
-        };
-        // Two independent 64-bit hashes: a collision would make two keys share one count,
-        // which refuses more, never admits more.
-        [half(1), half(2).max(1)]
+        let mut sip = std::collections::hash_map::DefaultHasher::new();
+        self.name.hash(&mut sip);
+        self.window_us.hash(&mut sip);
+        // FNV-1a over the same bytes: an independent second half, cheaper than a second SipHash.
+        let mut fnv: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self.name.bytes().chain(self.window_us.to_le_bytes()) {
+            fnv = (fnv ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        // A collision of both would make two keys share one count, which refuses more, never
+        // admits more.
+        [sip.finish(), fnv.max(1)]
     }
 }
 
-/// One limit to check: a key and the most it may admit per window.
+/// One limit to check: a key and the most it may admit per window. The key's hash is worked
+/// out here, before the caller takes the table's lock.
 #[derive(Clone, Copy, Debug)]
 pub struct Limit<'a> {
-    pub key: Key<'a>,
-    pub max: u64,
+    key: Key<'a>,
+    hash: [u64; 2],
+    max: u64,
+}
+
+impl<'a> Limit<'a> {
+    pub fn new(key: Key<'a>, max: u64) -> Limit<'a> {
+        Limit {
+            key,
+            hash: key.hash(),
+            max,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,16 +115,22 @@ pub struct Usage {
     pub last_used_us: u64,
 }
 
-/// The table over a slice whose length is a power of two; at most `max_keys` are live.
+/// The table over a slice whose length is a power of two; at most `max_keys` are live, and
+/// `live` counts them (kept beside the slots so a check never has to scan for it).
 pub struct Table<'a> {
     slots: &'a mut [Slot],
     max_keys: usize,
+    live: &'a mut u64,
 }
 
 impl<'a> Table<'a> {
-    pub fn new(slots: &'a mut [Slot], max_keys: usize) -> Table<'a> {
+    pub fn new(slots: &'a mut [Slot], max_keys: usize, live: &'a mut u64) -> Table<'a> {
         debug_assert!(slots.len().is_power_of_two() && max_keys < slots.len());
-        Table { slots, max_keys }
+        Table {
+            slots,
+            max_keys,
+            live,
+        }
     }
 
     /// Slots for `max_keys` keys: twice as many, so probe sequences stay short.
@@ -137,13 +156,15 @@ impl<'a> Table<'a> {
         }
     }
 
-    fn live(&self) -> usize {
-        self.slots.iter().filter(|s| !s.is_empty()).count()
+    fn insert(&mut self, empty: usize, slot: Slot) {
+        self.slots[empty] = slot;
+        *self.live += 1;
     }
 
     /// Removes slot `hole`, moving later members of its probe run back so lookups still work.
     fn remove(&mut self, mut hole: usize) {
         self.slots[hole] = Slot::EMPTY;
+        *self.live -= 1;
         let mut j = (hole + 1) & self.mask();
         while !self.slots[j].is_empty() {
             let home = self.slots[j].hash[0] as usize & self.mask();
@@ -158,13 +179,13 @@ impl<'a> Table<'a> {
 
     /// Makes room for `needed` new keys by evicting the longest-idle keys whose windows are
     /// empty, never one of `keep`. Err(retry_after) when there are not enough such keys.
-    fn make_room(&mut self, needed: usize, keep: &[[u64; 2]], now_us: u64) -> Result<(), u64> {
-        let free = self.max_keys.saturating_sub(self.live());
+    fn make_room(&mut self, needed: usize, keep: &[Limit], now_us: u64) -> Result<(), u64> {
+        let free = self.max_keys.saturating_sub(*self.live as usize);
         for _ in free..needed {
             let mut victim: Option<usize> = None;
             let mut soonest_idle = u64::MAX;
             for i in 0..self.slots.len() {
-                if self.slots[i].is_empty() || keep.contains(&self.slots[i].hash) {
+                if self.slots[i].is_empty() || keep.iter().any(|k| k.hash == self.slots[i].hash) {
                     continue;
                 }
                 if self.slots[i].is_idle(now_us) {
@@ -191,24 +212,25 @@ impl<'a> Table<'a> {
     /// Checks all `limits` at `now_us` as one decision and, when `take` is set and all have
     /// room, takes `cost` from each. A refusal at one limit takes nothing at any.
     pub fn check(&mut self, now_us: u64, limits: &[Limit], cost: u64, take: bool) -> Outcome {
-        let hashes: Vec<[u64; 2]> = limits.iter().map(|l| l.key.hash()).collect();
         if take {
-            let missing = hashes.iter().filter(|&&h| self.find(h).is_err()).count();
-            if let Err(retry_after_us) = self.make_room(missing, &hashes, now_us) {
+            let missing = limits.iter().filter(|l| self.find(l.hash).is_err()).count();
+            if let Err(retry_after_us) = self.make_room(missing, limits, now_us) {
                 return Outcome::Full { retry_after_us };
             }
-            for (limit, &hash) in limits.iter().zip(&hashes) {
-                if let Err(empty) = self.find(hash) {
-                    self.slots[empty] = new_slot(limit.key, hash, now_us);
+            for limit in limits {
+                if let Err(empty) = self.find(limit.hash) {
+                    self.insert(empty, new_slot(limit.key, limit.hash, now_us));
                 }
             }
         }
+        // No slot moves from here on, so one lookup per limit serves the check and the take.
+        let found: Vec<Option<usize>> = limits.iter().map(|l| self.find(l.hash).ok()).collect();
         // What each limit has left before this call, and the longest wait any of them imposes.
         let mut before = Vec::with_capacity(limits.len());
         let mut refusal: Option<(usize, u64)> = None;
-        for (index, (limit, &hash)) in limits.iter().zip(&hashes).enumerate() {
-            let (used, wait) = match self.find(hash) {
-                Ok(i) => {
+        for (index, (limit, &slot)) in limits.iter().zip(&found).enumerate() {
+            let (used, wait) = match slot {
+                Some(i) => {
                     let slot = &mut self.slots[i];
                     let paused_for = slot.paused_until_us.saturating_sub(now_us);
                     let wait = match slot.window.check(now_us, limit.max, cost) {
@@ -217,7 +239,7 @@ impl<'a> Table<'a> {
                     };
                     (slot.window.used(now_us), wait)
                 }
-                Err(_) => (0, 0),
+                None => (0, 0),
             };
             before.push(limit.max.saturating_sub(used));
             // The limit that keeps the caller waiting longest is the one to report.
@@ -233,8 +255,8 @@ impl<'a> Table<'a> {
             };
         }
         if take {
-            for (limit, &hash) in limits.iter().zip(&hashes) {
-                if let Ok(i) = self.find(hash) {
+            for (limit, &slot) in limits.iter().zip(&found) {
+                if let Some(i) = slot {
                     let slot = &mut self.slots[i];
                     slot.window.take(now_us, cost);
                     slot.limit = limit.max;
@@ -252,15 +274,14 @@ impl<'a> Table<'a> {
 
     /// Refuses every call on `key` until `until_us` (a provider's Retry-After).
     pub fn pause(&mut self, key: Key, until_us: u64, now_us: u64) -> Result<(), u64> {
-        let hash = key.hash();
-        let i = match self.find(hash) {
+        let pinned = Limit::new(key, 0);
+        if self.find(pinned.hash).is_err() {
+            self.make_room(1, &[pinned], now_us)?;
+        }
+        let i = match self.find(pinned.hash) {
             Ok(i) => i,
-            Err(_) => {
-                self.make_room(1, &[hash], now_us)?;
-                let Err(empty) = self.find(hash) else {
-                    unreachable!("just checked")
-                };
-                self.slots[empty] = new_slot(key, hash, now_us);
+            Err(empty) => {
+                self.insert(empty, new_slot(key, pinned.hash, now_us));
                 empty
             }
         };
@@ -340,15 +361,29 @@ mod tests {
     }
 
     fn limit(name: &str, max: u64) -> Limit<'_> {
-        Limit {
-            key: key(name),
-            max,
-        }
+        Limit::new(key(name), max)
     }
 
-    fn table(slots: &mut Vec<Slot>, max_keys: usize) -> Table<'_> {
-        slots.resize(Table::slots_for(max_keys), Slot::EMPTY);
-        Table::new(slots, max_keys)
+    /// What shared memory holds for a table: its slots and its count of live keys.
+    struct Store {
+        slots: Vec<Slot>,
+        live: u64,
+        max_keys: usize,
+    }
+
+    impl Store {
+        fn new(max_keys: usize) -> Store {
+            let slots = vec![Slot::EMPTY; Table::slots_for(max_keys)];
+            Store {
+                slots,
+                live: 0,
+                max_keys,
+            }
+        }
+
+        fn table(&mut self) -> Table<'_> {
+            Table::new(&mut self.slots, self.max_keys, &mut self.live)
+        }
     }
 
     fn tiers<'a>(agent: &'a str) -> [Limit<'a>; 3] {
@@ -357,8 +392,8 @@ mod tests {
 
     #[test]
     fn three_tiers_admit_together_and_refuse_together() {
-        let mut slots = vec![];
-        let mut t = table(&mut slots, 16);
+        let mut store = Store::new(16);
+        let mut t = store.table();
         for i in 0..50 {
             let outcome = t.check(i, &tiers("agent:a"), 1, true);
             assert_eq!(
@@ -394,8 +429,8 @@ mod tests {
 
     #[test]
     fn peeking_takes_nothing_and_creates_no_key() {
-        let mut slots = vec![];
-        let mut t = table(&mut slots, 4);
+        let mut store = Store::new(4);
+        let mut t = store.table();
         assert_eq!(
             t.check(0, &[limit("k", 2)], 2, false),
             Outcome::Admitted { remaining: vec![0] }
@@ -410,8 +445,8 @@ mod tests {
 
     #[test]
     fn a_paused_key_refuses_until_its_time() {
-        let mut slots = vec![];
-        let mut t = table(&mut slots, 4);
+        let mut store = Store::new(4);
+        let mut t = store.table();
         t.pause(key("provider:openai"), 5_000_000, 0).unwrap();
         let Outcome::Refused { retry_after_us, .. } =
             t.check(1_000_000, &[limit("provider:openai", 100)], 1, true)
@@ -427,8 +462,8 @@ mod tests {
 
     #[test]
     fn a_full_table_evicts_the_longest_idle_key_and_never_a_counting_one() {
-        let mut slots = vec![];
-        let mut t = table(&mut slots, 3);
+        let mut store = Store::new(3);
+        let mut t = store.table();
         t.check(0, &[limit("a", 1)], 1, true);
         t.check(10, &[limit("b", 1)], 1, true);
         t.check(20, &[limit("c", 1)], 1, true);
@@ -456,8 +491,8 @@ mod tests {
 
     #[test]
     fn many_keys_come_and_go_and_every_lookup_still_finds_its_key() {
-        let mut slots = vec![];
-        let mut t = table(&mut slots, 64);
+        let mut store = Store::new(64);
+        let mut t = store.table();
         let names: Vec<String> = (0..2000).map(|i| format!("key-{i}")).collect();
         let mut now = 0;
         for (round, name) in names.iter().enumerate() {
@@ -480,8 +515,8 @@ mod tests {
 
     #[test]
     fn reset_forgets_one_key_or_all() {
-        let mut slots = vec![];
-        let mut t = table(&mut slots, 8);
+        let mut store = Store::new(8);
+        let mut t = store.table();
         for name in ["a", "b", "c"] {
             t.check(0, &[limit(name, 1)], 1, true);
         }
@@ -500,8 +535,8 @@ mod tests {
 
     #[test]
     fn long_names_are_cut_for_display_at_a_character_boundary() {
-        let mut slots = vec![];
-        let mut t = table(&mut slots, 4);
+        let mut store = Store::new(4);
+        let mut t = store.table();
         let long = "é".repeat(40);
         t.check(0, &[limit(&long, 1)], 1, true);
         let shown = &t.usage(0)[0].name;

@@ -1,0 +1,104 @@
+//! The row `check_rate_limit` and `peek_rate_limit` return, built with a tuple descriptor made
+//! once per backend. Every LLM call goes through this check; declared through pgrx's
+//! TableIterator, each call rebuilt the descriptor from the catalog, about a sixth of the cost
+//! of a check (measured with bench/ratelimit.sh). The SQL declarations are in
+//! sql/ratelimit.sql.
+use super::{check_tiers, TierRow};
+use crate::error::OrReport;
+use pgrx::datum::Uuid;
+use pgrx::fcinfo::pg_getarg;
+use pgrx::prelude::*;
+use pgrx::IntoDatum;
+use std::ptr::null_mut;
+
+const COLUMNS: [(&std::ffi::CStr, pg_sys::Oid); 6] = [
+    (c"allowed", pg_sys::BOOLOID),
+    (c"refused_tier", pg_sys::TEXTOID),
+    (c"retry_after", pg_sys::INTERVALOID),
+    (c"remaining_global", pg_sys::INT8OID),
+    (c"remaining_organization", pg_sys::INT8OID),
+    (c"remaining_agent", pg_sys::INT8OID),
+];
+
+static mut DESCRIPTOR: pg_sys::TupleDesc = null_mut();
+
+/// The row type, created in this backend's top memory context on first use.
+unsafe fn descriptor() -> pg_sys::TupleDesc {
+    unsafe {
+        if DESCRIPTOR.is_null() {
+            let previous = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            let descriptor = pg_sys::CreateTemplateTupleDesc(COLUMNS.len() as i32);
+            for (i, (name, oid)) in COLUMNS.iter().enumerate() {
+                pg_sys::TupleDescInitEntry(descriptor, (i + 1) as i16, name.as_ptr(), *oid, -1, 0);
+            }
+            DESCRIPTOR = pg_sys::BlessTupleDesc(descriptor);
+            pg_sys::MemoryContextSwitchTo(previous);
+        }
+        DESCRIPTOR
+    }
+}
+
+fn to_datum(row: TierRow) -> pg_sys::Datum {
+    let (allowed, tier, retry_after, global, organization, agent) = row;
+    let datums = [
+        allowed.into_datum(),
+        tier.into_datum(),
+        retry_after.into_datum(),
+        global.into_datum(),
+        organization.into_datum(),
+        agent.into_datum(),
+    ];
+    let mut values = [pg_sys::Datum::from(0); COLUMNS.len()];
+    let mut nulls = [false; COLUMNS.len()];
+    for (i, datum) in datums.into_iter().enumerate() {
+        match datum {
+            Some(datum) => values[i] = datum,
+            None => nulls[i] = true,
+        }
+    }
+    // SAFETY: the values match the descriptor's column types one by one.
+    unsafe {
+        let tuple = pg_sys::heap_form_tuple(descriptor(), values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
+    }
+}
+
+/// SAFETY: called by Postgres with the arguments of the SQL declaration (uuid, uuid, integer).
+unsafe fn verdict(fcinfo: pg_sys::FunctionCallInfo, take: bool) -> pg_sys::Datum {
+    let (organization, agent, cost) = unsafe {
+        (
+            pg_getarg::<Uuid>(fcinfo, 0),
+            pg_getarg::<Uuid>(fcinfo, 1),
+            pg_getarg::<i32>(fcinfo, 2),
+        )
+    };
+    to_datum(check_tiers(organization, agent, cost, take).or_report())
+}
+
+static FUNCTION_INFO_V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+
+#[no_mangle]
+pub extern "C" fn pg_finfo_check_rate_limit_fast() -> &'static pg_sys::Pg_finfo_record {
+    &FUNCTION_INFO_V1
+}
+
+#[no_mangle]
+pub extern "C" fn pg_finfo_peek_rate_limit_fast() -> &'static pg_sys::Pg_finfo_record {
+    &FUNCTION_INFO_V1
+}
+
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn check_rate_limit_fast(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe { verdict(fcinfo, true) }
+}
+
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn peek_rate_limit_fast(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe { verdict(fcinfo, false) }
+}
