@@ -8,6 +8,7 @@ mod ratelimit;
 mod reports;
 mod schedule;
 mod settings;
+mod shmem;
 mod tasks;
 
 pgrx::pg_module_magic!();
@@ -15,10 +16,13 @@ pgrx::pg_module_magic!();
 // The tables come first; every other SQL file and function builds on them.
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 
+/// The shared-memory segments, allocated when the library is preloaded.
+static SEGMENTS: [&shmem::Segment; 1] = [&ratelimit::SEGMENT];
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
-    ratelimit::init();
+    shmem::install(&SEGMENTS);
 }
 
 /// Required by `cargo pgrx test`.

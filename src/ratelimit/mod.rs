@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use table::{Key, Limit, Outcome};
 
-pub use shmem::init;
+pub use shmem::SEGMENT;
 
 pgrx::extension_sql_file!(
     "../../sql/ratelimit.sql",
