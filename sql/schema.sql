@@ -140,6 +140,10 @@ CREATE UNIQUE INDEX ai_agent_tasks_idempotency_idx
 CREATE INDEX ai_agent_tasks_claim_idx
     ON ai_agents.ai_agent_tasks (priority DESC, next_run_at)
     WHERE status IN ('pending', 'completed', 'failed') AND next_run_at IS NOT NULL AND NOT paused;
+-- The worker's next wake-up: the earliest next_run_at among the same rows.
+CREATE INDEX ai_agent_tasks_due_idx
+    ON ai_agents.ai_agent_tasks (next_run_at)
+    WHERE status IN ('pending', 'completed', 'failed') AND next_run_at IS NOT NULL AND NOT paused;
 -- Lease rescue looks only at running rows.
 CREATE INDEX ai_agent_tasks_lease_idx
     ON ai_agents.ai_agent_tasks (lease_expires_at) WHERE status = 'running';

@@ -285,6 +285,17 @@ AS $$
             error, coalesce(details, '{}') || jsonb_build_object('by', ai_agents.current_actor()))
 $$;
 
+-- Tells listeners (LISTEN ai_agents_task_events) that a task's run ended, so apps react
+-- without polling. Delivered at commit, like every NOTIFY.
+CREATE FUNCTION ai_agents.notify_task_event(t ai_agents.ai_agent_tasks) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_notify('ai_agents_task_events', json_build_object(
+        'task_id', t.id, 'status', t.status, 'organization_id', t.organization_id,
+        'agent_id', t.agent_id, 'attempts', t.attempts, 'next_run_at', t.next_run_at)::text)
+$$;
+
 CREATE FUNCTION ai_agents.complete_task(
     task_id           uuid,
     fencing_token     bigint,
@@ -325,6 +336,7 @@ BEGIN
             'fencing_token', t.fencing_token, 'agent_version_id', t.agent_version_id,
             'next_run_at', t.next_run_at),
         with_usage => true);
+    PERFORM ai_agents.notify_task_event(t);
     RETURN t;
 END
 $$;
@@ -381,6 +393,9 @@ BEGIN
             'max_attempts', t.max_attempts, 'fencing_token', t.fencing_token,
             'agent_version_id', t.agent_version_id),
         with_usage => true);
+    IF delay IS NULL THEN
+        PERFORM ai_agents.notify_task_event(t);
+    END IF;
     RETURN t;
 END
 $$;
@@ -449,6 +464,7 @@ BEGIN
     RETURNING * INTO t;
     PERFORM ai_agents.log_task_event(t, 'task_cancelled', true, cancel_task.reason,
                                      jsonb_build_object('previous_status', was));
+    PERFORM ai_agents.notify_task_event(t);
     RETURN t;
 END
 $$;

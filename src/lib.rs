@@ -4,12 +4,14 @@ use pgrx::prelude::*;
 
 mod agents;
 mod error;
+mod llm;
 mod ratelimit;
 mod reports;
 mod schedule;
 mod settings;
 mod shmem;
 mod tasks;
+mod worker;
 
 pgrx::pg_module_magic!();
 
@@ -17,12 +19,13 @@ pgrx::pg_module_magic!();
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 
 /// The shared-memory segments, allocated when the library is preloaded.
-static SEGMENTS: [&shmem::Segment; 1] = [&ratelimit::SEGMENT];
+static SEGMENTS: [&shmem::Segment; 2] = [&ratelimit::SEGMENT, &worker::SEGMENT];
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
     shmem::install(&SEGMENTS);
+    worker::register();
 }
 
 /// Required by `cargo pgrx test`.

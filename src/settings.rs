@@ -1,6 +1,7 @@
 //! The extension's settings (`ai_agents.*`). Registered in `_PG_init`, so they exist in every
 //! backend that loaded the library, and in postgresql.conf when it is preloaded.
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
 
 /// First retry delay of a transient failure; each further attempt doubles it.
 pub static RETRY_BASE_DELAY_S: GucSetting<i32> = GucSetting::<i32>::new(10);
@@ -16,6 +17,36 @@ pub static RATE_LIMIT_ORGANIZATION_PER_MINUTE: GucSetting<i32> = GucSetting::<i3
 /// Calls per minute per agent, unless ai_agent_rate_limits says otherwise.
 pub static RATE_LIMIT_AGENT_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(50);
 
+/// The database the background worker serves.
+pub static WORKER_DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Whether the background worker claims and runs tasks.
+pub static WORKER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// LLM calls in flight at once (threads of the worker's pool).
+pub static MAX_CONCURRENT_CALLS: GucSetting<i32> = GucSetting::<i32>::new(8);
+/// Longest an LLM call may take, connection included.
+pub static HTTP_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(60);
+/// How long a claimed task is the worker's; must exceed the HTTP timeout.
+pub static LEASE_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+/// Messages of a conversation sent with a conversation task.
+pub static HISTORY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static OPENAI_BASE_URL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"https://api.openai.com/v1"));
+pub static ANTHROPIC_BASE_URL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"https://api.anthropic.com/v1"));
+/// API keys: readable by superusers only, never logged.
+pub static OPENAI_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static ANTHROPIC_API_KEY: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+
+/// A string setting's value ("" when unset or not UTF-8).
+pub fn text(setting: &GucSetting<Option<CString>>) -> String {
+    setting
+        .get()
+        .and_then(|value| value.into_string().ok())
+        .unwrap_or_default()
+}
+
 pub fn register() {
     // A server-start setting can only be defined while the server starts, that is when the
     // library is preloaded; loaded later, the limiter is off anyway.
@@ -23,6 +54,76 @@ pub fn register() {
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         register_preload_settings();
     }
+    GucRegistry::define_bool_guc(
+        c"ai_agents.worker_enabled",
+        c"Whether the background worker claims and runs tasks.",
+        c"Off: the worker stays connected but claims nothing.",
+        &WORKER_ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.http_timeout",
+        c"Longest an LLM call may take, connecting included.",
+        c"A call that takes longer fails as transient and is retried.",
+        &HTTP_TIMEOUT_S,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.lease",
+        c"How long a claimed task belongs to the worker before it may be rescued.",
+        c"Must exceed ai_agents.http_timeout; the worker uses at least the timeout plus 30 s.",
+        &LEASE_S,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.history_limit",
+        c"Newest messages of a conversation sent with a conversation task.",
+        c"Oldest first, after the system prompt.",
+        &HISTORY_LIMIT,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"ai_agents.openai_base_url",
+        c"Base URL of the OpenAI-compatible API (OpenAI, Ollama, vLLM, LiteLLM...).",
+        c"The worker posts to <base>/chat/completions.",
+        &OPENAI_BASE_URL,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"ai_agents.anthropic_base_url",
+        c"Base URL of the Anthropic API.",
+        c"The worker posts to <base>/messages.",
+        &ANTHROPIC_BASE_URL,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"ai_agents.openai_api_key",
+        c"API key for the OpenAI-compatible provider.",
+        c"Readable by superusers only; never logged.",
+        &OPENAI_API_KEY,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_string_guc(
+        c"ai_agents.anthropic_api_key",
+        c"API key for Anthropic.",
+        c"Readable by superusers only; never logged.",
+        &ANTHROPIC_API_KEY,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
     GucRegistry::define_int_guc(
         c"ai_agents.rate_limit_global_per_minute",
         c"LLM calls per minute for the whole server.",
@@ -76,6 +177,24 @@ pub fn register() {
 }
 
 fn register_preload_settings() {
+    GucRegistry::define_string_guc(
+        c"ai_agents.database",
+        c"The database whose tasks the ai_agents background worker runs.",
+        c"The worker idles until CREATE EXTENSION ai_agents has run there.",
+        &WORKER_DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.max_concurrent_calls",
+        c"LLM calls the background worker makes at once.",
+        c"The size of the worker's pool of HTTP threads.",
+        &MAX_CONCURRENT_CALLS,
+        1,
+        1024,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"ai_agents.rate_limit_max_keys",
         c"How many rate-limit keys shared memory holds.",

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 pub use postgres;
+pub mod stub;
 
 const DEFAULT_BINDIR: &str = "/usr/lib/postgresql/15/bin";
 const TEMPLATE_DB: &str = "ai_agents_template";
@@ -123,7 +124,7 @@ impl Cluster {
     }
 
     pub fn pg_ctl(&self, args: &[&str]) {
-        let log = self.datadir.join("server.log");
+        let log = self.log_path();
         let mut all = vec![
             "-D",
             self.datadir.to_str().unwrap(),
@@ -132,6 +133,11 @@ impl Cluster {
         ];
         all.extend_from_slice(args);
         run_pg(&self.bindir.join("pg_ctl"), &all);
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.datadir.join("server.log")
     }
 
     pub fn port(&self) -> u16 {
@@ -220,27 +226,40 @@ impl Drop for Cluster {
     }
 }
 
-static SHARED: OnceLock<Cluster> = OnceLock::new();
-
-extern "C" fn stop_shared_cluster() {
-    if let Some(cluster) = SHARED.get() {
-        cluster.stop();
+/// Stops `cluster` when the test binary exits (for clusters kept in statics).
+pub fn stop_at_exit(cluster: &'static Cluster) {
+    static REGISTERED: std::sync::Mutex<Vec<&'static Cluster>> = std::sync::Mutex::new(Vec::new());
+    extern "C" fn stop_registered() {
+        if let Ok(clusters) = REGISTERED.lock() {
+            clusters.iter().for_each(|c| c.stop());
+        }
     }
+    let mut clusters = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
+    if clusters.is_empty() {
+        // SAFETY: registering a plain extern "C" function.
+        unsafe { libc::atexit(stop_registered) };
+    }
+    clusters.push(cluster);
 }
+
+static SHARED: OnceLock<Cluster> = OnceLock::new();
 
 /// The cluster shared by all tests of one test binary; stopped when the binary exits.
 pub fn shared_cluster() -> &'static Cluster {
-    SHARED.get_or_init(|| {
+    let mut started = false;
+    let cluster = SHARED.get_or_init(|| {
+        started = true;
         // Tests share the server-wide global tier; only the rate-limit tests, on clusters of
         // their own, run with the default 400 per minute.
-        let cluster = Cluster::start(
+        Cluster::start(
             "shared",
             &["ai_agents.rate_limit_global_per_minute = 1000000"],
-        );
-        // SAFETY: registering a plain extern "C" function; it only reads a OnceLock.
-        unsafe { libc::atexit(stop_shared_cluster) };
-        cluster
-    })
+        )
+    });
+    if started {
+        stop_at_exit(cluster);
+    }
+    cluster
 }
 
 /// A connection to a fresh database of the shared cluster, and the database's name.

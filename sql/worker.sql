@@ -1,0 +1,151 @@
+-- The background worker's side of the SQL API (DESIGN.md section 5): what it claims, how it
+-- records what the LLM answered, when it must wake up next, and how others wake it.
+
+-- USD for a call at the price in force now; NULL for a model without a price.
+CREATE FUNCTION ai_agents.llm_cost_usd(provider text, model text, input_tokens bigint, output_tokens bigint)
+RETURNS numeric
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT round((input_tokens * p.input_usd_per_mtok + output_tokens * p.output_usd_per_mtok) / 1000000, 6)
+      FROM ai_agents.ai_agent_model_prices p
+     WHERE p.provider = llm_cost_usd.provider AND p.model = llm_cost_usd.model AND p.effective_from <= now()
+     ORDER BY p.effective_from DESC
+     LIMIT 1
+$$;
+
+-- Claims due tasks (rate limits applied) and returns what each LLM call needs: the pinned
+-- agent version's settings and, for a conversation task, its newest messages, oldest first.
+CREATE FUNCTION ai_agents.claim_llm_calls(worker text, max_calls integer, lease interval, history_limit integer)
+RETURNS TABLE (task_id uuid, fencing_token bigint, provider text, model text, system_prompt text,
+               temperature float8, max_tokens integer, title text, description text, input jsonb,
+               history jsonb)
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.id, t.fencing_token, v.provider, v.model, v.system_prompt, v.temperature::float8,
+           v.max_tokens, t.title, t.description, t.input,
+           CASE WHEN t.conversation_id IS NOT NULL THEN
+               (SELECT coalesce(jsonb_agg(jsonb_build_object('role', m.role, 'content', m.content)
+                                          ORDER BY m.created_at, m.id), '[]')
+                  FROM (SELECT * FROM ai_agents.ai_agent_messages
+                         WHERE conversation_id = t.conversation_id AND role IN ('user', 'assistant')
+                         ORDER BY created_at DESC, id DESC
+                         LIMIT history_limit) m)
+           END
+      FROM ai_agents.claim_due_tasks(worker, max_calls, lease) t
+      JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id
+$$;
+
+-- Records an LLM reply: the task completes with tokens and cost, a conversation gets the
+-- assistant's message. A reply for a run that is no longer current (cancelled, or its lease
+-- expired and the task was claimed again) is discarded and logged, not an error.
+CREATE FUNCTION ai_agents.record_llm_reply(task_id uuid, fencing_token bigint, content text,
+                                           input_tokens bigint, output_tokens bigint, model text,
+                                           request_id text, execution_time_ms integer)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t ai_agents.ai_agent_tasks;
+    provider text;
+BEGIN
+    SELECT v.provider INTO provider FROM ai_agents.ai_agent_tasks tt
+      JOIN ai_agents.ai_agent_versions v ON v.id = tt.agent_version_id
+     WHERE tt.id = record_llm_reply.task_id;
+    BEGIN
+        t := ai_agents.complete_task(record_llm_reply.task_id, record_llm_reply.fencing_token,
+                output => record_llm_reply.content,
+                tokens_used => (record_llm_reply.input_tokens + record_llm_reply.output_tokens)::integer,
+                cost_usd => ai_agents.llm_cost_usd(provider, record_llm_reply.model,
+                                                   record_llm_reply.input_tokens, record_llm_reply.output_tokens),
+                execution_time_ms => record_llm_reply.execution_time_ms,
+                details => jsonb_build_object('request_id', record_llm_reply.request_id,
+                                              'model', record_llm_reply.model,
+                                              'input_tokens', record_llm_reply.input_tokens,
+                                              'output_tokens', record_llm_reply.output_tokens));
+    EXCEPTION WHEN object_not_in_prerequisite_state THEN
+        PERFORM ai_agents.log_discarded_result(record_llm_reply.task_id, record_llm_reply.fencing_token,
+                                               SQLERRM, record_llm_reply.request_id);
+        RETURN 'discarded';
+    END;
+    IF t.conversation_id IS NOT NULL THEN
+        INSERT INTO ai_agents.ai_agent_messages (conversation_id, organization_id, role, content, tokens)
+        VALUES (t.conversation_id, t.organization_id, 'assistant', record_llm_reply.content,
+                record_llm_reply.output_tokens::integer);
+    END IF;
+    RETURN t.status;
+END
+$$;
+
+CREATE FUNCTION ai_agents.record_llm_failure(task_id uuid, fencing_token bigint, error text,
+                                             http_status integer, retry_after_ms bigint,
+                                             permanent boolean, request_id text,
+                                             execution_time_ms integer)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t ai_agents.ai_agent_tasks;
+BEGIN
+    t := ai_agents.fail_task(record_llm_failure.task_id, record_llm_failure.fencing_token,
+            record_llm_failure.error,
+            http_status => record_llm_failure.http_status,
+            retry_after => record_llm_failure.retry_after_ms * interval '1 millisecond',
+            permanent => record_llm_failure.permanent,
+            execution_time_ms => record_llm_failure.execution_time_ms,
+            details => jsonb_build_object('request_id', record_llm_failure.request_id));
+    RETURN t.status;
+EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    PERFORM ai_agents.log_discarded_result(record_llm_failure.task_id, record_llm_failure.fencing_token,
+                                           SQLERRM, record_llm_failure.request_id);
+    RETURN 'discarded';
+END
+$$;
+
+CREATE FUNCTION ai_agents.log_discarded_result(task_id uuid, fencing_token bigint, reason text, request_id text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO ai_agents.ai_agent_activity_log
+        (organization_id, agent_id, task_id, action_type, success, attempt, error, details)
+    SELECT t.organization_id, t.agent_id, t.id, 'result_discarded', false, t.attempts, reason,
+           jsonb_build_object('fencing_token', fencing_token, 'request_id', request_id)
+      FROM ai_agents.ai_agent_tasks t WHERE t.id = task_id
+$$;
+
+-- When the worker must look again without being woken: the next due task or expiring lease.
+CREATE FUNCTION ai_agents.next_wakeup() RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT least(
+        (SELECT min(t.next_run_at) FROM ai_agents.ai_agent_tasks t
+          WHERE t.status IN ('pending', 'completed', 'failed') AND t.next_run_at IS NOT NULL AND NOT t.paused),
+        (SELECT min(t.lease_expires_at) FROM ai_agents.ai_agent_tasks t WHERE t.status = 'running'))
+$$;
+
+-- A new or rescheduled task wakes the worker as soon as its transaction commits (before the
+-- commit the worker could not see it).
+CREATE FUNCTION ai_agents.wake_worker_on_change() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM ai_agents.wake_worker_at_commit();
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER ai_agent_tasks_wake_worker
+    AFTER INSERT OR UPDATE OF next_run_at, status ON ai_agents.ai_agent_tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION ai_agents.wake_worker_on_change();
+
+REVOKE ALL ON FUNCTION ai_agents.claim_llm_calls(text, integer, interval, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.record_llm_reply(uuid, bigint, text, bigint, bigint, text, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.record_llm_failure(uuid, bigint, text, integer, bigint, boolean, text, integer) FROM PUBLIC;

@@ -1,0 +1,283 @@
+//! LLM client: one blocking chat call to OpenAI-compatible or Anthropic endpoints.
+//!
+//! Pure Rust (std, serde, serde_json, ureq); nothing here knows about Postgres, so every
+//! piece can be tested with plain `cargo test`. One capability per file:
+//!
+//! * `mod.rs` - the public types and [`call`], which validates, sends and interprets;
+//! * `openai.rs` / `anthropic.rs` - request body and reply parsing for each protocol;
+//! * `classify.rs` - turning an HTTP status, headers and body into a [`Failure`];
+//! * `transport.rs` - the HTTP exchange itself (ureq), mapping network errors;
+//! * `prompt.rs` - the user message of a task ([`task_message`]).
+//!
+//! The api key is never part of a message, a `Debug` output or a log line: `Request`'s
+//! `Debug` prints `<redacted>`, and every [`Failure`] message is scrubbed of the key before
+//! it is returned, in case a provider or proxy echoes it back.
+use std::fmt;
+use std::time::Duration;
+
+mod anthropic;
+mod classify;
+mod openai;
+mod prompt;
+mod transport;
+
+#[cfg(test)]
+mod tests;
+
+pub use prompt::task_message;
+
+/// Which wire protocol to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    /// OpenAI Chat Completions, also spoken by Ollama, vLLM, LiteLLM and most gateways.
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl Provider {
+    /// `"openai"` or `"anthropic"` (ASCII case and surrounding whitespace ignored).
+    pub fn parse(name: &str) -> Option<Provider> {
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("openai") {
+            Some(Provider::OpenAi)
+        } else if name.eq_ignore_ascii_case("anthropic") {
+            Some(Provider::Anthropic)
+        } else {
+            None
+        }
+    }
+
+    /// The lower-case name used in messages, the inverse of [`Provider::parse`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "openai",
+            Provider::Anthropic => "anthropic",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Who wrote a message of the conversation. The system prompt is separate ([`Request::system`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One turn of the conversation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+/// Everything needed for one call.
+#[derive(Clone)]
+pub struct Request {
+    pub provider: Provider,
+    /// Up to and including the version, without the endpoint: `https://api.openai.com/v1`,
+    /// `https://api.anthropic.com/v1`, `http://127.0.0.1:8089/v1`. Trailing slashes are ignored.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer` (OpenAI) or `x-api-key` (Anthropic) when present and
+    /// not blank; surrounding whitespace is trimmed. Never printed.
+    pub api_key: Option<String>,
+    pub model: String,
+    /// System prompt; left out of the request when empty.
+    pub system: String,
+    /// Chronological. Anthropic needs alternating roles starting with the user; see
+    /// [`call`] for how other sequences are adapted.
+    pub messages: Vec<Message>,
+    pub temperature: f64,
+    pub max_tokens: u32,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("provider", &self.provider)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("model", &self.model)
+            .field("system", &self.system)
+            .field("messages", &self.messages)
+            .field("temperature", &self.temperature)
+            .field("max_tokens", &self.max_tokens)
+            .finish()
+    }
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    pub content: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// As the provider reports it; the requested model when the reply names none.
+    pub model: String,
+    /// OpenAI: header `x-request-id`; Anthropic: header `request-id`.
+    pub request_id: Option<String>,
+}
+
+/// Why a call did not produce a [`Reply`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    /// Names the problem and includes the provider's own error message (at most ~500
+    /// characters of it). Never contains the api key.
+    pub message: String,
+    /// `None` when no HTTP response arrived (timeout, refused, reset, DNS) or the request was
+    /// rejected before sending.
+    pub http_status: Option<u16>,
+    /// From `retry-after-ms` or `Retry-After` (delta-seconds; an HTTP-date gives `None`),
+    /// capped at one day.
+    pub retry_after: Option<Duration>,
+    /// `true`: retrying the same request cannot succeed (bad key, bad request, exhausted quota).
+    pub permanent: bool,
+    pub request_id: Option<String>,
+}
+
+/// Limits for one call.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Establishing the TCP (and TLS) connection.
+    pub connect: Duration,
+    /// Everything, from name resolution to the last byte of the response body.
+    pub total: Duration,
+}
+
+/// Largest response body accepted, after decompression.
+const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
+/// One blocking call. Safe to run on any thread (no global state: every call builds its own
+/// HTTP agent, so no connection is reused either).
+///
+/// Before anything is sent, the request is checked (base URL scheme, non-empty model and
+/// messages, finite temperature, an api key that fits in an HTTP header); a bad request is a
+/// permanent [`Failure`] without an HTTP status.
+///
+/// For Anthropic, which requires the conversation to start with a user message and roles to
+/// alternate, consecutive messages of the same role are merged (joined by a blank line, empty
+/// ones skipped) and, when the first message is the assistant's, a user message
+/// `(conversation continues)` is put in front of it. A trailing assistant message is sent as
+/// is, so Anthropic continues it (a "prefill").
+pub fn call(request: &Request, timeouts: Timeouts) -> Result<Reply, Failure> {
+    let api_key = request
+        .api_key
+        .as_deref()
+        .map(str::trim)
+        .filter(|key| !key.is_empty());
+    let result = call_inner(request, api_key, timeouts);
+    match (result, api_key) {
+        (Err(failure), Some(key)) => Err(classify::redact(failure, key)),
+        (result, _) => result,
+    }
+}
+
+fn call_inner(
+    request: &Request,
+    api_key: Option<&str>,
+    timeouts: Timeouts,
+) -> Result<Reply, Failure> {
+    let provider = request.provider;
+    validate(request, api_key)?;
+    let base = request.base_url.trim().trim_end_matches('/');
+    let (url, body, headers) = match provider {
+        Provider::OpenAi => (
+            format!("{base}/chat/completions"),
+            openai::request_body(request),
+            openai::request_headers(api_key),
+        ),
+        Provider::Anthropic => (
+            format!("{base}/messages"),
+            anthropic::request_body(request),
+            anthropic::request_headers(api_key),
+        ),
+    };
+    let body = body.map_err(|e| {
+        permanent_before_sending(format!("could not encode the {provider} request body: {e}"))
+    })?;
+    let response = transport::post(provider, &url, &headers, body, timeouts)?;
+    let interpret = |body: &[u8]| {
+        classify::interpret(
+            provider,
+            &request.model,
+            response.status,
+            &response.headers,
+            body,
+            response.truncated,
+        )
+    };
+    match (interpret(&response.body), api_key) {
+        // A body that echoes the key is scrubbed before any of it is quoted, so that not even
+        // a prefix of the key survives the truncation of a long error message.
+        (Err(_), Some(key)) if classify::contains_secret(&response.body, key) => {
+            interpret(&classify::redact_bytes(&response.body, key))
+        }
+        (result, _) => result,
+    }
+}
+
+fn validate(request: &Request, api_key: Option<&str>) -> Result<(), Failure> {
+    let provider = request.provider;
+    let base = request.base_url.trim();
+    let scheme_ok = ["http://", "https://"].iter().any(|scheme| {
+        base.len() > scheme.len()
+            && base
+                .get(..scheme.len())
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(scheme))
+    });
+    if !scheme_ok {
+        return Err(permanent_before_sending(format!(
+            "invalid {provider} base_url {base:?}: it must start with http:// or https://"
+        )));
+    }
+    if request.model.trim().is_empty() {
+        return Err(permanent_before_sending(format!(
+            "no model given for {provider}"
+        )));
+    }
+    if request.messages.is_empty() {
+        return Err(permanent_before_sending(format!(
+            "the {provider} request has no messages"
+        )));
+    }
+    if !request.temperature.is_finite() {
+        return Err(permanent_before_sending(format!(
+            "invalid temperature {} for {provider}: it must be a finite number",
+            request.temperature
+        )));
+    }
+    if let Some(key) = api_key {
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(permanent_before_sending(format!(
+                "the {provider} api key contains characters that cannot be sent in an HTTP \
+                 header (only printable ASCII without spaces is allowed)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn permanent_before_sending(message: String) -> Failure {
+    Failure {
+        message,
+        http_status: None,
+        retry_after: None,
+        permanent: true,
+        request_id: None,
+    }
+}

@@ -1,0 +1,302 @@
+//! The background worker: a scheduler inside Postgres that calls the LLM. Every table access
+//! is its own short transaction; no transaction is open while a call is in flight (calls run
+//! on `pool`'s threads); it sleeps on its latch until the next due time or a wake-up (`wake`).
+mod pool;
+mod wake;
+
+use crate::llm;
+use crate::settings::{
+    self, HISTORY_LIMIT, HTTP_TIMEOUT_S, LEASE_S, MAX_CONCURRENT_CALLS, WORKER_ENABLED,
+};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
+use pgrx::prelude::*;
+use pool::{Done, Job, Pool};
+use std::time::Duration;
+
+pub use wake::SEGMENT;
+
+pgrx::extension_sql_file!(
+    "../../sql/worker.sql",
+    name = "worker",
+    requires = ["tasks", wake::wake_worker_at_commit]
+);
+
+/// Longest sleep with nothing due: a safety net, not a tick.
+const IDLE_WAIT: Duration = Duration::from_secs(60);
+/// How often an idle worker looks again while the extension is absent or the server is a standby.
+const ABSENT_WAIT: Duration = Duration::from_secs(5);
+
+/// Registers the worker; called from `_PG_init` while the library is preloaded.
+pub fn register() {
+    // SAFETY: reading a flag Postgres sets before it loads preloaded libraries.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    BackgroundWorkerBuilder::new("ai_agents worker")
+        .set_type("ai_agents worker")
+        .set_library("ai_agents")
+        .set_function("ai_agents_worker_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+fn log(message: &str) {
+    log!("ai_agents worker: {message}");
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = settings::text(&settings::WORKER_DATABASE);
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    wake::publish_my_latch();
+    // SAFETY: reading this process's pid.
+    let name = format!("ai_agents-worker-{}", unsafe { pg_sys::MyProcPid });
+    let size = usize::try_from(MAX_CONCURRENT_CALLS.get())
+        .unwrap_or(1)
+        .max(1);
+    let mut pool = match Pool::new(size) {
+        Ok(pool) => pool,
+        Err(e) => error!("ai_agents worker: cannot start its HTTP threads: {e}"),
+    };
+    log(&format!(
+        "serving database \"{database}\" with {size} HTTP threads"
+    ));
+    loop {
+        if BackgroundWorker::sigterm_received() {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: the documented way for a background worker to reload its settings.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        record(pool.finished());
+        let wait = if !ready() {
+            ABSENT_WAIT
+        } else {
+            if WORKER_ENABLED.get() && pool.free() > 0 {
+                for job in claim(&name, pool.free()) {
+                    pool.submit(job);
+                }
+            }
+            until_next_due()
+        };
+        sleep(&pool, wait);
+    }
+    let grace = Duration::from_secs(u64::try_from(HTTP_TIMEOUT_S.get()).unwrap_or(60));
+    record(pool.drain(grace));
+    wake::withdraw_my_latch();
+    log("stopped");
+}
+
+/// Whether there is work to look for: not a standby, and the extension is installed here.
+fn ready() -> bool {
+    // SAFETY: a plain query of the recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return false;
+    }
+    BackgroundWorker::transaction(|| {
+        Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'ai_agents')",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    })
+}
+
+fn timeouts() -> llm::Timeouts {
+    let total = Duration::from_secs(u64::try_from(HTTP_TIMEOUT_S.get()).unwrap_or(60));
+    llm::Timeouts {
+        connect: total.min(Duration::from_secs(10)),
+        total,
+    }
+}
+
+/// The lease outlives any call: at least the HTTP timeout plus 30 s.
+fn lease() -> Duration {
+    let asked = Duration::from_secs(u64::try_from(LEASE_S.get()).unwrap_or(300));
+    asked.max(timeouts().total + Duration::from_secs(30))
+}
+
+/// Claims up to `free` tasks in one short transaction and turns them into jobs.
+fn claim(worker: &str, free: usize) -> Vec<Job> {
+    let sql = format!(
+        "SELECT task_id::text, fencing_token, provider, model, system_prompt, temperature, max_tokens, \
+                title, description, input, history \
+           FROM ai_agents.claim_llm_calls('{worker}', {free}, make_interval(secs => {}), {})",
+        lease().as_secs(),
+        HISTORY_LIMIT.get()
+    );
+    BackgroundWorker::transaction(|| {
+        Spi::connect(|client| {
+            let mut jobs = vec![];
+            for row in client.select(&sql, None, &[])? {
+                let provider_name: String = row.get(3)?.unwrap_or_default();
+                let Some(provider) = llm::Provider::parse(&provider_name) else {
+                    continue; // the schema's CHECK allows only known providers
+                };
+                let (base_url, api_key) = match provider {
+                    llm::Provider::OpenAi => {
+                        (&settings::OPENAI_BASE_URL, &settings::OPENAI_API_KEY)
+                    }
+                    llm::Provider::Anthropic => {
+                        (&settings::ANTHROPIC_BASE_URL, &settings::ANTHROPIC_API_KEY)
+                    }
+                };
+                let api_key = Some(settings::text(api_key)).filter(|key| !key.is_empty());
+                let title: String = row.get(8)?.unwrap_or_default();
+                let description: Option<String> = row.get(9)?;
+                let input: pgrx::JsonB =
+                    row.get(10)?.unwrap_or(pgrx::JsonB(serde_json::Value::Null));
+                let history: Option<pgrx::JsonB> = row.get(11)?;
+                jobs.push(Job {
+                    task_id: row.get(1)?.unwrap_or_default(),
+                    fencing_token: row.get(2)?.unwrap_or_default(),
+                    request: llm::Request {
+                        provider,
+                        base_url: settings::text(base_url),
+                        api_key,
+                        model: row.get(4)?.unwrap_or_default(),
+                        system: row.get(5)?.unwrap_or_default(),
+                        messages: messages(
+                            &title,
+                            description.as_deref(),
+                            &input.0,
+                            history.map(|h| h.0),
+                        ),
+                        temperature: row.get(6)?.unwrap_or(0.7),
+                        max_tokens: row
+                            .get::<i32>(7)?
+                            .and_then(|t| u32::try_from(t).ok())
+                            .unwrap_or(1024),
+                    },
+                    timeouts: timeouts(),
+                });
+            }
+            Ok::<_, pgrx::spi::Error>(jobs)
+        })
+        .unwrap_or_else(|e| error!("ai_agents worker: claiming failed: {e}"))
+    })
+}
+
+/// A conversation task sends its history; any other task one user message built from it.
+fn messages(
+    title: &str,
+    description: Option<&str>,
+    input: &serde_json::Value,
+    history: Option<serde_json::Value>,
+) -> Vec<llm::Message> {
+    let from_history: Vec<llm::Message> = history
+        .and_then(|h| h.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| {
+            let role = match m.get("role")?.as_str()? {
+                "user" => llm::Role::User,
+                "assistant" => llm::Role::Assistant,
+                _ => return None,
+            };
+            Some(llm::Message {
+                role,
+                content: m.get("content")?.as_str()?.to_string(),
+            })
+        })
+        .collect();
+    if from_history.is_empty() {
+        vec![llm::Message {
+            role: llm::Role::User,
+            content: llm::task_message(title, description, input),
+        }]
+    } else {
+        from_history
+    }
+}
+
+/// Records each finished call in its own short transaction.
+fn record(finished: Vec<Done>) {
+    for done in finished {
+        let elapsed_ms = i32::try_from(done.elapsed.as_millis()).unwrap_or(i32::MAX);
+        BackgroundWorker::transaction(|| match &done.outcome {
+            Ok(reply) => Spi::get_one_with_args::<String>(
+                "SELECT ai_agents.record_llm_reply($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    done.task_id.as_str().into(),
+                    done.fencing_token.into(),
+                    reply.content.as_str().into(),
+                    i64::try_from(reply.input_tokens).unwrap_or(i64::MAX).into(),
+                    i64::try_from(reply.output_tokens)
+                        .unwrap_or(i64::MAX)
+                        .into(),
+                    reply.model.as_str().into(),
+                    reply.request_id.as_deref().into(),
+                    elapsed_ms.into(),
+                ],
+            ),
+            Err(failure) => Spi::get_one_with_args::<String>(
+                "SELECT ai_agents.record_llm_failure($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    done.task_id.as_str().into(),
+                    done.fencing_token.into(),
+                    failure.message.as_str().into(),
+                    failure.http_status.map(i32::from).into(),
+                    failure
+                        .retry_after
+                        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                        .into(),
+                    failure.permanent.into(),
+                    failure.request_id.as_deref().into(),
+                    elapsed_ms.into(),
+                ],
+            ),
+        })
+        .unwrap_or_else(|e| {
+            error!(
+                "ai_agents worker: recording task {} failed: {e}",
+                done.task_id
+            )
+        });
+    }
+}
+
+/// How long to sleep: until the next due task or expiring lease, at most IDLE_WAIT.
+fn until_next_due() -> Duration {
+    let seconds = BackgroundWorker::transaction(|| {
+        Spi::get_one::<f64>(
+            "SELECT extract(epoch FROM ai_agents.next_wakeup() - clock_timestamp())::float8",
+        )
+        .ok()
+        .flatten()
+    });
+    match seconds {
+        Some(s) if s <= 0.0 => Duration::ZERO,
+        Some(s) => Duration::from_secs_f64(s).min(IDLE_WAIT),
+        None => IDLE_WAIT,
+    }
+}
+
+/// Sleeps on the latch, the pool's pipe (a call finished) and the timeout.
+fn sleep(pool: &Pool, wait: Duration) {
+    let events = pg_sys::WL_LATCH_SET
+        | pg_sys::WL_TIMEOUT
+        | pg_sys::WL_EXIT_ON_PM_DEATH
+        | pg_sys::WL_SOCKET_READABLE;
+    // SAFETY: waiting on our own latch and pipe; the latch is reset after it fired.
+    unsafe {
+        pg_sys::WaitLatchOrSocket(
+            pg_sys::MyLatch,
+            events as i32,
+            pool.wake_fd(),
+            i64::try_from(wait.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(if pool.in_flight() > 0 { 0 } else { 1 }),
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+}
