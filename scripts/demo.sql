@@ -1,5 +1,6 @@
--- The deployment guide's Step 4 played through the SQL API. Until the background worker
--- lands, this script does the worker's part itself: claim, (pretend to) call the LLM, record.
+-- The deployment guide's Step 4 for real: agents, the guide's INSERT as written, and the
+-- background worker running the tasks against the LLM (the local stub, or a real provider
+-- when scripts/run was given an API key).
 \set ON_ERROR_STOP 1
 SET search_path = ai_agents, public;
 \pset footer off
@@ -28,13 +29,17 @@ SELECT id, title, status FROM enqueue_task(:'agent', 'Reply to member #4711', in
 SELECT id, title, status FROM enqueue_task(:'agent', 'Reply to member #4711', input => '{"member": 4711}',
                                           idempotency_key => 'ticket-4711');
 
-\echo '-- 4. The worker''s part: claim due tasks under a lease, then record each result'
-CREATE TEMP TABLE claimed AS SELECT * FROM claim_due_tasks('demo-worker', 10, '1 minute');
-SELECT title, status, attempts, fencing_token, lease_expires_at > now() AS leased FROM claimed;
-SELECT t.title, c.status, c.tokens_used, c.cost_usd
-  FROM claimed t,
-       complete_task(t.id, t.fencing_token, output => 'Done: ' || t.title, tokens_used => 120,
-                     cost_usd => 0.000042) c;
+\echo '-- 4. The background worker claims them at once (woken at commit), calls the LLM, records the results'
+DO $$
+BEGIN
+    FOR i IN 1..200 LOOP
+        EXIT WHEN NOT EXISTS (SELECT FROM ai_agent_tasks WHERE completed_at IS NULL AND status <> 'cancelled');
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END
+$$;
+SELECT title, status, attempts, tokens_used, cost_usd, execution_time_ms, left(output, 60) AS output
+  FROM ai_agent_tasks ORDER BY created_at;
 
 \echo '-- 5. The guide''s Step 4.2 query'
 SELECT id, title, status, execution_started_at, completed_at, tokens_used, cost_usd, error_message, next_run_at

@@ -149,3 +149,4 @@ CREATE TRIGGER ai_agent_tasks_wake_worker
 REVOKE ALL ON FUNCTION ai_agents.claim_llm_calls(text, integer, interval, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.record_llm_reply(uuid, bigint, text, bigint, bigint, text, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.record_llm_failure(uuid, bigint, text, integer, bigint, boolean, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.run_scheduler_once(interval) FROM PUBLIC;

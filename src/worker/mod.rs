@@ -13,14 +13,19 @@ use pgrx::bgworkers::{
 };
 use pgrx::prelude::*;
 use pool::{Done, Job, Pool};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use wake::PassFigures;
 
 pub use wake::SEGMENT;
 
 pgrx::extension_sql_file!(
     "../../sql/worker.sql",
     name = "worker",
-    requires = ["tasks", wake::wake_worker_at_commit]
+    requires = [
+        "tasks",
+        wake::wake_worker_at_commit,
+        wake::run_scheduler_once
+    ]
 );
 
 /// Longest sleep with nothing due: a safety net, not a tick.
@@ -67,6 +72,8 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
     log(&format!(
         "serving database \"{database}\" with {size} HTTP threads"
     ));
+    let mut pass: Option<Pass> = None;
+    let mut last_pass = 0;
     loop {
         if BackgroundWorker::sigterm_received() {
             break;
@@ -75,13 +82,44 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
             // SAFETY: the documented way for a background worker to reload its settings.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        record(pool.finished());
+        for (job_pass, succeeded) in record(pool.finished()) {
+            if let Some(current) = pass.as_mut().filter(|p| Some(p.id) == job_pass) {
+                current.count(succeeded);
+            }
+        }
+        if let Some(finished) = pass.take_if(|p| p.outstanding == 0) {
+            finished.publish();
+        }
         let wait = if !ready() {
             ABSENT_WAIT
         } else {
-            if WORKER_ENABLED.get() && pool.free() > 0 {
-                for job in claim(&name, pool.free()) {
+            let requested = if pass.is_none() {
+                wake::pass_requested(last_pass)
+            } else {
+                None
+            };
+            let mut claimed = 0;
+            // With the worker disabled, only a pass asked for by run_scheduler_once claims.
+            if (WORKER_ENABLED.get() || requested.is_some()) && pool.free() > 0 {
+                for mut job in claim(&name, pool.free()) {
+                    job.pass = requested;
                     pool.submit(job);
+                    claimed += 1;
+                }
+            }
+            if let Some(id) = requested {
+                last_pass = id;
+                let started = Pass {
+                    id,
+                    started: Instant::now(),
+                    outstanding: claimed,
+                    succeeded: 0,
+                    failed: 0,
+                };
+                if claimed == 0 {
+                    started.publish();
+                } else {
+                    pass = Some(started);
                 }
             }
             until_next_due()
@@ -89,9 +127,39 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
         sleep(&pool, wait);
     }
     let grace = Duration::from_secs(u64::try_from(HTTP_TIMEOUT_S.get()).unwrap_or(60));
-    record(pool.drain(grace));
+    let _ = record(pool.drain(grace));
     wake::withdraw_my_latch();
     log("stopped");
+}
+
+/// A scheduler pass asked for by run_scheduler_once: the calls it claimed and how they ended.
+struct Pass {
+    id: u64,
+    started: Instant,
+    outstanding: usize,
+    succeeded: u64,
+    failed: u64,
+}
+
+impl Pass {
+    fn count(&mut self, succeeded: bool) {
+        self.outstanding -= 1;
+        if succeeded {
+            self.succeeded += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+
+    fn publish(self) {
+        let figures = PassFigures {
+            executed: self.succeeded + self.failed,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            elapsed: self.started.elapsed(),
+        };
+        wake::publish_pass(self.id, &figures);
+    }
 }
 
 /// Whether there is work to look for: not a standby, and the extension is installed here.
@@ -156,6 +224,7 @@ fn claim(worker: &str, free: usize) -> Vec<Job> {
                     row.get(10)?.unwrap_or(pgrx::JsonB(serde_json::Value::Null));
                 let history: Option<pgrx::JsonB> = row.get(11)?;
                 jobs.push(Job {
+                    pass: None,
                     task_id: row.get(1)?.unwrap_or_default(),
                     fencing_token: row.get(2)?.unwrap_or_default(),
                     request: llm::Request {
@@ -218,11 +287,13 @@ fn messages(
     }
 }
 
-/// Records each finished call in its own short transaction.
-fn record(finished: Vec<Done>) {
+/// Records each finished call in its own short transaction; returns, per call, its pass and
+/// whether the task completed.
+fn record(finished: Vec<Done>) -> Vec<(Option<u64>, bool)> {
+    let mut outcomes = Vec::with_capacity(finished.len());
     for done in finished {
         let elapsed_ms = i32::try_from(done.elapsed.as_millis()).unwrap_or(i32::MAX);
-        BackgroundWorker::transaction(|| match &done.outcome {
+        let status = BackgroundWorker::transaction(|| match &done.outcome {
             Ok(reply) => Spi::get_one_with_args::<String>(
                 "SELECT ai_agents.record_llm_reply($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
                 &[
@@ -261,7 +332,9 @@ fn record(finished: Vec<Done>) {
                 done.task_id
             )
         });
+        outcomes.push((done.pass, status.as_deref() == Some("completed")));
     }
+    outcomes
 }
 
 /// How long to sleep: until the next due task or expiring lease, at most IDLE_WAIT.

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Job {
+    /// The run_scheduler_once pass that claimed it, if any.
+    pub pass: Option<u64>,
     pub task_id: String,
     pub fencing_token: i64,
     pub request: llm::Request,
@@ -15,6 +17,7 @@ pub struct Job {
 }
 
 pub struct Done {
+    pub pass: Option<u64>,
     pub task_id: String,
     pub fencing_token: i64,
     pub outcome: Result<llm::Reply, llm::Failure>,
@@ -129,6 +132,7 @@ fn serve(jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake_write: RawFd) {
         let started = Instant::now();
         let outcome = llm::call(&job.request, job.timeouts);
         let finished = Done {
+            pass: job.pass,
             task_id: job.task_id,
             fencing_token: job.fencing_token,
             outcome,

@@ -292,3 +292,77 @@ pub fn error_of(client: &mut Client, sql: &str) -> (String, String) {
         }
     }
 }
+
+/// A cluster whose background worker serves its `postgres` database (with the extension
+/// installed), pointed at an LLM stub for both providers.
+pub struct WorkerEnv {
+    pub cluster: Cluster,
+    pub stub: stub::Stub,
+}
+
+/// Recognisable, so tests can look for it everywhere it must not be.
+pub const PLANTED_KEY: &str = "sk-planted-4f9a1c77e2b04d6e";
+
+impl WorkerEnv {
+    /// Starts the stub and the cluster; `settings` are extra postgresql.conf lines.
+    pub fn start(name: &str, settings: &[&str]) -> WorkerEnv {
+        let stub = stub::Stub::start();
+        let mut all = vec![
+            format!("ai_agents.openai_base_url = '{}'", stub.base_url),
+            format!("ai_agents.anthropic_base_url = '{}'", stub.base_url),
+            format!("ai_agents.openai_api_key = '{PLANTED_KEY}'"),
+            "ai_agents.retry_base_delay = 1".into(),
+            "ai_agents.http_timeout = 5".into(),
+            "ai_agents.rate_limit_global_per_minute = 1000000".into(),
+            "ai_agents.rate_limit_agent_per_minute = 1000000".into(),
+            "ai_agents.rate_limit_organization_per_minute = 1000000".into(),
+            "log_min_messages = info".into(),
+        ];
+        all.extend(settings.iter().map(|s| s.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let cluster = Cluster::start(name, &all);
+        cluster
+            .connect("postgres")
+            .batch_execute("CREATE EXTENSION ai_agents")
+            .expect("CREATE EXTENSION in the worker's database");
+        WorkerEnv { cluster, stub }
+    }
+
+    /// A connection to the worker's database with the guide's search_path.
+    pub fn connect(&self) -> Client {
+        let mut c = self.cluster.connect("postgres");
+        c.batch_execute("SET search_path = ai_agents, public")
+            .expect("search_path");
+        c
+    }
+}
+
+/// Polls `condition` (a SQL boolean over the task's row) until it holds; returns how long it
+/// took, and panics after `limit`.
+pub fn wait_for(
+    c: &mut Client,
+    task: &str,
+    condition: &str,
+    limit: std::time::Duration,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let done: bool = c
+            .query_one(
+                &format!(
+                    "SELECT ({condition}) FROM ai_agents.ai_agent_tasks WHERE id = $1::text::uuid"
+                ),
+                &[&task],
+            )
+            .expect("polling a task")
+            .get(0);
+        if done {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "task {task}: '{condition}' not reached within {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -1,85 +1,28 @@
 //! The background worker end to end: a cluster whose worker serves the `postgres` database,
 //! pointed at the LLM stub (tests/src/bin/llm_stub.rs) for both providers.
 use ai_agents_tests::postgres::fallible_iterator::FallibleIterator;
-use ai_agents_tests::postgres::{Client, NoTls};
-use ai_agents_tests::stub::Stub;
-use ai_agents_tests::{create_agent, stop_at_exit, Cluster};
+use ai_agents_tests::postgres::Client;
+use ai_agents_tests::{create_agent, stop_at_exit, wait_for, WorkerEnv, PLANTED_KEY};
 use serde_json::json;
 use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-/// Recognisable, so the tests can look for it everywhere it must not be.
-const PLANTED_KEY: &str = "sk-planted-4f9a1c77e2b04d6e";
-
-struct Env {
-    cluster: Cluster,
-    stub: Stub,
-}
-
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
+fn env() -> &'static WorkerEnv {
+    static ENV: OnceLock<WorkerEnv> = OnceLock::new();
     let mut started = false;
     let env = ENV.get_or_init(|| {
         started = true;
-        let stub = Stub::start();
-        let openai = format!("ai_agents.openai_base_url = '{}'", stub.base_url);
-        let anthropic = format!("ai_agents.anthropic_base_url = '{}'", stub.base_url);
-        let key = format!("ai_agents.openai_api_key = '{PLANTED_KEY}'");
-        let cluster = Cluster::start(
-            "worker",
-            &[
-                &openai,
-                &anthropic,
-                &key,
-                "ai_agents.retry_base_delay = 1",
-                "ai_agents.http_timeout = 5",
-                "ai_agents.rate_limit_global_per_minute = 1000000",
-                "ai_agents.rate_limit_agent_per_minute = 1000000",
-                "ai_agents.rate_limit_organization_per_minute = 1000000",
-                "log_min_messages = info",
-            ],
-        );
-        cluster
-            .connect("postgres")
-            .batch_execute("CREATE EXTENSION ai_agents")
-            .expect("CREATE EXTENSION in the worker's database");
-        Env { cluster, stub }
+        WorkerEnv::start("worker", &[])
     });
     if started {
-        // SAFETY of the cast: ENV is a static and lives as long as the process.
         stop_at_exit(&env.cluster);
     }
     env
 }
 
 fn connect() -> Client {
-    let mut c = Client::connect(&env().cluster.conninfo("postgres"), NoTls).unwrap();
-    c.batch_execute("SET search_path = ai_agents, public")
-        .unwrap();
-    c
-}
-
-/// Polls `condition` (a SQL boolean over the task) until it holds; returns how long it took.
-fn wait_for(c: &mut Client, task: &str, condition: &str, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let done: bool = c
-            .query_one(
-                &format!("SELECT ({condition}) FROM ai_agent_tasks WHERE id = $1::text::uuid"),
-                &[&task],
-            )
-            .unwrap()
-            .get(0);
-        if done {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "task {task}: '{condition}' not reached within {limit:?}"
-        );
-        sleep(Duration::from_millis(10));
-    }
+    env().connect()
 }
 
 fn requests_containing(needle: &str) -> Vec<serde_json::Value> {
