@@ -38,7 +38,8 @@ BEGIN
     END LOOP;
 END
 $$;
-SELECT title, status, attempts, tokens_used, cost_usd, execution_time_ms, left(output, 60) AS output
+SELECT title, status, attempts, tokens_used, cost_usd, execution_time_ms,
+       left(regexp_replace(output, '\s+', ' ', 'g'), 60) AS output
   FROM ai_agent_tasks ORDER BY created_at;
 
 \echo '-- 5. The guide''s Step 4.2 query'

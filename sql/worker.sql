@@ -119,6 +119,25 @@ AS $$
       FROM ai_agents.ai_agent_tasks t WHERE t.id = task_id
 $$;
 
+-- Runs cut short by a crash or restart of the worker (tasks locked by an earlier incarnation of
+-- it; there is one worker per server) are rescued when it starts, not only when their leases run
+-- out. Returns how many.
+CREATE FUNCTION ai_agents.release_orphaned_runs(current_worker text) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    orphaned integer;
+BEGIN
+    UPDATE ai_agents.ai_agent_tasks
+       SET lease_expires_at = now() - interval '1 microsecond'
+     WHERE status = 'running' AND locked_by LIKE 'ai_agents-worker-%' AND locked_by <> current_worker;
+    GET DIAGNOSTICS orphaned = ROW_COUNT;
+    PERFORM ai_agents.rescue_expired_leases();
+    RETURN orphaned;
+END
+$$;
+
 -- When the worker must look again without being woken: the next due task or expiring lease.
 CREATE FUNCTION ai_agents.next_wakeup() RETURNS timestamptz
 LANGUAGE sql STABLE
@@ -150,3 +169,4 @@ REVOKE ALL ON FUNCTION ai_agents.claim_llm_calls(text, integer, interval, intege
 REVOKE ALL ON FUNCTION ai_agents.record_llm_reply(uuid, bigint, text, bigint, bigint, text, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.record_llm_failure(uuid, bigint, text, integer, bigint, boolean, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.run_scheduler_once(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.release_orphaned_runs(text) FROM PUBLIC;

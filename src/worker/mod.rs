@@ -74,6 +74,7 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
     ));
     let mut pass: Option<Pass> = None;
     let mut last_pass = 0;
+    let mut recovered = false;
     loop {
         if BackgroundWorker::sigterm_received() {
             break;
@@ -93,6 +94,10 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
         let wait = if !ready() {
             ABSENT_WAIT
         } else {
+            if !recovered {
+                release_orphaned_runs(&name);
+                recovered = true;
+            }
             let requested = if pass.is_none() {
                 wake::pass_requested(last_pass)
             } else {
@@ -130,6 +135,10 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
     let _ = record(pool.drain(grace));
     wake::withdraw_my_latch();
     log("stopped");
+    // Exit code 1 asks the postmaster to start the worker again after its restart time: a
+    // worker stopped by pg_terminate_backend comes back by itself (at shutdown nothing restarts).
+    // SAFETY: ends this process the way Postgres expects a background worker to end.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 /// A scheduler pass asked for by run_scheduler_once: the calls it claimed and how they ended.
@@ -159,6 +168,20 @@ impl Pass {
             elapsed: self.started.elapsed(),
         };
         wake::publish_pass(self.id, &figures);
+    }
+}
+
+/// Rescues the runs an earlier incarnation of the worker left behind.
+fn release_orphaned_runs(worker: &str) {
+    let released = BackgroundWorker::transaction(|| {
+        Spi::get_one_with_args::<i32>(
+            "SELECT ai_agents.release_orphaned_runs($1)",
+            &[worker.into()],
+        )
+    })
+    .unwrap_or_else(|e| error!("ai_agents worker: rescuing interrupted runs failed: {e}"));
+    if let Some(count) = released.filter(|&n| n > 0) {
+        log(&format!("rescued {count} runs interrupted by a restart"));
     }
 }
 

@@ -1,0 +1,177 @@
+//! The worker's life: killed, restarted, stopped, reconfigured, and its extension dropped and
+//! created again. Each test owns a cluster (and stub), since each disturbs the server.
+use ai_agents_tests::postgres::Client;
+use ai_agents_tests::{create_agent, wait_for, WorkerEnv};
+use serde_json::json;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+fn enqueue(c: &mut Client, agent: &str, title: &str) -> String {
+    c.query_one(
+        "SELECT id::text FROM enqueue_task($1::text::uuid, $2)",
+        &[&agent, &title],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn worker_pid(c: &mut Client) -> Option<i32> {
+    c.query_opt(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'ai_agents worker'",
+        &[],
+    )
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+#[test]
+fn a_terminated_worker_comes_back_by_itself() {
+    let env = WorkerEnv::start("terminated", &[]);
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    let first = worker_pid(&mut c).expect("a worker runs");
+    c.execute("SELECT pg_terminate_backend($1)", &[&first])
+        .unwrap();
+    let task = enqueue(&mut c, &agent, "after the kill");
+    let took = wait_for(
+        &mut c,
+        &task,
+        "status = 'completed'",
+        Duration::from_secs(20),
+    );
+    let second = worker_pid(&mut c).expect("the worker is back");
+    assert_ne!(first, second);
+    println!("terminated worker back and done in {took:?}");
+}
+
+#[test]
+fn drop_and_create_extension_while_it_runs() {
+    let env = WorkerEnv::start("recreated", &[]);
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    let task = enqueue(&mut c, &agent, "before");
+    wait_for(
+        &mut c,
+        &task,
+        "status = 'completed'",
+        Duration::from_secs(5),
+    );
+    c.batch_execute("DROP EXTENSION ai_agents").unwrap();
+    sleep(Duration::from_secs(1));
+    c.batch_execute("CREATE EXTENSION ai_agents").unwrap();
+    let (_, agent) = create_agent(&mut c, "b");
+    let task = enqueue(&mut c, &agent, "after");
+    let took = wait_for(
+        &mut c,
+        &task,
+        "status = 'completed'",
+        Duration::from_secs(20),
+    );
+    println!("resumed after DROP/CREATE EXTENSION in {took:?}");
+    assert!(worker_pid(&mut c).is_some());
+}
+
+#[test]
+fn a_restart_while_calls_run_rescues_them_and_they_finish() {
+    // A crash loses commits not yet flushed unless commits wait for their WAL.
+    let env = WorkerEnv::start("restarted", &["synchronous_commit = on"]);
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    let marker = format!("interrupted-{agent}");
+    env.stub.script(serde_json::Value::Array(
+        (0..5)
+            .map(|_| json!({"match": marker, "delay_ms": 3000}))
+            .collect(),
+    ));
+    let tasks: Vec<String> = (0..5)
+        .map(|i| enqueue(&mut c, &agent, &format!("{marker} {i}")))
+        .collect();
+    for task in &tasks {
+        wait_for(&mut c, task, "status = 'running'", Duration::from_secs(5));
+    }
+    env.cluster.pg_ctl(&["restart", "-m", "immediate", "-w"]);
+    let started = Instant::now();
+    let mut c = env.connect();
+    for task in &tasks {
+        wait_for(
+            &mut c,
+            task,
+            "status = 'completed'",
+            Duration::from_secs(20),
+        );
+    }
+    let row = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE action_type = 'lease_expired'), \
+                    count(*) FILTER (WHERE action_type = 'task_completed') \
+             FROM ai_agent_activity_log WHERE task_id = ANY($1::text[]::uuid[])",
+            &[&tasks],
+        )
+        .unwrap();
+    let (rescued, completed): (i64, i64) = (row.get(0), row.get(1));
+    println!(
+        "restart: 5 tasks in flight, {rescued} rescued, {completed} completed in {:?}",
+        started.elapsed()
+    );
+    assert_eq!((rescued, completed), (5, 5));
+    let attempts: Vec<i32> = c
+        .query(
+            "SELECT attempts FROM ai_agent_tasks WHERE id = ANY($1::text[]::uuid[])",
+            &[&tasks],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(attempts.iter().all(|&a| a == 2), "{attempts:?}");
+}
+
+#[test]
+fn a_fast_stop_while_the_provider_hangs_ends_within_the_http_timeout() {
+    let env = WorkerEnv::start("hanging", &[]); // ai_agents.http_timeout = 5
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    let marker = format!("hang-{agent}");
+    env.stub.script(json!({"match": marker, "hang": true}));
+    let task = enqueue(&mut c, &agent, &marker);
+    wait_for(&mut c, &task, "status = 'running'", Duration::from_secs(5));
+    drop(c);
+    let started = Instant::now();
+    env.cluster
+        .pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
+    let took = started.elapsed();
+    println!("pg_ctl stop -m fast with a hanging call took {took:?}");
+    assert!(took < Duration::from_secs(5 + 5), "{took:?}");
+    // Start it again so the harness's stop finds a running server.
+    env.cluster.pg_ctl(&["start", "-w"]);
+}
+
+#[test]
+fn sighup_reloads_the_settings() {
+    let env = WorkerEnv::start("reloaded", &[]);
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    c.batch_execute("ALTER SYSTEM SET ai_agents.worker_enabled = off")
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    sleep(Duration::from_millis(500));
+    let task = enqueue(&mut c, &agent, "waits while disabled");
+    sleep(Duration::from_secs(1));
+    let status: String = c
+        .query_one(
+            "SELECT status FROM ai_agent_tasks WHERE id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "pending", "a disabled worker claims nothing");
+    c.batch_execute("ALTER SYSTEM SET ai_agents.worker_enabled = on")
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_for(
+        &mut c,
+        &task,
+        "status = 'completed'",
+        Duration::from_secs(70),
+    );
+}
