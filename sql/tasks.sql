@@ -200,18 +200,27 @@ BEGIN
     -- anyone running SQL by hand (the lease index makes this a cheap probe).
     PERFORM ai_agents.rescue_expired_leases();
     FOR candidate IN
-        SELECT t.id, t.organization_id, t.agent_id
+        SELECT t.id, t.organization_id, t.agent_id, v.provider
           FROM ai_agents.ai_agent_tasks t
+          JOIN ai_agents.ai_agents ag ON ag.id = t.agent_id
+          LEFT JOIN ai_agents.ai_agent_versions v ON v.id = ag.current_version_id
          WHERE t.status IN ('pending', 'completed', 'failed')
            AND t.next_run_at <= now()
            AND NOT t.paused
          ORDER BY t.priority DESC, t.next_run_at
          LIMIT max_tasks
-           FOR UPDATE SKIP LOCKED
+           FOR UPDATE OF t SKIP LOCKED
     LOOP
-        -- Each claim is one LLM call: it must pass the three rate-limit tiers. A task that
-        -- would be refused waits for the moment its limit allows it; no attempt is used.
-        SELECT * INTO verdict FROM ai_agents.check_rate_limit(candidate.organization_id, candidate.agent_id);
+        -- Each claim is one LLM call: its provider must not be paused (a 429 with Retry-After)
+        -- and it must pass the three rate-limit tiers. A task that would be refused waits for
+        -- the moment it would pass; no attempt is used.
+        verdict := NULL;
+        SELECT false AS allowed, 'provider' AS refused_tier, p.paused_for AS retry_after INTO verdict
+          FROM ai_agents.rate_limit_paused_for('provider:' || candidate.provider) p(paused_for)
+         WHERE p.paused_for IS NOT NULL;
+        IF verdict IS NULL THEN
+            SELECT * INTO verdict FROM ai_agents.check_rate_limit(candidate.organization_id, candidate.agent_id);
+        END IF;
         IF NOT verdict.allowed THEN
             UPDATE ai_agents.ai_agent_tasks SET next_run_at = now() + verdict.retry_after
              WHERE id = candidate.id

@@ -92,6 +92,15 @@ AS $$
 DECLARE
     t ai_agents.ai_agent_tasks;
 BEGIN
+    -- A provider that answers 429 with Retry-After is paused for everyone until then: every
+    -- claim of a task for it waits (see claim_due_tasks).
+    IF record_llm_failure.http_status = 429 AND record_llm_failure.retry_after_ms > 0
+       AND NOT record_llm_failure.permanent THEN
+        PERFORM ai_agents.pause_rate_limit('provider:' || v.provider,
+                                           now() + record_llm_failure.retry_after_ms * interval '1 millisecond')
+           FROM ai_agents.ai_agent_tasks tt JOIN ai_agents.ai_agent_versions v ON v.id = tt.agent_version_id
+          WHERE tt.id = record_llm_failure.task_id;
+    END IF;
     t := ai_agents.fail_task(record_llm_failure.task_id, record_llm_failure.fencing_token,
             record_llm_failure.error,
             http_status => record_llm_failure.http_status,

@@ -278,6 +278,24 @@ fn pause_rate_limit(
     result.or_report()
 }
 
+/// How much longer a key is paused by pause_rate_limit (NULL: not paused). Cheap enough for
+/// every claim: claim_due_tasks asks it for the provider of each task.
+#[pg_extern(volatile)]
+fn rate_limit_paused_for(key: &str, window: default!(Interval, "'1 minute'")) -> Option<Interval> {
+    let window_us = window_us(Some(window)).or_report();
+    let paused_us = shmem::with_table(|table, now| {
+        table.paused_for(
+            Key {
+                name: key,
+                window_us,
+            },
+            now,
+        )
+    })
+    .or_report();
+    (paused_us > 0).then(|| interval_us(paused_us))
+}
+
 /// Forgets the counts and pause of one key (by name) or, with NULL, of every key.
 #[pg_extern(volatile)]
 fn reset_rate_limit(key: default!(Option<&str>, "NULL")) -> i64 {

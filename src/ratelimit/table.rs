@@ -272,6 +272,12 @@ impl<'a> Table<'a> {
         }
     }
 
+    /// How much longer `key` is paused (0: not paused), without creating it.
+    pub fn paused_for(&self, key: Key, now_us: u64) -> u64 {
+        self.find(key.hash())
+            .map_or(0, |i| self.slots[i].paused_until_us.saturating_sub(now_us))
+    }
+
     /// Refuses every call on `key` until `until_us` (a provider's Retry-After).
     pub fn pause(&mut self, key: Key, until_us: u64, now_us: u64) -> Result<(), u64> {
         let pinned = Limit::new(key, 0);
@@ -454,10 +460,13 @@ mod tests {
             panic!("a paused key admitted a call");
         };
         assert_eq!(retry_after_us, 4_000_000);
+        assert_eq!(t.paused_for(key("provider:openai"), 2_000_000), 3_000_000);
+        assert_eq!(t.paused_for(key("provider:anthropic"), 2_000_000), 0);
         assert!(matches!(
             t.check(5_000_000, &[limit("provider:openai", 100)], 1, true),
             Outcome::Admitted { .. }
         ));
+        assert_eq!(t.paused_for(key("provider:openai"), 5_000_000), 0);
     }
 
     #[test]

@@ -175,3 +175,129 @@ fn sighup_reloads_the_settings() {
         Duration::from_secs(70),
     );
 }
+
+#[test]
+fn a_429_pauses_the_provider_and_the_task_then_succeeds() {
+    let env = WorkerEnv::start("throttled", &[]);
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    let marker = format!("throttled-{agent}");
+    env.stub
+        .script(json!({"match": marker, "status": 429, "retry_after": "2"}));
+    let first = enqueue(&mut c, &agent, &marker);
+    wait_for(
+        &mut c,
+        &first,
+        "attempts = 1 AND status = 'pending'",
+        Duration::from_secs(5),
+    );
+    let paused: Option<f64> = c
+        .query_one(
+            "SELECT extract(epoch FROM paused_for)::float8 FROM rate_limit_usage WHERE key = 'provider:openai'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        paused.is_some_and(|p| p > 0.5 && p <= 2.0),
+        "provider paused: {paused:?}"
+    );
+    // Another task for the same provider waits for the pause instead of calling.
+    let second = enqueue(&mut c, &agent, "during the pause");
+    wait_for(
+        &mut c,
+        &first,
+        "status = 'completed'",
+        Duration::from_secs(10),
+    );
+    wait_for(
+        &mut c,
+        &second,
+        "status = 'completed'",
+        Duration::from_secs(10),
+    );
+    let deferred: Vec<String> = c
+        .query(
+            "SELECT details ->> 'tier' FROM ai_agent_activity_log \
+             WHERE task_id = $1::text::uuid AND action_type = 'rate_limited'",
+            &[&second],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(deferred, ["provider"]);
+    let attempts: (i32, i32) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT attempts FROM ai_agent_tasks WHERE id = $1::text::uuid), \
+                        (SELECT attempts FROM ai_agent_tasks WHERE id = $2::text::uuid)",
+                &[&first, &second],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        attempts,
+        (2, 1),
+        "the 429 cost one attempt; the deferral none"
+    );
+}
+
+/// The guide's Step 4.4 through the worker with the default agent limit: 60 tasks at once, 50
+/// calls in the first minute, the other 10 in the next, none failed.
+#[test]
+fn the_guides_sixty_tasks_through_the_worker_at_fifty_per_minute() {
+    let env = WorkerEnv::start("sixty", &["ai_agents.rate_limit_agent_per_minute = 50"]);
+    let mut c = env.connect();
+    let (org, agent) = create_agent(&mut c, "Lead Follow-up");
+    let guide = std::fs::read_to_string(format!(
+        "{}/guide/step4_4_create_60_tasks.sql",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replace("YOUR_AGENT_UUID", &agent)
+    .replace("YOUR_ORG_UUID", &org);
+    c.batch_execute(&guide).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let done: i64 = c
+            .query_one(
+                "SELECT count(*) FROM ai_agent_tasks WHERE status = 'completed'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if done == 60 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {done} of 60 completed");
+        sleep(Duration::from_millis(200));
+    }
+    let row = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'failed'), \
+                    (SELECT count(*) FROM ai_agent_activity_log WHERE action_type = 'rate_limited') \
+             FROM ai_agent_tasks",
+            &[],
+        )
+        .unwrap();
+    let (failed, deferred): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(failed, 0);
+    assert!(deferred >= 10, "{deferred} deferrals");
+    // The stub's clock: no 60-second window holds more than 50 calls.
+    let mut at: Vec<i64> = env
+        .stub
+        .requests()
+        .iter()
+        .map(|r| r["received_ms"].as_i64().unwrap())
+        .collect();
+    at.sort_unstable();
+    assert_eq!(at.len(), 60);
+    let busiest = (0..at.len())
+        .map(|i| at[i..].iter().take_while(|&&t| t - at[i] < 60_000).count())
+        .max()
+        .unwrap();
+    println!("sixty tasks: busiest minute {busiest} calls, {deferred} deferrals, 51st call {} ms after the first", at[50] - at[0]);
+    assert_eq!(busiest, 50);
+}
