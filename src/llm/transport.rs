@@ -16,8 +16,34 @@ pub(super) struct RawResponse {
     pub truncated: bool,
 }
 
-/// POSTs `body` to `url`. A fresh agent per call: no shared state, no pooled connections.
-/// Redirects are not followed (a 3xx comes back as a response); 4xx and 5xx come back as
+/// This thread's agent for these timeouts: kept so that calls from one thread reuse their
+/// connections (keep-alive), rebuilt when the timeouts change. Agents are not shared between
+/// threads, so no state is.
+fn agent(timeouts: Timeouts) -> ureq::Agent {
+    thread_local! {
+        static AGENT: std::cell::RefCell<Option<((std::time::Duration, std::time::Duration), ureq::Agent)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let key = (timeouts.connect, timeouts.total);
+    AGENT.with_borrow_mut(|cached| {
+        if cached.as_ref().is_none_or(|(k, _)| *k != key) {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_connect(Some(timeouts.connect))
+                .timeout_global(Some(timeouts.total))
+                .http_status_as_error(false)
+                .max_redirects(0)
+                .build()
+                .into();
+            *cached = Some((key, agent));
+        }
+        cached
+            .as_ref()
+            .map(|(_, agent)| agent.clone())
+            .expect("set above")
+    })
+}
+
+/// POSTs `body` to `url` with this thread's agent. Redirects are not followed (a 3xx comes back as a response); 4xx and 5xx come back as
 /// responses too. Proxies are taken from the usual environment variables (`HTTPS_PROXY`,
 /// `ALL_PROXY`, `NO_PROXY`, ...) as ureq does by default.
 pub(super) fn post(
@@ -28,14 +54,7 @@ pub(super) fn post(
     timeouts: Timeouts,
 ) -> Result<RawResponse, Failure> {
     let host = host_of(url);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(timeouts.connect))
-        .timeout_global(Some(timeouts.total))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
-    let mut request = agent.post(url);
+    let mut request = agent(timeouts).post(url);
     for (name, value) in headers {
         request = request.header(*name, value.as_str());
     }

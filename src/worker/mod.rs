@@ -30,6 +30,8 @@ pgrx::extension_sql_file!(
 
 /// Longest sleep with nothing due: a safety net, not a tick.
 const IDLE_WAIT: Duration = Duration::from_secs(60);
+/// The shortest sleep when nothing more was claimable.
+const MIN_WAIT: Duration = Duration::from_millis(5);
 /// How often an idle worker looks again while the extension is absent or the server is a standby.
 const ABSENT_WAIT: Duration = Duration::from_secs(5);
 
@@ -74,7 +76,7 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
     ));
     let mut pass: Option<Pass> = None;
     let mut last_pass = 0;
-    let mut recovered = false;
+    let mut installed = false;
     loop {
         if BackgroundWorker::sigterm_received() {
             break;
@@ -83,56 +85,70 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
             // SAFETY: the documented way for a background worker to reload its settings.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        for (job_pass, succeeded) in record(pool.finished()) {
+        // SAFETY: a plain read of the recovery state.
+        if unsafe { pg_sys::RecoveryInProgress() } || !(installed || extension_installed()) {
+            sleep(&pool, ABSENT_WAIT);
+            continue;
+        }
+        if !installed {
+            installed = true;
+            release_orphaned_runs(&name);
+        }
+        let finished = pool.finished();
+        let requested = if pass.is_none() {
+            wake::pass_requested(last_pass)
+        } else {
+            None
+        };
+        // With the worker disabled, only a pass asked for by run_scheduler_once claims.
+        let want = if WORKER_ENABLED.get() || requested.is_some() {
+            pool.free()
+        } else {
+            0
+        };
+        // One short transaction a turn: record what finished, claim what fits, and find out
+        // when to look again. An ERROR here ends the worker, which starts again in 5 s.
+        let (outcomes, jobs, wait) = BackgroundWorker::transaction(|| {
+            let outcomes = record(&finished);
+            let jobs = if want > 0 { claim(&name, want) } else { vec![] };
+            // A full pool is woken by its calls; otherwise by the next due time.
+            let wait = if want > 0 && jobs.len() < want {
+                until_next_due()
+            } else {
+                IDLE_WAIT
+            };
+            (outcomes, jobs, wait)
+        });
+        for (job_pass, succeeded) in outcomes {
             if let Some(current) = pass.as_mut().filter(|p| Some(p.id) == job_pass) {
                 current.count(succeeded);
             }
         }
+        let claimed = jobs.len();
+        for mut job in jobs {
+            job.pass = requested;
+            pool.submit(job);
+        }
+        if let Some(id) = requested {
+            last_pass = id;
+            pass = Some(Pass {
+                id,
+                started: Instant::now(),
+                outstanding: claimed,
+                succeeded: 0,
+                failed: 0,
+            });
+        }
         if let Some(finished) = pass.take_if(|p| p.outstanding == 0) {
             finished.publish();
         }
-        let wait = if !ready() {
-            ABSENT_WAIT
-        } else {
-            if !recovered {
-                release_orphaned_runs(&name);
-                recovered = true;
-            }
-            let requested = if pass.is_none() {
-                wake::pass_requested(last_pass)
-            } else {
-                None
-            };
-            let mut claimed = 0;
-            // With the worker disabled, only a pass asked for by run_scheduler_once claims.
-            if (WORKER_ENABLED.get() || requested.is_some()) && pool.free() > 0 {
-                for mut job in claim(&name, pool.free()) {
-                    job.pass = requested;
-                    pool.submit(job);
-                    claimed += 1;
-                }
-            }
-            if let Some(id) = requested {
-                last_pass = id;
-                let started = Pass {
-                    id,
-                    started: Instant::now(),
-                    outstanding: claimed,
-                    succeeded: 0,
-                    failed: 0,
-                };
-                if claimed == 0 {
-                    started.publish();
-                } else {
-                    pass = Some(started);
-                }
-            }
-            until_next_due()
-        };
         sleep(&pool, wait);
     }
     let grace = Duration::from_secs(u64::try_from(HTTP_TIMEOUT_S.get()).unwrap_or(60));
-    let _ = record(pool.drain(grace));
+    let finished = pool.drain(grace);
+    if !finished.is_empty() {
+        BackgroundWorker::transaction(|| record(&finished));
+    }
     wake::withdraw_my_latch();
     log("stopped");
     // Exit code 1 asks the postmaster to start the worker again after its restart time: a
@@ -185,12 +201,8 @@ fn release_orphaned_runs(worker: &str) {
     }
 }
 
-/// Whether there is work to look for: not a standby, and the extension is installed here.
-fn ready() -> bool {
-    // SAFETY: a plain query of the recovery state.
-    if unsafe { pg_sys::RecoveryInProgress() } {
-        return false;
-    }
+/// Whether `CREATE EXTENSION ai_agents` has run in this database.
+fn extension_installed() -> bool {
     BackgroundWorker::transaction(|| {
         Spi::get_one::<bool>(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'ai_agents')",
@@ -215,7 +227,7 @@ fn lease() -> Duration {
     asked.max(timeouts().total + Duration::from_secs(30))
 }
 
-/// Claims up to `free` tasks in one short transaction and turns them into jobs.
+/// Claims up to `free` tasks and turns them into jobs.
 fn claim(worker: &str, free: usize) -> Vec<Job> {
     let sql = format!(
         "SELECT task_id::text, fencing_token, provider, model, system_prompt, temperature, max_tokens, \
@@ -224,57 +236,52 @@ fn claim(worker: &str, free: usize) -> Vec<Job> {
         lease().as_secs(),
         HISTORY_LIMIT.get()
     );
-    BackgroundWorker::transaction(|| {
-        Spi::connect(|client| {
-            let mut jobs = vec![];
-            for row in client.select(&sql, None, &[])? {
-                let provider_name: String = row.get(3)?.unwrap_or_default();
-                let Some(provider) = llm::Provider::parse(&provider_name) else {
-                    continue; // the schema's CHECK allows only known providers
-                };
-                let (base_url, api_key) = match provider {
-                    llm::Provider::OpenAi => {
-                        (&settings::OPENAI_BASE_URL, &settings::OPENAI_API_KEY)
-                    }
-                    llm::Provider::Anthropic => {
-                        (&settings::ANTHROPIC_BASE_URL, &settings::ANTHROPIC_API_KEY)
-                    }
-                };
-                let api_key = Some(settings::text(api_key)).filter(|key| !key.is_empty());
-                let title: String = row.get(8)?.unwrap_or_default();
-                let description: Option<String> = row.get(9)?;
-                let input: pgrx::JsonB =
-                    row.get(10)?.unwrap_or(pgrx::JsonB(serde_json::Value::Null));
-                let history: Option<pgrx::JsonB> = row.get(11)?;
-                jobs.push(Job {
-                    pass: None,
-                    task_id: row.get(1)?.unwrap_or_default(),
-                    fencing_token: row.get(2)?.unwrap_or_default(),
-                    request: llm::Request {
-                        provider,
-                        base_url: settings::text(base_url),
-                        api_key,
-                        model: row.get(4)?.unwrap_or_default(),
-                        system: row.get(5)?.unwrap_or_default(),
-                        messages: messages(
-                            &title,
-                            description.as_deref(),
-                            &input.0,
-                            history.map(|h| h.0),
-                        ),
-                        temperature: row.get(6)?.unwrap_or(0.7),
-                        max_tokens: row
-                            .get::<i32>(7)?
-                            .and_then(|t| u32::try_from(t).ok())
-                            .unwrap_or(1024),
-                    },
-                    timeouts: timeouts(),
-                });
-            }
-            Ok::<_, pgrx::spi::Error>(jobs)
-        })
-        .unwrap_or_else(|e| error!("ai_agents worker: claiming failed: {e}"))
+    Spi::connect(|client| {
+        let mut jobs = vec![];
+        for row in client.select(&sql, None, &[])? {
+            let provider_name: String = row.get(3)?.unwrap_or_default();
+            let Some(provider) = llm::Provider::parse(&provider_name) else {
+                continue; // the schema's CHECK allows only known providers
+            };
+            let (base_url, api_key) = match provider {
+                llm::Provider::OpenAi => (&settings::OPENAI_BASE_URL, &settings::OPENAI_API_KEY),
+                llm::Provider::Anthropic => {
+                    (&settings::ANTHROPIC_BASE_URL, &settings::ANTHROPIC_API_KEY)
+                }
+            };
+            let api_key = Some(settings::text(api_key)).filter(|key| !key.is_empty());
+            let title: String = row.get(8)?.unwrap_or_default();
+            let description: Option<String> = row.get(9)?;
+            let input: pgrx::JsonB = row.get(10)?.unwrap_or(pgrx::JsonB(serde_json::Value::Null));
+            let history: Option<pgrx::JsonB> = row.get(11)?;
+            jobs.push(Job {
+                pass: None,
+                task_id: row.get(1)?.unwrap_or_default(),
+                fencing_token: row.get(2)?.unwrap_or_default(),
+                request: llm::Request {
+                    provider,
+                    base_url: settings::text(base_url),
+                    api_key,
+                    model: row.get(4)?.unwrap_or_default(),
+                    system: row.get(5)?.unwrap_or_default(),
+                    messages: messages(
+                        &title,
+                        description.as_deref(),
+                        &input.0,
+                        history.map(|h| h.0),
+                    ),
+                    temperature: row.get(6)?.unwrap_or(0.7),
+                    max_tokens: row
+                        .get::<i32>(7)?
+                        .and_then(|t| u32::try_from(t).ok())
+                        .unwrap_or(1024),
+                },
+                timeouts: timeouts(),
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(jobs)
     })
+    .unwrap_or_else(|e| error!("ai_agents worker: claiming failed: {e}"))
 }
 
 /// A conversation task sends its history; any other task one user message built from it.
@@ -310,13 +317,12 @@ fn messages(
     }
 }
 
-/// Records each finished call in its own short transaction; returns, per call, its pass and
-/// whether the task completed.
-fn record(finished: Vec<Done>) -> Vec<(Option<u64>, bool)> {
+/// Records the finished calls; returns, per call, its pass and whether the task completed.
+fn record(finished: &[Done]) -> Vec<(Option<u64>, bool)> {
     let mut outcomes = Vec::with_capacity(finished.len());
     for done in finished {
         let elapsed_ms = i32::try_from(done.elapsed.as_millis()).unwrap_or(i32::MAX);
-        let status = BackgroundWorker::transaction(|| match &done.outcome {
+        let status = match &done.outcome {
             Ok(reply) => Spi::get_one_with_args::<String>(
                 "SELECT ai_agents.record_llm_reply($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
                 &[
@@ -348,7 +354,7 @@ fn record(finished: Vec<Done>) -> Vec<(Option<u64>, bool)> {
                     elapsed_ms.into(),
                 ],
             ),
-        })
+        }
         .unwrap_or_else(|e| {
             error!(
                 "ai_agents worker: recording task {} failed: {e}",
@@ -362,16 +368,15 @@ fn record(finished: Vec<Done>) -> Vec<(Option<u64>, bool)> {
 
 /// How long to sleep: until the next due task or expiring lease, at most IDLE_WAIT.
 fn until_next_due() -> Duration {
-    let seconds = BackgroundWorker::transaction(|| {
-        Spi::get_one::<f64>(
-            "SELECT extract(epoch FROM ai_agents.next_wakeup() - clock_timestamp())::float8",
-        )
-        .ok()
-        .flatten()
-    });
+    let seconds = Spi::get_one::<f64>(
+        "SELECT extract(epoch FROM ai_agents.next_wakeup() - clock_timestamp())::float8",
+    )
+    .ok()
+    .flatten();
+    // Called when nothing more could be claimed: a task that is due but was not claimable (a
+    // claimer elsewhere holds its row lock) must not make the worker spin.
     match seconds {
-        Some(s) if s <= 0.0 => Duration::ZERO,
-        Some(s) => Duration::from_secs_f64(s).min(IDLE_WAIT),
+        Some(s) => Duration::from_secs_f64(s.max(0.0)).clamp(MIN_WAIT, IDLE_WAIT),
         None => IDLE_WAIT,
     }
 }
@@ -388,9 +393,7 @@ fn sleep(pool: &Pool, wait: Duration) {
             pg_sys::MyLatch,
             events as i32,
             pool.wake_fd(),
-            i64::try_from(wait.as_millis())
-                .unwrap_or(i64::MAX)
-                .max(if pool.in_flight() > 0 { 0 } else { 1 }),
+            i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
             pg_sys::PG_WAIT_EXTENSION,
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);

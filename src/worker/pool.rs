@@ -68,10 +68,6 @@ impl Pool {
         self.wake_read
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
     pub fn free(&self) -> usize {
         self.threads.len().saturating_sub(self.in_flight)
     }
