@@ -4,7 +4,6 @@
 -- Who made a change: the Supabase user (JWT "sub") when PostgREST set the claims, else the role.
 CREATE FUNCTION ai_agents.current_actor() RETURNS text
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce(nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub',
                     current_user::text)
@@ -87,7 +86,6 @@ $$;
 
 CREATE FUNCTION ai_agents.snapshot_agent_version() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM ai_agents.create_agent_version_from_current(
@@ -115,7 +113,6 @@ CREATE TRIGGER ai_agents_version_on_change
 
 CREATE FUNCTION ai_agents.touch_updated_at() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     -- A writer that sets updated_at itself (a data migration, a test) is taken at its word.
@@ -131,7 +128,6 @@ CREATE TRIGGER ai_agents_touch BEFORE UPDATE ON ai_agents.ai_agents
 
 CREATE FUNCTION ai_agents.refuse_version_update() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RAISE EXCEPTION 'agent versions are immutable (version % of agent %)', OLD.version_number, OLD.agent_id

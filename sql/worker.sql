@@ -4,14 +4,18 @@
 -- USD for a call at the price in force now; NULL for a model without a price.
 CREATE FUNCTION ai_agents.llm_cost_usd(provider text, model text, input_tokens bigint, output_tokens bigint)
 RETURNS numeric
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE -- not sql: PL/pgSQL keeps the plan from call to call
 AS $$
-    SELECT round((input_tokens * p.input_usd_per_mtok + output_tokens * p.output_usd_per_mtok) / 1000000, 6)
-      FROM ai_agents.ai_agent_model_prices p
-     WHERE p.provider = llm_cost_usd.provider AND p.model = llm_cost_usd.model AND p.effective_from <= now()
-     ORDER BY p.effective_from DESC
-     LIMIT 1
+#variable_conflict use_column
+BEGIN
+    RETURN (SELECT round((llm_cost_usd.input_tokens * p.input_usd_per_mtok
+                          + llm_cost_usd.output_tokens * p.output_usd_per_mtok) / 1000000, 6)
+              FROM ai_agents.ai_agent_model_prices p
+             WHERE p.provider = llm_cost_usd.provider AND p.model = llm_cost_usd.model
+               AND p.effective_from <= now()
+             ORDER BY p.effective_from DESC
+             LIMIT 1);
+END
 $$;
 
 -- Claims due tasks (rate limits applied) and returns what each LLM call needs: the pinned
@@ -118,14 +122,18 @@ $$;
 
 CREATE FUNCTION ai_agents.log_discarded_result(task_id uuid, fencing_token bigint, reason text, request_id text)
 RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql
 AS $$
+#variable_conflict use_column
+BEGIN
     INSERT INTO ai_agents.ai_agent_activity_log
         (organization_id, agent_id, task_id, action_type, success, attempt, error, details)
-    SELECT t.organization_id, t.agent_id, t.id, 'result_discarded', false, t.attempts, reason,
-           jsonb_build_object('fencing_token', fencing_token, 'request_id', request_id)
-      FROM ai_agents.ai_agent_tasks t WHERE t.id = task_id
+    SELECT t.organization_id, t.agent_id, t.id, 'result_discarded', false, t.attempts,
+           log_discarded_result.reason,
+           jsonb_build_object('fencing_token', log_discarded_result.fencing_token,
+                              'request_id', log_discarded_result.request_id)
+      FROM ai_agents.ai_agent_tasks t WHERE t.id = log_discarded_result.task_id;
+END
 $$;
 
 -- Runs cut short by a crash or restart of the worker (tasks locked by an earlier incarnation of
@@ -162,7 +170,6 @@ $$;
 -- commit the worker could not see it).
 CREATE FUNCTION ai_agents.wake_worker_on_change() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM ai_agents.wake_worker_at_commit();
