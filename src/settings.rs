@@ -39,6 +39,14 @@ pub static OPENAI_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 pub static ANTHROPIC_API_KEY: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 
+/// Names of Supabase Vault secrets holding the API keys; when set, they win over the keys above.
+pub static OPENAI_API_KEY_SECRET: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+pub static ANTHROPIC_API_KEY_SECRET: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+/// Days finished tasks and activity are kept; 0 keeps them forever.
+pub static HISTORY_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
+
 /// A string setting's value ("" when unset or not UTF-8).
 pub fn text(setting: &GucSetting<Option<CString>>) -> String {
     setting
@@ -123,6 +131,32 @@ pub fn register() {
         &ANTHROPIC_API_KEY,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_string_guc(
+        c"ai_agents.openai_api_key_secret",
+        c"Name of the Supabase Vault secret that holds the OpenAI API key.",
+        c"Read from vault.decrypted_secrets when set; wins over ai_agents.openai_api_key.",
+        &OPENAI_API_KEY_SECRET,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"ai_agents.anthropic_api_key_secret",
+        c"Name of the Supabase Vault secret that holds the Anthropic API key.",
+        c"Read from vault.decrypted_secrets when set; wins over ai_agents.anthropic_api_key.",
+        &ANTHROPIC_API_KEY_SECRET,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.history_retention",
+        c"Days finished one-shot tasks and activity rows are kept.",
+        c"The worker prunes older ones in small batches; 0 keeps everything.",
+        &HISTORY_RETENTION_DAYS,
+        0,
+        36_500,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"ai_agents.rate_limit_global_per_minute",

@@ -6,7 +6,8 @@ mod wake;
 
 use crate::llm;
 use crate::settings::{
-    self, HISTORY_LIMIT, HTTP_TIMEOUT_S, LEASE_S, MAX_CONCURRENT_CALLS, WORKER_ENABLED,
+    self, HISTORY_LIMIT, HISTORY_RETENTION_DAYS, HTTP_TIMEOUT_S, LEASE_S, MAX_CONCURRENT_CALLS,
+    WORKER_ENABLED,
 };
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -30,6 +31,10 @@ pgrx::extension_sql_file!(
 
 /// Longest sleep with nothing due: a safety net, not a tick.
 const IDLE_WAIT: Duration = Duration::from_secs(60);
+/// How often the worker prunes history: one small batch each time, the next one at once while
+/// batches come back full.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_BATCH: i64 = 1000;
 /// The shortest sleep when nothing more was claimable.
 const MIN_WAIT: Duration = Duration::from_millis(5);
 /// How often an idle worker looks again while the extension is absent or the server is a standby.
@@ -77,6 +82,7 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
     let mut pass: Option<Pass> = None;
     let mut last_pass = 0;
     let mut installed = false;
+    let mut next_prune = Instant::now();
     loop {
         if BackgroundWorker::sigterm_received() {
             break;
@@ -142,7 +148,13 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
         if let Some(finished) = pass.take_if(|p| p.outstanding == 0) {
             finished.publish();
         }
-        sleep(&pool, wait);
+        if Instant::now() >= next_prune {
+            next_prune = prune();
+        }
+        sleep(
+            &pool,
+            wait.min(next_prune.saturating_duration_since(Instant::now())),
+        );
     }
     let grace = Duration::from_secs(u64::try_from(HTTP_TIMEOUT_S.get()).unwrap_or(60));
     let finished = pool.drain(grace);
@@ -201,6 +213,27 @@ fn release_orphaned_runs(worker: &str) {
     }
 }
 
+/// Deletes one batch of history older than ai_agents.history_retention; returns when to prune
+/// next.
+fn prune() -> Instant {
+    let days = HISTORY_RETENTION_DAYS.get();
+    if days <= 0 {
+        return Instant::now() + PRUNE_EVERY;
+    }
+    let deleted = BackgroundWorker::transaction(|| {
+        Spi::get_one::<i64>(&format!(
+            "SELECT ai_agents.prune_history(make_interval(days => {days}), {PRUNE_BATCH})"
+        ))
+    })
+    .unwrap_or_else(|e| error!("ai_agents worker: pruning history failed: {e}"))
+    .unwrap_or(0);
+    if deleted >= PRUNE_BATCH {
+        Instant::now()
+    } else {
+        Instant::now() + PRUNE_EVERY
+    }
+}
+
 /// Whether `CREATE EXTENSION ai_agents` has run in this database.
 fn extension_installed() -> bool {
     BackgroundWorker::transaction(|| {
@@ -238,18 +271,22 @@ fn claim(worker: &str, free: usize) -> Vec<Job> {
     );
     Spi::connect(|client| {
         let mut jobs = vec![];
+        // Each provider's key is looked up once a turn, when a task needs it.
+        let (mut openai_key, mut anthropic_key): (Option<Option<String>>, Option<Option<String>>) =
+            (None, None);
         for row in client.select(&sql, None, &[])? {
             let provider_name: String = row.get(3)?.unwrap_or_default();
             let Some(provider) = llm::Provider::parse(&provider_name) else {
                 continue; // the schema's CHECK allows only known providers
             };
-            let (base_url, api_key) = match provider {
-                llm::Provider::OpenAi => (&settings::OPENAI_BASE_URL, &settings::OPENAI_API_KEY),
-                llm::Provider::Anthropic => {
-                    (&settings::ANTHROPIC_BASE_URL, &settings::ANTHROPIC_API_KEY)
-                }
+            let (base_url, key) = match provider {
+                llm::Provider::OpenAi => (&settings::OPENAI_BASE_URL, &mut openai_key),
+                llm::Provider::Anthropic => (&settings::ANTHROPIC_BASE_URL, &mut anthropic_key),
             };
-            let api_key = Some(settings::text(api_key)).filter(|key| !key.is_empty());
+            let api_key = match key {
+                Some(known) => known.clone(),
+                None => key.insert(api_key(client, provider)?).clone(),
+            };
             let title: String = row.get(8)?.unwrap_or_default();
             let description: Option<String> = row.get(9)?;
             let input: pgrx::JsonB = row.get(10)?.unwrap_or(pgrx::JsonB(serde_json::Value::Null));
@@ -282,6 +319,50 @@ fn claim(worker: &str, free: usize) -> Vec<Job> {
         Ok::<_, pgrx::spi::Error>(jobs)
     })
     .unwrap_or_else(|e| error!("ai_agents worker: claiming failed: {e}"))
+}
+
+/// A provider's API key: from the Supabase Vault secret named by a setting when there is one
+/// (the extension works without Vault), else from the superuser-only setting.
+fn api_key(
+    client: &pgrx::spi::SpiClient,
+    provider: llm::Provider,
+) -> Result<Option<String>, pgrx::spi::Error> {
+    let (secret, setting) = match provider {
+        llm::Provider::OpenAi => (&settings::OPENAI_API_KEY_SECRET, &settings::OPENAI_API_KEY),
+        llm::Provider::Anthropic => (
+            &settings::ANTHROPIC_API_KEY_SECRET,
+            &settings::ANTHROPIC_API_KEY,
+        ),
+    };
+    let secret = settings::text(secret);
+    if !secret.is_empty() {
+        let vault = client
+            .select(
+                "SELECT to_regclass('vault.decrypted_secrets') IS NOT NULL",
+                None,
+                &[],
+            )?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false);
+        if vault {
+            let key = client
+                .select(
+                    "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1",
+                    Some(1),
+                    &[secret.as_str().into()],
+                )?
+                .first()
+                .get_one::<String>()?;
+            if key.is_some() {
+                return Ok(key);
+            }
+        }
+        warning!(
+            "ai_agents worker: no Vault secret named \"{secret}\"; using the key setting, if any"
+        );
+    }
+    Ok(Some(settings::text(setting)).filter(|key| !key.is_empty()))
 }
 
 /// A conversation task sends its history; any other task one user message built from it.

@@ -301,3 +301,107 @@ fn the_guides_sixty_tasks_through_the_worker_at_fifty_per_minute() {
     println!("sixty tasks: busiest minute {busiest} calls, {deferred} deferrals, 51st call {} ms after the first", at[50] - at[0]);
     assert_eq!(busiest, 50);
 }
+
+#[test]
+fn api_keys_come_from_a_vault_secret_when_one_is_named() {
+    let env = WorkerEnv::start("vault", &["ai_agents.openai_api_key_secret = 'openai-key'"]);
+    let mut c = env.connect();
+    // A stand-in of Supabase Vault's view (the extension works with or without it).
+    c.batch_execute(
+        "CREATE SCHEMA vault; CREATE VIEW vault.decrypted_secrets AS \
+         SELECT gen_random_uuid() AS id, 'openai-key'::text AS name, 'sk-from-vault-0123456789'::text AS decrypted_secret",
+    )
+    .unwrap();
+    let (_, agent) = create_agent(&mut c, "a");
+    let auth_of = |env: &WorkerEnv, marker: &str| -> String {
+        env.stub
+            .requests()
+            .into_iter()
+            .find(|r| r["body"].to_string().contains(marker))
+            .map(|r| {
+                r["headers"]["authorization"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    let task = enqueue(&mut c, &agent, "vault key");
+    wait_for(
+        &mut c,
+        &task,
+        "status = 'completed'",
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        auth_of(&env, "vault key"),
+        format!("<redacted:len={}>", "Bearer sk-from-vault-0123456789".len())
+    );
+    // Without Vault, the setting's key is used.
+    c.batch_execute("DROP SCHEMA vault CASCADE").unwrap();
+    let task = enqueue(&mut c, &agent, "setting key");
+    wait_for(
+        &mut c,
+        &task,
+        "status = 'completed'",
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        auth_of(&env, "setting key"),
+        format!(
+            "<redacted:len={}>",
+            "Bearer ".len() + ai_agents_tests::PLANTED_KEY.len()
+        )
+    );
+}
+
+#[test]
+fn the_worker_prunes_old_history_in_batches_and_never_blocks_other_databases() {
+    let env = WorkerEnv::start("pruning", &["ai_agents.history_retention = 1"]);
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    c.batch_execute(&format!(
+        "INSERT INTO ai_agent_tasks (agent_id, title, status, next_run_at, completed_at)
+         SELECT '{agent}', 'old ' || g, 'completed', NULL, now() FROM generate_series(1, 2500) g;
+         UPDATE ai_agent_tasks SET updated_at = now() - interval '3 days';
+         INSERT INTO ai_agent_tasks (agent_id, title, status, next_run_at, completed_at)
+         VALUES ('{agent}', 'recent', 'completed', NULL, now());"
+    ))
+    .unwrap();
+    // The worker prunes a minute after it last did; restart it to make it look now.
+    let pid: i32 = c
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'ai_agents worker'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = c
+            .query_one("SELECT count(*) FROM ai_agent_tasks", &[])
+            .unwrap()
+            .get(0);
+        if left == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} tasks left");
+        sleep(Duration::from_millis(200));
+    }
+    let title: String = c
+        .query_one("SELECT title FROM ai_agent_tasks", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(title, "recent");
+    // Another database comes and goes while the worker runs.
+    let started = Instant::now();
+    c.batch_execute("CREATE DATABASE elsewhere").unwrap();
+    c.batch_execute("DROP DATABASE elsewhere").unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
