@@ -349,3 +349,51 @@ fn finished_tasks_are_announced_and_the_api_key_appears_nowhere() {
         "the worker logs with its prefix"
     );
 }
+
+#[test]
+fn an_anthropic_agent_is_served_through_the_messages_api() {
+    let mut c = connect();
+    let agent: String = c
+        .query_one(
+            "INSERT INTO ai_agents (organization_id, name, agent_type, system_prompt, provider, model) \
+             VALUES (gen_random_uuid(), 'Finance', 'finance', 'You watch the money.', 'anthropic', \
+                     'claude-3-5-haiku-latest') RETURNING id::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let marker = format!("forecast-{agent}");
+    let task: String = c
+        .query_one(
+            "SELECT id::text FROM enqueue_task($1::text::uuid, $2)",
+            &[&agent, &marker],
+        )
+        .unwrap()
+        .get(0);
+    wait_for(
+        &mut c,
+        &task,
+        "status = 'completed'",
+        Duration::from_secs(5),
+    );
+    let sent = requests_containing(&marker);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["path"], "/v1/messages");
+    assert_eq!(sent[0]["body"]["system"], "You watch the money.");
+    assert_eq!(sent[0]["body"]["model"], "claude-3-5-haiku-latest");
+    assert_eq!(sent[0]["headers"]["anthropic-version"], "2023-06-01");
+    let row = c
+        .query_one(
+            "SELECT tokens_used, cost_usd > 0, output FROM ai_agent_tasks WHERE id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap();
+    assert!(row.get::<_, i32>(0) > 0);
+    assert!(
+        row.get::<_, bool>(1),
+        "priced from the anthropic row of the price table"
+    );
+    assert!(row
+        .get::<_, String>(2)
+        .starts_with("stub reply to: Task: forecast-"));
+}
