@@ -123,6 +123,52 @@ impl Cluster {
         cluster
     }
 
+    /// A streaming standby of `primary` (pg_basebackup -R), started, with extra settings.
+    pub fn standby_of(primary: &Cluster, name: &str, settings: &[&str]) -> Cluster {
+        let datadir =
+            std::env::temp_dir().join(format!("ai_agents_it-{name}-{}", std::process::id()));
+        if datadir.exists() {
+            std::fs::remove_dir_all(&datadir).expect("cannot remove a stale data directory");
+        }
+        let datadir_str = datadir.to_str().expect("temp dir is not UTF-8").to_string();
+        let primary_port = primary.port.to_string();
+        run_pg(
+            &primary.bindir.join("pg_basebackup"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port,
+                "-U",
+                "postgres",
+                "-D",
+                &datadir_str,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        );
+        let port = free_port();
+        let mut conf = format!("\nport = {port}\n");
+        for line in settings {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = datadir.join("postgresql.conf");
+        let append = format!("cat >> '{}' <<'EOF'\n{conf}EOF\n", conf_path.display());
+        run_pg(Path::new("/bin/sh"), &["-c", &append]);
+        let standby = Cluster {
+            datadir,
+            port,
+            bindir: primary.bindir.clone(),
+            next_db: AtomicU32::new(1000),
+        };
+        standby.pg_ctl(&["start", "-w", "-t", "60"]);
+        standby
+    }
+
     pub fn pg_ctl(&self, args: &[&str]) {
         let log = self.log_path();
         let mut all = vec![

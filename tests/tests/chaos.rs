@@ -270,3 +270,278 @@ fn hostile_provider_bodies_fail_the_attempt_and_the_worker_keeps_serving() {
         Duration::from_secs(5),
     );
 }
+
+fn worker_pid(c: &mut Client) -> i32 {
+    c.query_one(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'ai_agents worker'",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn kill_9(pid: i32) {
+    // SAFETY: sending a signal to a process of our own test cluster.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGKILL) },
+        0,
+        "kill -9 {pid}"
+    );
+}
+
+/// Waits until the cluster answers again after Postgres restarted it (a SIGKILL of any backend
+/// makes the postmaster restart all of them).
+fn reconnect(env: &WorkerEnv) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut c) = ai_agents_tests::postgres::Client::connect(
+            &env.cluster.conninfo("postgres"),
+            ai_agents_tests::postgres::NoTls,
+        ) {
+            if c.batch_execute("SET search_path = ai_agents, public")
+                .is_ok()
+            {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "the cluster did not come back");
+        sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigkill_of_the_worker_during_a_call_is_rescued_and_the_task_finishes() {
+    let env = WorkerEnv::start("killed", &["synchronous_commit = on"]);
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    let marker = format!("killed-{agent}");
+    env.stub.script(json!({"match": marker, "delay_ms": 3000}));
+    let task: String = c
+        .query_one(
+            "SELECT id::text FROM enqueue_task($1::text::uuid, $2)",
+            &[&agent, &marker],
+        )
+        .unwrap()
+        .get(0);
+    ai_agents_tests::wait_for(&mut c, &task, "status = 'running'", Duration::from_secs(5));
+    kill_9(worker_pid(&mut c));
+    drop(c);
+    sleep(Duration::from_millis(500));
+    let mut c = reconnect(&env);
+    ai_agents_tests::wait_for(
+        &mut c,
+        &task,
+        "status = 'completed'",
+        Duration::from_secs(30),
+    );
+    let log: Vec<String> = c
+        .query("SELECT action_type FROM ai_agent_activity_log WHERE task_id = $1::text::uuid ORDER BY id", &[&task])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let attempts: i32 = c
+        .query_one(
+            "SELECT attempts FROM ai_agent_tasks WHERE id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap()
+        .get(0);
+    println!("worker SIGKILL: 1 task in, attempts {attempts}, activity {log:?}, 0 lost");
+    assert_eq!(log, ["lease_expired", "task_completed"]);
+    assert_eq!(attempts, 2);
+}
+
+#[test]
+fn sigkill_of_a_client_in_the_middle_of_a_claim_loses_nothing() {
+    let env = WorkerEnv::start(
+        "client_killed",
+        &["synchronous_commit = on", "ai_agents.worker_enabled = off"],
+    );
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    for i in 0..10 {
+        c.execute(
+            "SELECT enqueue_task($1::text::uuid, $2)",
+            &[&agent, &format!("claimed by a doomed client {i}")],
+        )
+        .unwrap();
+    }
+    let mut doomed = env.connect();
+    let pid: i32 = doomed
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    doomed.batch_execute("BEGIN").unwrap();
+    let claimed = doomed
+        .query("SELECT id FROM ai_agents.claim_due_tasks('doomed', 5)", &[])
+        .unwrap();
+    assert_eq!(claimed.len(), 5);
+    kill_9(pid);
+    drop(doomed);
+    drop(c);
+    sleep(Duration::from_millis(500));
+    let mut c = reconnect(&env);
+    let row = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'pending' AND attempts = 0), count(*) FROM ai_agent_tasks",
+            &[],
+        )
+        .unwrap();
+    let (pending, total): (i64, i64) = (row.get(0), row.get(1));
+    println!("client SIGKILL in a claim: 10 tasks in, {pending} pending untouched, 0 lost");
+    assert_eq!(
+        (pending, total),
+        (10, 10),
+        "the uncommitted claim left no trace"
+    );
+    // And they run once asked: passes of at most the pool's size (8) until all ten ran.
+    let mut executed = 0;
+    while executed < 10 {
+        let answer: String = c
+            .query_one("SELECT ai_agents.run_scheduler_once()::text", &[])
+            .unwrap()
+            .get(0);
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        let ran = answer["executedCount"].as_u64().unwrap();
+        assert!(ran > 0, "a pass ran nothing with tasks due: {answer}");
+        executed += ran;
+    }
+    assert_eq!(executed, 10);
+}
+
+#[test]
+fn a_late_result_of_a_cancelled_run_is_discarded_and_recorded() {
+    let env = WorkerEnv::start("zombie", &[]);
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    let marker = format!("zombie-{agent}");
+    env.stub.script(json!({"match": marker, "delay_ms": 1000}));
+    let task: String = c
+        .query_one(
+            "SELECT id::text FROM enqueue_task($1::text::uuid, $2)",
+            &[&agent, &marker],
+        )
+        .unwrap()
+        .get(0);
+    ai_agents_tests::wait_for(&mut c, &task, "status = 'running'", Duration::from_secs(5));
+    c.execute(
+        "SELECT cancel_task($1::text::uuid, 'changed my mind')",
+        &[&task],
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let discarded = count(
+            &mut c,
+            &format!("SELECT count(*) FROM ai_agent_activity_log WHERE task_id = '{task}' AND action_type = 'result_discarded'"),
+        );
+        if discarded == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the late result was not recorded as discarded"
+        );
+        sleep(Duration::from_millis(50));
+    }
+    let (status, output): (String, Option<String>) = {
+        let r = c
+            .query_one(
+                "SELECT status, output FROM ai_agent_tasks WHERE id = $1::text::uuid",
+                &[&task],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        (status.as_str(), output),
+        ("cancelled", None),
+        "the cancellation stands"
+    );
+}
+
+#[test]
+fn a_reply_dripping_one_byte_a_second_ends_at_the_http_timeout() {
+    let env = WorkerEnv::start("drip", &["ai_agents.http_timeout = 2"]);
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    let marker = format!("drip-{agent}");
+    env.stub.script(json!({"match": marker, "drip_ms": 1000}));
+    let task: String = c
+        .query_one(
+            "SELECT id::text FROM enqueue_task($1::text::uuid, $2, max_attempts => 1)",
+            &[&agent, &marker],
+        )
+        .unwrap()
+        .get(0);
+    let took =
+        ai_agents_tests::wait_for(&mut c, &task, "status = 'failed'", Duration::from_secs(10));
+    let error: String = c
+        .query_one(
+            "SELECT error_message FROM ai_agent_tasks WHERE id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap()
+        .get(0);
+    println!("drip: failed after {took:?}: {error}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    assert!(
+        error.contains("timed out") || error.contains("timeout"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_standby_claims_nothing_and_runs_due_tasks_once_promoted() {
+    let env = WorkerEnv::start("primary", &["ai_agents.worker_enabled = off"]);
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    let task: String = c
+        .query_one(
+            "SELECT id::text FROM enqueue_task($1::text::uuid, 'waits for the standby')",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    let standby = ai_agents_tests::Cluster::standby_of(
+        &env.cluster,
+        "standby",
+        &["ai_agents.worker_enabled = on"],
+    );
+    let mut s = standby.connect("postgres");
+    s.batch_execute("SET search_path = ai_agents, public")
+        .unwrap();
+    sleep(Duration::from_secs(2));
+    let status: String = s
+        .query_one(
+            "SELECT status FROM ai_agent_tasks WHERE id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "pending", "a standby claims nothing");
+    env.cluster.pg_ctl(&["stop", "-m", "fast", "-w"]);
+    standby.pg_ctl(&["promote", "-w"]);
+    let mut s = standby.connect("postgres");
+    s.batch_execute("SET search_path = ai_agents, public")
+        .unwrap();
+    let took = ai_agents_tests::wait_for(
+        &mut s,
+        &task,
+        "status = 'completed'",
+        Duration::from_secs(20),
+    );
+    let log = std::fs::read_to_string(standby.log_path()).unwrap_or_default();
+    let errors: Vec<&str> = log
+        .lines()
+        // The walreceiver's complaints about the stopped primary are expected; no others.
+        .filter(|l| (l.contains("ERROR") || l.contains("FATAL")) && !l.contains("primary"))
+        .collect();
+    println!(
+        "standby: claimed nothing while in recovery; after promotion the task ran in {took:?}"
+    );
+    assert!(errors.is_empty(), "the standby logged errors: {errors:?}");
+    standby.stop();
+    env.cluster.pg_ctl(&["start", "-w"]);
+}
