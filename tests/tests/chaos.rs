@@ -37,7 +37,11 @@ fn calls_per_title(env: &WorkerEnv, marker: &str) -> HashMap<String, usize> {
 
 #[test]
 fn an_immediate_restart_in_the_middle_of_a_thousand_tasks_loses_and_repeats_nothing() {
-    const TASKS: usize = 1000;
+    // A longer soak by hand: AI_AGENTS_CHAOS_TASKS=20000 cargo test -p ai_agents_tests --test chaos
+    let tasks: usize = std::env::var("AI_AGENTS_CHAOS_TASKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
     let env = WorkerEnv::start(
         "chaos",
         &[
@@ -50,7 +54,7 @@ fn an_immediate_restart_in_the_middle_of_a_thousand_tasks_loses_and_repeats_noth
     let marker = format!("chaos-{}", &agent[..8]);
     // Random provider weather: delays, 503s, truncated bodies; the rest answers normally.
     let mut seed = 0x5eed_u64;
-    let weather: Vec<serde_json::Value> = (0..TASKS)
+    let weather: Vec<serde_json::Value> = (0..tasks)
         .map(|_| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
@@ -66,7 +70,7 @@ fn an_immediate_restart_in_the_middle_of_a_thousand_tasks_loses_and_repeats_noth
     c.execute(
         &format!(
             "INSERT INTO ai_agent_tasks (agent_id, organization_id, title, task_type, status, next_run_at) \
-             SELECT '{agent}', '{org}', '{marker} ' || g, 'adhoc', 'pending', NOW() FROM generate_series(1, {TASKS}) g"
+             SELECT '{agent}', '{org}', '{marker} ' || g, 'adhoc', 'pending', NOW() FROM generate_series(1, {tasks}) g"
         ),
         &[],
     )
@@ -76,7 +80,7 @@ fn an_immediate_restart_in_the_middle_of_a_thousand_tasks_loses_and_repeats_noth
     while count(
         &mut c,
         "SELECT count(*) FROM ai_agent_tasks WHERE status IN ('completed', 'failed')",
-    ) < TASKS as i64 / 3
+    ) < tasks as i64 / 3
     {
         assert!(Instant::now() < deadline, "tasks are not flowing");
         sleep(Duration::from_millis(20));
@@ -138,12 +142,12 @@ fn an_immediate_restart_in_the_middle_of_a_thousand_tasks_loses_and_repeats_noth
         rescued += usize::from(lease_expired > 0);
     }
     println!(
-        "chaos: {TASKS} tasks in, {completed} completed, {failed} failed, {in_flight} in flight at the crash, \
+        "chaos: {tasks} tasks in, {completed} completed, {failed} failed, {in_flight} in flight at the crash, \
          {rescued} rescued, {called_twice} called more than once (each after a recorded failure or rescue), \
          0 duplicates, 0 lost"
     );
-    assert_eq!(rows.len(), TASKS, "no task lost");
-    assert_eq!(completed + failed, TASKS);
+    assert_eq!(rows.len(), tasks, "no task lost");
+    assert_eq!(completed + failed, tasks);
 }
 
 #[test]
@@ -544,4 +548,62 @@ fn a_standby_claims_nothing_and_runs_due_tasks_once_promoted() {
     assert!(errors.is_empty(), "the standby logged errors: {errors:?}");
     standby.stop();
     env.cluster.pg_ctl(&["start", "-w"]);
+}
+
+#[test]
+fn drop_extension_and_drop_database_while_calls_are_in_flight_complete_promptly() {
+    let env = WorkerEnv::start("busy_drop", &[]);
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    let marker = format!("busy-{agent}");
+    env.stub.script(serde_json::Value::Array(
+        (0..5)
+            .map(|_| json!({"match": marker, "delay_ms": 3000}))
+            .collect(),
+    ));
+    for i in 0..5 {
+        c.execute(
+            "SELECT enqueue_task($1::text::uuid, $2)",
+            &[&agent, &format!("{marker} {i}")],
+        )
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(
+        &mut c,
+        "SELECT count(*) FROM ai_agent_tasks WHERE status = 'running'",
+    ) < 5
+    {
+        assert!(Instant::now() < deadline, "the calls did not start");
+        sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    c.batch_execute("CREATE DATABASE other_tenant").unwrap();
+    c.batch_execute("DROP DATABASE other_tenant").unwrap();
+    let databases = started.elapsed();
+    let started = Instant::now();
+    c.batch_execute("DROP EXTENSION ai_agents").unwrap();
+    let extension = started.elapsed();
+    println!("busy drops: 5 calls in flight; CREATE+DROP DATABASE {databases:?}, DROP EXTENSION {extension:?}");
+    assert!(databases < Duration::from_secs(2), "{databases:?}");
+    assert!(
+        extension < Duration::from_secs(2),
+        "the worker held something DROP EXTENSION waited for: {extension:?}"
+    );
+    // Installed again, the worker serves it (it may have restarted on the way).
+    c.batch_execute("CREATE EXTENSION ai_agents").unwrap();
+    let (_, agent) = create_agent(&mut c, "b");
+    let task: String = c
+        .query_one(
+            "SELECT id::text FROM enqueue_task($1::text::uuid, 'after the drop')",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    ai_agents_tests::wait_for(
+        &mut c,
+        &task,
+        "status = 'completed'",
+        Duration::from_secs(20),
+    );
 }
