@@ -60,17 +60,35 @@ fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
+/// A data directory for a cluster of this test process, cleared of any leftover.
+fn fresh_datadir(name: &str) -> PathBuf {
+    let datadir = std::env::temp_dir().join(format!("ai_agents_it-{name}-{}", std::process::id()));
+    if datadir.exists() {
+        std::fs::remove_dir_all(&datadir).expect("cannot remove a stale data directory");
+    }
+    datadir
+}
+
+/// Appends `base` and then `settings` (later lines win) to a cluster's postgresql.conf, which
+/// belongs to the postgres user: written through a program running as it.
+fn append_conf(datadir: &Path, base: &str, settings: &[&str]) {
+    let mut conf = base.to_string();
+    for line in settings {
+        conf.push_str(line);
+        conf.push('\n');
+    }
+    let conf_path = datadir.join("postgresql.conf");
+    let append = format!("cat >> '{}' <<'EOF'\n{conf}EOF\n", conf_path.display());
+    run_pg(Path::new("/bin/sh"), &["-c", &append]);
+}
+
 impl Cluster {
     /// initdb and start a new cluster; `settings` are extra postgresql.conf lines.
     pub fn start(name: &str, settings: &[&str]) -> Cluster {
         let bindir = PathBuf::from(
             std::env::var("AI_AGENTS_PG_BINDIR").unwrap_or_else(|_| DEFAULT_BINDIR.into()),
         );
-        let datadir =
-            std::env::temp_dir().join(format!("ai_agents_it-{name}-{}", std::process::id()));
-        if datadir.exists() {
-            std::fs::remove_dir_all(&datadir).expect("cannot remove a stale data directory");
-        }
+        let datadir = fresh_datadir(name);
         let datadir_str = datadir.to_str().expect("temp dir is not UTF-8").to_string();
         run_pg(
             &bindir.join("initdb"),
@@ -87,19 +105,15 @@ impl Cluster {
             ],
         );
         let port = free_port();
-        let mut conf = format!(
-            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
+        append_conf(
+            &datadir,
+            &format!(
+                "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
              shared_preload_libraries = 'ai_agents'\nfsync = off\nsynchronous_commit = off\n\
              full_page_writes = off\nmax_connections = 200\nlog_min_messages = warning\n"
+            ),
+            settings,
         );
-        for line in settings {
-            conf.push_str(line);
-            conf.push('\n');
-        }
-        // The conf file belongs to the postgres user; append through a program running as it.
-        let conf_path = datadir.join("postgresql.conf");
-        let append = format!("cat >> '{}' <<'EOF'\n{conf}EOF\n", conf_path.display());
-        run_pg(Path::new("/bin/sh"), &["-c", &append]);
         let cluster = Cluster {
             datadir,
             port,
@@ -125,11 +139,7 @@ impl Cluster {
 
     /// A streaming standby of `primary` (pg_basebackup -R), started, with extra settings.
     pub fn standby_of(primary: &Cluster, name: &str, settings: &[&str]) -> Cluster {
-        let datadir =
-            std::env::temp_dir().join(format!("ai_agents_it-{name}-{}", std::process::id()));
-        if datadir.exists() {
-            std::fs::remove_dir_all(&datadir).expect("cannot remove a stale data directory");
-        }
+        let datadir = fresh_datadir(name);
         let datadir_str = datadir.to_str().expect("temp dir is not UTF-8").to_string();
         let primary_port = primary.port.to_string();
         run_pg(
@@ -151,14 +161,7 @@ impl Cluster {
             ],
         );
         let port = free_port();
-        let mut conf = format!("\nport = {port}\n");
-        for line in settings {
-            conf.push_str(line);
-            conf.push('\n');
-        }
-        let conf_path = datadir.join("postgresql.conf");
-        let append = format!("cat >> '{}' <<'EOF'\n{conf}EOF\n", conf_path.display());
-        run_pg(Path::new("/bin/sh"), &["-c", &append]);
+        append_conf(&datadir, &format!("\nport = {port}\n"), settings);
         let standby = Cluster {
             datadir,
             port,
@@ -324,6 +327,17 @@ pub fn create_agent(client: &mut Client, name: &str) -> (String, String) {
         )
         .expect("cannot create an agent");
     (row.get(0), row.get(1))
+}
+
+/// Enqueues a task for an agent; returns the task's id.
+pub fn enqueue(client: &mut Client, agent: &str, title: &str) -> String {
+    client
+        .query_one(
+            "SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, $2)",
+            &[&agent, &title],
+        )
+        .expect("cannot enqueue a task")
+        .get(0)
 }
 
 /// The SQLSTATE and message of a statement that must fail.

@@ -3,7 +3,7 @@
 //! must end completed or failed with every attempt recorded, none may complete twice, and no
 //! task may be called more often than it was claimed.
 use ai_agents_tests::postgres::Client;
-use ai_agents_tests::{create_agent, WorkerEnv};
+use ai_agents_tests::{create_agent, enqueue, WorkerEnv};
 use serde_json::json;
 use std::collections::HashMap;
 use std::thread::sleep;
@@ -169,14 +169,7 @@ fn a_poison_task_fails_after_its_attempts_and_the_others_keep_flowing() {
         .unwrap()
         .get(0);
     let healthy: Vec<String> = (0..20)
-        .map(|i| {
-            c.query_one(
-                "SELECT id::text FROM enqueue_task($1::text::uuid, $2)",
-                &[&agent, &format!("healthy {i}")],
-            )
-            .unwrap()
-            .get(0)
-        })
+        .map(|i| enqueue(&mut c, &agent, &format!("healthy {i}")))
         .collect();
     for id in &healthy {
         ai_agents_tests::wait_for(&mut c, id, "status = 'completed'", Duration::from_secs(5));
@@ -320,13 +313,7 @@ fn sigkill_of_the_worker_during_a_call_is_rescued_and_the_task_finishes() {
     let (_, agent) = create_agent(&mut c, "a");
     let marker = format!("killed-{agent}");
     env.stub.script(json!({"match": marker, "delay_ms": 3000}));
-    let task: String = c
-        .query_one(
-            "SELECT id::text FROM enqueue_task($1::text::uuid, $2)",
-            &[&agent, &marker],
-        )
-        .unwrap()
-        .get(0);
+    let task: String = enqueue(&mut c, &agent, &marker);
     ai_agents_tests::wait_for(&mut c, &task, "status = 'running'", Duration::from_secs(5));
     kill_9(worker_pid(&mut c));
     drop(c);
@@ -421,13 +408,7 @@ fn a_late_result_of_a_cancelled_run_is_discarded_and_recorded() {
     let (_, agent) = create_agent(&mut c, "a");
     let marker = format!("zombie-{agent}");
     env.stub.script(json!({"match": marker, "delay_ms": 1000}));
-    let task: String = c
-        .query_one(
-            "SELECT id::text FROM enqueue_task($1::text::uuid, $2)",
-            &[&agent, &marker],
-        )
-        .unwrap()
-        .get(0);
+    let task: String = enqueue(&mut c, &agent, &marker);
     ai_agents_tests::wait_for(&mut c, &task, "status = 'running'", Duration::from_secs(5));
     c.execute(
         "SELECT cancel_task($1::text::uuid, 'changed my mind')",

@@ -1,16 +1,7 @@
 //! The task engine through SQL on a real server: enqueue, idempotency, claim, fencing,
 //! retries, rescue, control functions, pruning, and the errors bad input gets.
 use ai_agents_tests::postgres::Client;
-use ai_agents_tests::{create_agent, error_of, fresh_database};
-
-fn enqueue(c: &mut Client, agent: &str, title: &str) -> String {
-    c.query_one(
-        "SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, $2)",
-        &[&agent, &title],
-    )
-    .unwrap()
-    .get(0)
-}
+use ai_agents_tests::{create_agent, enqueue, error_of, fresh_database};
 
 /// Claims one task and returns (task id, fencing token, attempts).
 fn claim_one(c: &mut Client, worker: &str) -> (String, i64, i32) {

@@ -2,7 +2,7 @@
 //! pointed at the LLM stub (tests/src/bin/llm_stub.rs) for both providers.
 use ai_agents_tests::postgres::fallible_iterator::FallibleIterator;
 use ai_agents_tests::postgres::Client;
-use ai_agents_tests::{create_agent, stop_at_exit, wait_for, WorkerEnv, PLANTED_KEY};
+use ai_agents_tests::{create_agent, enqueue, stop_at_exit, wait_for, WorkerEnv, PLANTED_KEY};
 use serde_json::json;
 use std::sync::OnceLock;
 use std::thread::sleep;
@@ -363,13 +363,7 @@ fn an_anthropic_agent_is_served_through_the_messages_api() {
         .unwrap()
         .get(0);
     let marker = format!("forecast-{agent}");
-    let task: String = c
-        .query_one(
-            "SELECT id::text FROM enqueue_task($1::text::uuid, $2)",
-            &[&agent, &marker],
-        )
-        .unwrap()
-        .get(0);
+    let task: String = enqueue(&mut c, &agent, &marker);
     wait_for(
         &mut c,
         &task,

@@ -1,19 +1,10 @@
 //! The worker's life: killed, restarted, stopped, reconfigured, and its extension dropped and
 //! created again. Each test owns a cluster (and stub), since each disturbs the server.
 use ai_agents_tests::postgres::Client;
-use ai_agents_tests::{create_agent, wait_for, WorkerEnv};
+use ai_agents_tests::{create_agent, enqueue, wait_for, WorkerEnv};
 use serde_json::json;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
-
-fn enqueue(c: &mut Client, agent: &str, title: &str) -> String {
-    c.query_one(
-        "SELECT id::text FROM enqueue_task($1::text::uuid, $2)",
-        &[&agent, &title],
-    )
-    .unwrap()
-    .get(0)
-}
 
 fn worker_pid(c: &mut Client) -> Option<i32> {
     c.query_opt(
