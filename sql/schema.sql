@@ -179,48 +179,87 @@ CREATE INDEX ai_agent_activity_log_organization_idx
 CREATE INDEX ai_agent_activity_log_created_idx ON ai_agents.ai_agent_activity_log (created_at);
 
 CREATE TABLE ai_agents.ai_agent_report_templates (
-    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    id                 uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     -- NULL: a built-in template, offered to every organization.
-    organization_id  uuid,
-    name             text NOT NULL CONSTRAINT ai_agent_report_templates_name_not_empty CHECK (btrim(name) <> ''),
-    report_type      text NOT NULL,
-    agent_type       text,
-    description      text,
-    period           text NOT NULL CONSTRAINT ai_agent_report_templates_period_check
-                     CHECK (period IN ('week', 'month')),
-    sections         jsonb NOT NULL DEFAULT '[]'
-                     CONSTRAINT ai_agent_report_templates_sections_check CHECK (jsonb_typeof(sections) = 'array'),
-    queries          jsonb NOT NULL DEFAULT '{}'
-                     CONSTRAINT ai_agent_report_templates_queries_check CHECK (jsonb_typeof(queries) = 'object'),
-    narrative_prompt text,
-    schedule_cron    text,
-    timezone         text NOT NULL DEFAULT 'UTC',
-    is_active        boolean NOT NULL DEFAULT true,
-    is_builtin       boolean NOT NULL DEFAULT false,
-    created_at       timestamptz NOT NULL DEFAULT now(),
-    updated_at       timestamptz NOT NULL DEFAULT now(),
+    organization_id    uuid,
+    name               text NOT NULL CONSTRAINT ai_agent_report_templates_name_not_empty CHECK (btrim(name) <> ''),
+    report_type        text NOT NULL,
+    -- The agents a report belongs to and whose LLM writes its narrative (NULL: any agent).
+    agent_type         text,
+    description        text,
+    -- 'agent': the figures of the report's agent; 'organization': of all the organization's
+    -- agents (a finance report about everyone's spend still belongs to the finance agent).
+    scope              text NOT NULL DEFAULT 'agent' CONSTRAINT ai_agent_report_templates_scope_check
+                       CHECK (scope IN ('agent', 'organization')),
+    period             text NOT NULL CONSTRAINT ai_agent_report_templates_period_check
+                       CHECK (period IN ('week', 'month')),
+    sections           text[] NOT NULL DEFAULT '{}',
+    -- Extra named read-only queries: {"name": "SELECT ... WHERE org = $1 AND at >= $2 AND at < $3"}.
+    queries            jsonb NOT NULL DEFAULT '{}'
+                       CONSTRAINT ai_agent_report_templates_queries_check CHECK (jsonb_typeof(queries) = 'object'),
+    narrative_prompt   text,
+    -- When a finished period's report is built (e.g. Monday 07:00 for the week before).
+    schedule_cron      text,
+    -- Periods and schedules are read in this time zone.
+    timezone           text NOT NULL DEFAULT 'UTC',
+    -- Scheduled generation covers periods ending after this (set when the schedule changes),
+    -- so a new schedule does not back-fill history.
+    schedule_starts_at timestamptz NOT NULL DEFAULT now(),
+    is_active          boolean NOT NULL DEFAULT true,
+    is_builtin         boolean NOT NULL DEFAULT false,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT ai_agent_report_templates_name_key UNIQUE NULLS NOT DISTINCT (organization_id, name)
 );
 
 CREATE TABLE ai_agents.ai_agent_reports (
-    id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    organization_id uuid NOT NULL,
-    agent_id        uuid REFERENCES ai_agents.ai_agents (id) ON DELETE CASCADE,
-    template_id     uuid REFERENCES ai_agents.ai_agent_report_templates (id) ON DELETE SET NULL,
-    report_type     text NOT NULL,
-    title           text NOT NULL,
-    period_start    timestamptz NOT NULL,
-    period_end      timestamptz NOT NULL,
-    data            jsonb NOT NULL DEFAULT '{}',
-    markdown        text,
-    narrative       text,
-    status          text NOT NULL DEFAULT 'ready' CONSTRAINT ai_agent_reports_status_check
-                    CHECK (status IN ('building', 'ready', 'failed')),
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT ai_agent_reports_period_check CHECK (period_end > period_start)
+    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    organization_id  uuid NOT NULL,
+    agent_id         uuid REFERENCES ai_agents.ai_agents (id) ON DELETE CASCADE,
+    template_id      uuid REFERENCES ai_agents.ai_agent_report_templates (id) ON DELETE SET NULL,
+    report_type      text NOT NULL,
+    title            text NOT NULL,
+    period_start     timestamptz NOT NULL,
+    period_end       timestamptz NOT NULL,
+    data             jsonb NOT NULL DEFAULT '{}',
+    markdown         text,
+    narrative        text,
+    narrative_status text NOT NULL DEFAULT 'not_requested' CONSTRAINT ai_agent_reports_narrative_status_check
+                     CHECK (narrative_status IN ('not_requested', 'pending', 'written', 'missing')),
+    -- Why the narrative is missing.
+    narrative_error  text,
+    -- The task writing the narrative: only its result is stored (a rebuild starts a new one).
+    narrative_task_id uuid,
+    status           text NOT NULL DEFAULT 'ready' CONSTRAINT ai_agent_reports_status_check
+                     CHECK (status IN ('building', 'ready', 'failed')),
+    -- Why a scheduled build failed.
+    error            text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT ai_agent_reports_period_check CHECK (period_end > period_start),
+    -- Building the same template for the same organization, agent and period replaces the report.
+    CONSTRAINT ai_agent_reports_period_key UNIQUE NULLS NOT DISTINCT
+        (template_id, organization_id, agent_id, period_start, period_end)
 );
-CREATE INDEX ai_agent_reports_agent_idx ON ai_agents.ai_agent_reports (agent_id, report_type, created_at DESC);
-CREATE INDEX ai_agent_reports_organization_idx ON ai_agents.ai_agent_reports (organization_id, created_at DESC);
+CREATE INDEX ai_agent_reports_narrative_task_idx ON ai_agents.ai_agent_reports (narrative_task_id)
+    WHERE narrative_task_id IS NOT NULL;
+CREATE INDEX ai_agent_reports_agent_idx ON ai_agents.ai_agent_reports (agent_id, report_type, period_end DESC);
+CREATE INDEX ai_agent_reports_organization_idx ON ai_agents.ai_agent_reports (organization_id, period_end DESC);
+
+-- What pruning takes out of the activity log, kept per hour: spend trends and monthly
+-- reports reach further back than the activity history is kept.
+CREATE TABLE ai_agents.ai_agent_usage_hourly (
+    organization_id uuid NOT NULL,
+    agent_id        uuid,
+    provider        text NOT NULL,
+    model           text NOT NULL,
+    hour            timestamptz NOT NULL,
+    attempts        bigint NOT NULL,
+    succeeded       bigint NOT NULL,
+    tokens          bigint NOT NULL,
+    cost_usd        numeric(16, 6) NOT NULL,
+    CONSTRAINT ai_agent_usage_hourly_key UNIQUE NULLS NOT DISTINCT (organization_id, agent_id, provider, model, hour)
+);
 
 -- Prices change over time: a new price is a new row with a later effective_from, so costs
 -- already recorded stay explainable and seeded rows are never edited in place.
@@ -245,21 +284,22 @@ CREATE TABLE ai_agents.ai_agent_rate_limits (
 
 -- Seed rows: the deployment guide's two report templates and the model prices.
 INSERT INTO ai_agents.ai_agent_report_templates
-    (id, name, report_type, agent_type, description, period, sections, narrative_prompt, is_builtin)
+    (id, name, report_type, agent_type, description, scope, period, sections, narrative_prompt,
+     schedule_cron, is_builtin)
 VALUES
     -- Fixed ids: reports refer to them, and a restored dump must find the same ids.
     ('00000000-0000-4000-8000-000000000001', 'Customer Care Weekly Summary', 'weekly_performance', 'customer_care',
      'What the Customer Care agent did this week: tasks and conversations, success rate, latency, failures, tokens and cost, compared with the previous week.',
-     'week',
-     '["tasks_by_status", "success_rate", "latency", "failures", "usage", "per_agent", "previous_period"]',
-     'Write a short summary for the gym owner of what the customer care agent did this week, what went wrong and what to watch next week.',
-     true),
+     'agent', 'week',
+     '{tasks_by_status,conversations,success_rate,latency,failures,usage,previous_period}',
+     'You write for the owner of a gym, who has one minute. In at most five sentences: how many members the customer care agent helped this week, how reliable and fast it was, what went wrong and what it cost, how that compares with last week, and one thing to watch next week. Use only the figures below.',
+     '0 7 * * 1', true),
     ('00000000-0000-4000-8000-000000000002', 'Finance Monthly Forecast', 'monthly_forecast', 'finance',
      'Spend and tokens by agent and model over the month, the trend over previous months, and a forecast of next month''s spend.',
-     'month',
-     '["usage", "per_agent", "per_model", "trend", "forecast"]',
-     'Write a short note for the gym owner on this month''s AI spend, its trend and the forecast for next month.',
-     true);
+     'organization', 'month',
+     '{usage,per_agent,per_model,trend,forecast}',
+     'You write for the owner of a gym, who has one minute. In at most five sentences: what the AI agents cost this month and which agent and model spent most, whether spend is rising or falling, and what next month will probably cost (say how the forecast was made). Use only the figures below.',
+     '0 7 1 * *', true);
 
 -- USD per million tokens (list prices; operators add rows with a later effective_from).
 INSERT INTO ai_agents.ai_agent_model_prices
@@ -286,6 +326,7 @@ SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_tasks', '');
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_activity_log', '');
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_reports', '');
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_rate_limits', '');
+SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_usage_hourly', '');
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_report_templates', 'WHERE NOT is_builtin');
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_model_prices', 'WHERE NOT is_builtin');
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.fencing_token_seq', '');

@@ -600,6 +600,33 @@ BEGIN
         RAISE EXCEPTION 'batch_size must be at least 1, got %', coalesce(batch_size::text, 'NULL')
             USING ERRCODE = '22023';
     END IF;
+    -- What pruned activity says about LLM usage is kept per hour, for reports that look
+    -- further back than the history is kept.
+    WITH doomed AS (
+        SELECT l.id FROM ai_agents.ai_agent_activity_log l
+         WHERE l.created_at < now() - older_than
+         ORDER BY l.created_at
+         LIMIT batch_size
+    ), gone AS (
+        DELETE FROM ai_agents.ai_agent_activity_log l USING doomed d WHERE l.id = d.id
+        RETURNING l.*
+    ), rolled_up AS (
+        INSERT INTO ai_agents.ai_agent_usage_hourly AS u
+            (organization_id, agent_id, provider, model, hour, attempts, succeeded, tokens, cost_usd)
+        SELECT g.organization_id, g.agent_id, coalesce(v.provider, 'unknown'),
+               coalesce(v.model, g.details ->> 'model', 'unknown'),
+               date_trunc('hour', g.created_at, 'UTC'), count(*),
+               count(*) FILTER (WHERE g.action_type = 'task_completed'),
+               coalesce(sum(g.tokens_used), 0), coalesce(sum(g.cost_usd), 0)
+          FROM gone g
+          LEFT JOIN ai_agents.ai_agent_versions v ON v.id = (g.details ->> 'agent_version_id')::uuid
+         WHERE g.action_type IN ('task_completed', 'task_failed')
+         GROUP BY 1, 2, 3, 4, 5
+        ON CONFLICT ON CONSTRAINT ai_agent_usage_hourly_key DO UPDATE
+           SET attempts = u.attempts + excluded.attempts, succeeded = u.succeeded + excluded.succeeded,
+               tokens = u.tokens + excluded.tokens, cost_usd = u.cost_usd + excluded.cost_usd
+    )
+    SELECT count(*) INTO activity_deleted FROM gone;
     WITH doomed AS (
         SELECT t.id FROM ai_agents.ai_agent_tasks t
          WHERE t.status IN ('completed', 'failed', 'cancelled') AND t.next_run_at IS NULL
@@ -610,14 +637,6 @@ BEGIN
     )
     DELETE FROM ai_agents.ai_agent_tasks t USING doomed d WHERE t.id = d.id;
     GET DIAGNOSTICS tasks_deleted = ROW_COUNT;
-    WITH doomed AS (
-        SELECT l.id FROM ai_agents.ai_agent_activity_log l
-         WHERE l.created_at < now() - older_than
-         ORDER BY l.created_at
-         LIMIT batch_size
-    )
-    DELETE FROM ai_agents.ai_agent_activity_log l USING doomed d WHERE l.id = d.id;
-    GET DIAGNOSTICS activity_deleted = ROW_COUNT;
     RETURN tasks_deleted + activity_deleted;
 END
 $$;

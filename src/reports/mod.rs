@@ -1,6 +1,45 @@
-//! Reports built from tasks and activity (DESIGN.md section 6).
+//! Reports built from tasks and activity (DESIGN.md section 6). The figures are computed in
+//! sql/reports.sql; rendering them for people and forecasting spend are plain Rust.
+mod forecast;
+mod markdown;
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::json;
+
 pgrx::extension_sql_file!(
     "../../sql/reports.sql",
     name = "reports",
-    requires = ["schema"]
+    requires = ["schema", "tasks", render_report_markdown, forecast_spend]
 );
+
+/// The Markdown of a report from its data and the state of its narrative.
+#[pg_extern(immutable, parallel_safe)]
+fn render_report_markdown(
+    data: JsonB,
+    narrative: Option<&str>,
+    narrative_status: &str,
+    narrative_error: Option<&str>,
+) -> String {
+    let narrative = match (narrative_status, narrative) {
+        ("written", Some(text)) => markdown::Narrative::Written(text),
+        ("pending", _) => markdown::Narrative::Pending,
+        ("missing", _) | ("written", None) => {
+            markdown::Narrative::Missing(narrative_error.unwrap_or("no reason recorded"))
+        }
+        _ => markdown::Narrative::NotRequested,
+    };
+    markdown::render(&data.0, narrative)
+}
+
+/// Next period's spend from per-period spend, oldest first; see `forecast::next_period`.
+#[pg_extern(immutable, parallel_safe)]
+fn forecast_spend(spend: Vec<Option<f64>>, period: default!(&str, "'month'")) -> JsonB {
+    let spend: Vec<f64> = spend.into_iter().map(|usd| usd.unwrap_or(0.0)).collect();
+    let f = forecast::next_period(&spend, period);
+    JsonB(json!({
+        "next_period_usd": f.next_period_usd,
+        "periods_used": f.periods_used,
+        "method": f.method,
+    }))
+}

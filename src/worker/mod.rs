@@ -35,6 +35,9 @@ const IDLE_WAIT: Duration = Duration::from_secs(60);
 /// batches come back full.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_BATCH: i64 = 1000;
+/// Longest wait between looks at the report schedules: a new or changed schedule is seen
+/// within it (a look that finds nothing due is one read-only query).
+const REPORTS_EVERY: Duration = Duration::from_secs(60);
 /// The shortest sleep when nothing more was claimable.
 const MIN_WAIT: Duration = Duration::from_millis(5);
 /// How often an idle worker looks again while the extension is absent or the server is a standby.
@@ -83,6 +86,7 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
     let mut last_pass = 0;
     let mut installed = false;
     let mut next_prune = Instant::now();
+    let mut next_reports = Instant::now();
     loop {
         if BackgroundWorker::sigterm_received() {
             break;
@@ -125,6 +129,11 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
             };
             (outcomes, jobs, wait)
         });
+        // A pass asked for by run_scheduler_once looks at the report schedules too, before
+        // the pass is reported done.
+        if requested.is_some() || Instant::now() >= next_reports {
+            next_reports = build_due_reports();
+        }
         for (job_pass, succeeded) in outcomes {
             if let Some(current) = pass.as_mut().filter(|p| Some(p.id) == job_pass) {
                 current.count(succeeded);
@@ -151,9 +160,11 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
         if Instant::now() >= next_prune {
             next_prune = prune();
         }
+        let now = Instant::now();
         sleep(
             &pool,
-            wait.min(next_prune.saturating_duration_since(Instant::now())),
+            wait.min(next_prune.saturating_duration_since(now))
+                .min(next_reports.saturating_duration_since(now)),
         );
     }
     let grace = Duration::from_secs(u64::try_from(HTTP_TIMEOUT_S.get()).unwrap_or(60));
@@ -232,6 +243,20 @@ fn prune() -> Instant {
     } else {
         Instant::now() + PRUNE_EVERY
     }
+}
+
+/// Builds the scheduled reports whose time has come; returns when to look again.
+fn build_due_reports() -> Instant {
+    let seconds = BackgroundWorker::transaction(|| {
+        Spi::get_one::<f64>(
+            "SELECT extract(epoch FROM ai_agents.build_due_reports() - clock_timestamp())::float8",
+        )
+    })
+    .unwrap_or_else(|e| error!("ai_agents worker: building scheduled reports failed: {e}"));
+    let wait = seconds.map_or(REPORTS_EVERY, |s| {
+        Duration::from_secs_f64(s.clamp(0.0, REPORTS_EVERY.as_secs_f64()))
+    });
+    Instant::now() + wait
 }
 
 /// Whether `CREATE EXTENSION ai_agents` has run in this database.
