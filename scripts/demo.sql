@@ -50,3 +50,24 @@ FROM ai_agent_tasks WHERE title = 'Test Scheduled Task' ORDER BY created_at DESC
 SELECT l.action_type, l.success, l.attempt, l.tokens_used, l.cost_usd, t.title
   FROM ai_agent_activity_log l JOIN ai_agent_tasks t ON t.id = l.task_id ORDER BY l.id;
 SELECT * FROM task_summary('24 hours');
+
+\echo '-- 7. The two seeded reports for this week and this month, with the agents'' narratives'
+SELECT id AS finance FROM ai_agents WHERE name = 'Financial Manager' AND organization_id = :'org' \gset
+SELECT id AS weekly FROM build_report('Customer Care Weekly Summary', :'org',
+    date_trunc('week', now(), 'UTC'), date_trunc('week', now(), 'UTC') + interval '1 week', :'agent') \gset
+SELECT id AS monthly FROM build_report('Finance Monthly Forecast', :'org',
+    date_trunc('month', now(), 'UTC'), date_trunc('month', now(), 'UTC') + interval '1 month', :'finance') \gset
+DO $$
+BEGIN
+    FOR i IN 1..200 LOOP
+        EXIT WHEN NOT EXISTS (SELECT FROM ai_agent_reports WHERE narrative_status = 'pending');
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END
+$$;
+SELECT title, report_type, narrative_status FROM get_latest_agent_report(:'agent')
+UNION ALL
+SELECT title, report_type, narrative_status FROM get_latest_agent_report(:'finance', 'monthly_forecast');
+\pset format unaligned
+\pset tuples_only on
+SELECT markdown FROM ai_agent_reports WHERE id IN (:'weekly', :'monthly') ORDER BY report_type DESC;

@@ -131,10 +131,11 @@ fn count(v: &Value) -> String {
     }
 }
 
-/// Cents for amounts a person budgets with, four decimals for the small ones LLM calls cost.
+/// Cents for amounts a person budgets with, more decimals for the small ones LLM calls cost.
 fn usd(v: &Value) -> String {
     match v.as_f64() {
         None => "n/a".into(),
+        Some(x) if x != 0.0 && x.abs() < 0.01 => format!("${x:.6}"),
         Some(x) if x != 0.0 && x.abs() < 1.0 => format!("${x:.4}"),
         Some(x) => format!("${x:.2}"),
     }
@@ -537,7 +538,8 @@ mod tests {
         assert_eq!(count(&json!(-1000)), "-1,000");
         assert_eq!(count(&json!(999)), "999");
         assert_eq!(usd(&json!(12.345)), "$12.35");
-        assert_eq!(usd(&json!(0.00042)), "$0.0004");
+        assert_eq!(usd(&json!(0.00042)), "$0.000420");
+        assert_eq!(usd(&json!(0.0123)), "$0.0123");
         assert_eq!(change(&json!(5), &json!(0)), "n/a");
         assert_eq!(change(&json!(0), &json!(0)), "no change");
     }
