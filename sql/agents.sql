@@ -86,6 +86,7 @@ $$;
 
 CREATE FUNCTION ai_agents.snapshot_agent_version() RETURNS trigger
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM ai_agents.create_agent_version_from_current(
@@ -113,6 +114,7 @@ CREATE TRIGGER ai_agents_version_on_change
 
 CREATE FUNCTION ai_agents.touch_updated_at() RETURNS trigger
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     -- A writer that sets updated_at itself (a data migration, a test) is taken at its word.
@@ -128,6 +130,7 @@ CREATE TRIGGER ai_agents_touch BEFORE UPDATE ON ai_agents.ai_agents
 
 CREATE FUNCTION ai_agents.refuse_version_update() RETURNS trigger
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RAISE EXCEPTION 'agent versions are immutable (version % of agent %)', OLD.version_number, OLD.agent_id

@@ -8,6 +8,7 @@ CREATE VIEW ai_agents.rate_limit_usage AS
 
 CREATE FUNCTION ai_agents.rate_limit_overrides_changed() RETURNS trigger
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM ai_agents.reload_rate_limit_overrides_at_commit();

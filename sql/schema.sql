@@ -68,7 +68,10 @@ CREATE TABLE ai_agents.ai_agent_conversations (
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     FOREIGN KEY (agent_id, organization_id)
-        REFERENCES ai_agents.ai_agents (id, organization_id) ON DELETE CASCADE
+        REFERENCES ai_agents.ai_agents (id, organization_id) ON DELETE CASCADE,
+    -- Messages and tasks name their organization with the conversation: one cannot point
+    -- into another organization's conversation.
+    CONSTRAINT ai_agent_conversations_id_organization_key UNIQUE (id, organization_id)
 );
 CREATE INDEX ai_agent_conversations_agent_idx ON ai_agents.ai_agent_conversations (agent_id);
 CREATE INDEX ai_agent_conversations_organization_idx ON ai_agents.ai_agent_conversations (organization_id);
@@ -78,13 +81,15 @@ CREATE INDEX ai_agent_conversations_organization_idx ON ai_agents.ai_agent_conve
 CREATE SEQUENCE ai_agents.ai_agent_messages_id_seq;
 CREATE TABLE ai_agents.ai_agent_messages (
     id              bigint PRIMARY KEY DEFAULT nextval('ai_agents.ai_agent_messages_id_seq'),
-    conversation_id uuid NOT NULL REFERENCES ai_agents.ai_agent_conversations (id) ON DELETE CASCADE,
+    conversation_id uuid NOT NULL,
     organization_id uuid NOT NULL,
     role            text NOT NULL CONSTRAINT ai_agent_messages_role_check
                     CHECK (role IN ('system', 'user', 'assistant')),
     content         text NOT NULL,
     tokens          integer CONSTRAINT ai_agent_messages_tokens_check CHECK (tokens >= 0),
-    created_at      timestamptz NOT NULL DEFAULT now()
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    FOREIGN KEY (conversation_id, organization_id)
+        REFERENCES ai_agents.ai_agent_conversations (id, organization_id) ON DELETE CASCADE
 );
 -- Conversation tasks load the newest N messages: this index serves that without a sort.
 CREATE INDEX ai_agent_messages_conversation_idx
@@ -95,7 +100,7 @@ CREATE TABLE ai_agents.ai_agent_tasks (
     agent_id             uuid NOT NULL,
     organization_id      uuid NOT NULL,
     agent_version_id     uuid REFERENCES ai_agents.ai_agent_versions (id) ON DELETE SET NULL,
-    conversation_id      uuid REFERENCES ai_agents.ai_agent_conversations (id) ON DELETE CASCADE,
+    conversation_id      uuid,
     title                text NOT NULL CONSTRAINT ai_agent_tasks_title_not_empty CHECK (btrim(title) <> ''),
     description          text,
     task_type            text NOT NULL DEFAULT 'adhoc' CONSTRAINT ai_agent_tasks_task_type_check
@@ -129,6 +134,8 @@ CREATE TABLE ai_agents.ai_agent_tasks (
     updated_at           timestamptz NOT NULL DEFAULT now(),
     FOREIGN KEY (agent_id, organization_id)
         REFERENCES ai_agents.ai_agents (id, organization_id) ON DELETE CASCADE,
+    FOREIGN KEY (conversation_id, organization_id)
+        REFERENCES ai_agents.ai_agent_conversations (id, organization_id) ON DELETE CASCADE,
     CONSTRAINT ai_agent_tasks_lease_check CHECK (status <> 'running' OR lease_expires_at IS NOT NULL)
 );
 -- Idempotency: one task per key and organization. enqueue_task relies on this index.

@@ -5,6 +5,7 @@
 CREATE FUNCTION ai_agents.llm_cost_usd(provider text, model text, input_tokens bigint, output_tokens bigint)
 RETURNS numeric
 LANGUAGE plpgsql STABLE -- not sql: PL/pgSQL keeps the plan from call to call
+SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
@@ -23,7 +24,7 @@ $$;
 CREATE FUNCTION ai_agents.claim_llm_calls(worker text, max_calls integer, lease interval, history_limit integer)
 RETURNS TABLE (task_id uuid, fencing_token bigint, provider text, model text, system_prompt text,
                temperature float8, max_tokens integer, title text, description text, input jsonb,
-               history jsonb)
+               history jsonb, agent_id uuid, organization_id uuid, base_url text)
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -36,7 +37,8 @@ AS $$
                          WHERE conversation_id = t.conversation_id AND role IN ('user', 'assistant')
                          ORDER BY created_at DESC, id DESC
                          LIMIT history_limit) m)
-           END
+           END,
+           t.agent_id, t.organization_id, v.config ->> 'base_url'
       FROM ai_agents.claim_due_tasks(worker, max_calls, lease) t
       JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id
 $$;
@@ -123,6 +125,7 @@ $$;
 CREATE FUNCTION ai_agents.log_discarded_result(task_id uuid, fencing_token bigint, reason text, request_id text)
 RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
@@ -170,6 +173,7 @@ $$;
 -- commit the worker could not see it).
 CREATE FUNCTION ai_agents.wake_worker_on_change() RETURNS trigger
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM ai_agents.wake_worker_at_commit();

@@ -18,6 +18,10 @@ pgrx::pg_module_magic!();
 // The tables come first; every other SQL file and function builds on them.
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 
+// Row-level security, grants and the checked entry points for Supabase's roles: last, so that
+// it covers every table and function.
+pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);
+
 /// The shared-memory segments, allocated when the library is preloaded.
 static SEGMENTS: [&shmem::Segment; 2] = [&ratelimit::SEGMENT, &worker::SEGMENT];
 

@@ -44,6 +44,16 @@ pub static OPENAI_API_KEY_SECRET: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 pub static ANTHROPIC_API_KEY_SECRET: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
+/// URL prefixes the worker may call; an agent's config.base_url or a base URL setting outside
+/// them is refused before any request leaves.
+pub static ALLOWED_BASE_URLS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"https://api.openai.com/,https://api.anthropic.com/"));
+/// Where a request's organization is read in the JWT claims PostgREST sets.
+pub static JWT_ORGANIZATION_CLAIM: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"organization_id"));
+/// A function mapping the requesting user to organizations, instead of the JWT claim.
+pub static ORGANIZATION_HOOK: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 /// Days finished tasks and activity are kept; 0 keeps them forever.
 pub static HISTORY_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
 
@@ -131,6 +141,31 @@ pub fn register() {
         &ANTHROPIC_API_KEY,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_string_guc(
+        c"ai_agents.allowed_base_urls",
+        c"Comma-separated URL prefixes the worker may send LLM requests to.",
+        c"Other base URLs, from settings or an agent's config.base_url, are refused before any request leaves.",
+        &ALLOWED_BASE_URLS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    // Superuser-only: whoever sets these decides which organization a request belongs to.
+    GucRegistry::define_string_guc(
+        c"ai_agents.jwt_organization_claim",
+        c"Path (dots for nesting) of the organization id in request.jwt.claims.",
+        c"Row-level security shows a request the rows of this organization (or these organizations).",
+        &JWT_ORGANIZATION_CLAIM,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"ai_agents.organization_hook",
+        c"A function without arguments returning uuid[]: the organizations of the requesting user.",
+        c"When set, it replaces the JWT claim; it runs as the requesting role.",
+        &ORGANIZATION_HOOK,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"ai_agents.openai_api_key_secret",

@@ -15,6 +15,7 @@
 use std::fmt;
 use std::time::Duration;
 
+mod allowlist;
 mod anthropic;
 mod classify;
 mod openai;
@@ -24,10 +25,11 @@ mod transport;
 #[cfg(test)]
 mod tests;
 
+pub use allowlist::check_base_url;
 pub use prompt::task_message;
 
 /// Which wire protocol to speak.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Provider {
     /// OpenAI Chat Completions, also spoken by Ollama, vLLM, LiteLLM and most gateways.
     OpenAi,

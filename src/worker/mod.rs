@@ -69,6 +69,10 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = settings::text(&settings::WORKER_DATABASE);
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // The worker runs as a superuser: names in its own statements resolve in pg_catalog only,
+    // so an object planted in public never runs with its rights.
+    BackgroundWorker::transaction(|| Spi::run("SET search_path TO pg_catalog, pg_temp"))
+        .unwrap_or_else(|e| error!("ai_agents worker: setting its search_path failed: {e}"));
     wake::publish_my_latch();
     // SAFETY: reading this process's pid.
     let name = format!("ai_agents-worker-{}", unsafe { pg_sys::MyProcPid });
@@ -289,28 +293,36 @@ fn lease() -> Duration {
 fn claim(worker: &str, free: usize) -> Vec<Job> {
     let sql = format!(
         "SELECT task_id::text, fencing_token, provider, model, system_prompt, temperature, max_tokens, \
-                title, description, input, history \
+                title, description, input, history, agent_id::text, organization_id::text, base_url \
            FROM ai_agents.claim_llm_calls('{worker}', {free}, make_interval(secs => {}), {})",
         lease().as_secs(),
         HISTORY_LIMIT.get()
     );
+    let allowlist = settings::text(&settings::ALLOWED_BASE_URLS);
     Spi::connect(|client| {
         let mut jobs = vec![];
-        // Each provider's key is looked up once a turn, when a task needs it.
-        let (mut openai_key, mut anthropic_key): (Option<Option<String>>, Option<Option<String>>) =
-            (None, None);
+        let mut keys = Keys::default();
         for row in client.select(&sql, None, &[])? {
             let provider_name: String = row.get(3)?.unwrap_or_default();
             let Some(provider) = llm::Provider::parse(&provider_name) else {
                 continue; // the schema's CHECK allows only known providers
             };
-            let (base_url, key) = match provider {
-                llm::Provider::OpenAi => (&settings::OPENAI_BASE_URL, &mut openai_key),
-                llm::Provider::Anthropic => (&settings::ANTHROPIC_BASE_URL, &mut anthropic_key),
+            let setting = match provider {
+                llm::Provider::OpenAi => &settings::OPENAI_BASE_URL,
+                llm::Provider::Anthropic => &settings::ANTHROPIC_BASE_URL,
             };
-            let api_key = match key {
-                Some(known) => known.clone(),
-                None => key.insert(api_key(client, provider)?).clone(),
+            // An agent may name its own endpoint (config.base_url), within the allowlist.
+            let base_url = row
+                .get::<String>(14)?
+                .filter(|url| !url.trim().is_empty())
+                .unwrap_or_else(|| settings::text(setting));
+            let refused = llm::check_base_url(&base_url, &allowlist).err();
+            let agent: String = row.get(12)?.unwrap_or_default();
+            let organization: String = row.get(13)?.unwrap_or_default();
+            let api_key = if refused.is_some() {
+                None
+            } else {
+                keys.get(client, provider, &agent, &organization)?
             };
             let title: String = row.get(8)?.unwrap_or_default();
             let description: Option<String> = row.get(9)?;
@@ -322,7 +334,7 @@ fn claim(worker: &str, free: usize) -> Vec<Job> {
                 fencing_token: row.get(2)?.unwrap_or_default(),
                 request: llm::Request {
                     provider,
-                    base_url: settings::text(base_url),
+                    base_url,
                     api_key,
                     model: row.get(4)?.unwrap_or_default(),
                     system: row.get(5)?.unwrap_or_default(),
@@ -339,6 +351,7 @@ fn claim(worker: &str, free: usize) -> Vec<Job> {
                         .unwrap_or(1024),
                 },
                 timeouts: timeouts(),
+                refused,
             });
         }
         Ok::<_, pgrx::spi::Error>(jobs)
@@ -346,48 +359,78 @@ fn claim(worker: &str, free: usize) -> Vec<Job> {
     .unwrap_or_else(|e| error!("ai_agents worker: claiming failed: {e}"))
 }
 
-/// A provider's API key: from the Supabase Vault secret named by a setting when there is one
-/// (the extension works without Vault), else from the superuser-only setting.
-fn api_key(
-    client: &pgrx::spi::SpiClient,
-    provider: llm::Provider,
-) -> Result<Option<String>, pgrx::spi::Error> {
-    let (secret, setting) = match provider {
-        llm::Provider::OpenAi => (&settings::OPENAI_API_KEY_SECRET, &settings::OPENAI_API_KEY),
-        llm::Provider::Anthropic => (
-            &settings::ANTHROPIC_API_KEY_SECRET,
-            &settings::ANTHROPIC_API_KEY,
-        ),
-    };
-    let secret = settings::text(secret);
-    if !secret.is_empty() {
-        let vault = client
-            .select(
-                "SELECT to_regclass('vault.decrypted_secrets') IS NOT NULL",
-                None,
-                &[],
-            )?
-            .first()
-            .get_one::<bool>()?
-            .unwrap_or(false);
+/// API keys, looked up once a turn per provider and agent. The first that exists wins: the
+/// Supabase Vault secret `ai_agents.<provider>.agent.<agent id>`, then
+/// `ai_agents.<provider>.organization.<organization id>`, then the secret named by
+/// ai_agents.<provider>_api_key_secret (all only when Vault is installed; the extension works
+/// without it), then the superuser-only setting ai_agents.<provider>_api_key. Keys live in
+/// Vault or settings only: never in a table of the extension.
+#[derive(Default)]
+struct Keys {
+    vault: Option<bool>,
+    found: std::collections::HashMap<(llm::Provider, String), Option<String>>,
+}
+
+impl Keys {
+    fn get(
+        &mut self,
+        client: &pgrx::spi::SpiClient,
+        provider: llm::Provider,
+        agent: &str,
+        organization: &str,
+    ) -> Result<Option<String>, pgrx::spi::Error> {
+        if let Some(known) = self.found.get(&(provider, agent.to_string())) {
+            return Ok(known.clone());
+        }
+        let (name, secret, setting) = match provider {
+            llm::Provider::OpenAi => (
+                "openai",
+                &settings::OPENAI_API_KEY_SECRET,
+                &settings::OPENAI_API_KEY,
+            ),
+            llm::Provider::Anthropic => (
+                "anthropic",
+                &settings::ANTHROPIC_API_KEY_SECRET,
+                &settings::ANTHROPIC_API_KEY,
+            ),
+        };
+        let vault = match self.vault {
+            Some(known) => known,
+            None => *self.vault.insert(
+                client
+                    .select(
+                        "SELECT to_regclass('vault.decrypted_secrets') IS NOT NULL",
+                        None,
+                        &[],
+                    )?
+                    .first()
+                    .get_one::<bool>()?
+                    .unwrap_or(false),
+            ),
+        };
+        let mut key = None;
         if vault {
-            let key = client
+            let names = vec![
+                format!("ai_agents.{name}.agent.{agent}"),
+                format!("ai_agents.{name}.organization.{organization}"),
+                settings::text(secret),
+            ];
+            key = client
                 .select(
-                    "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1",
+                    "SELECT s.decrypted_secret FROM vault.decrypted_secrets s \
+                      WHERE s.name = ANY($1) AND s.name <> '' \
+                      ORDER BY array_position($1, s.name::text) LIMIT 1",
                     Some(1),
-                    &[secret.as_str().into()],
+                    &[names.into()],
                 )?
                 .first()
                 .get_one::<String>()?;
-            if key.is_some() {
-                return Ok(key);
-            }
         }
-        warning!(
-            "ai_agents worker: no Vault secret named \"{secret}\"; using the key setting, if any"
-        );
+        let key = key.or_else(|| Some(settings::text(setting)).filter(|k| !k.is_empty()));
+        self.found
+            .insert((provider, agent.to_string()), key.clone());
+        Ok(key)
     }
-    Ok(Some(settings::text(setting)).filter(|key| !key.is_empty()))
 }
 
 /// A conversation task sends its history; any other task one user message built from it.

@@ -14,6 +14,8 @@ pub struct Job {
     pub fencing_token: i64,
     pub request: llm::Request,
     pub timeouts: llm::Timeouts,
+    /// Set when the request must not leave (its base URL is not allowed): the outcome.
+    pub refused: Option<llm::Failure>,
 }
 
 pub struct Done {
@@ -126,7 +128,10 @@ fn serve(jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake_write: RawFd) {
             _ => return,
         };
         let started = Instant::now();
-        let outcome = llm::call(&job.request, job.timeouts);
+        let outcome = match job.refused {
+            Some(failure) => Err(failure),
+            None => llm::call(&job.request, job.timeouts),
+        };
         let finished = Done {
             pass: job.pass,
             task_id: job.task_id,

@@ -370,6 +370,7 @@ impl WorkerEnv {
         let mut all = vec![
             format!("ai_agents.openai_base_url = '{}'", stub.base_url),
             format!("ai_agents.anthropic_base_url = '{}'", stub.base_url),
+            format!("ai_agents.allowed_base_urls = '{}'", stub.base_url),
             format!("ai_agents.openai_api_key = '{PLANTED_KEY}'"),
             "ai_agents.retry_base_delay = 1".into(),
             "ai_agents.http_timeout = 5".into(),

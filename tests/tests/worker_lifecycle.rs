@@ -294,16 +294,22 @@ fn the_guides_sixty_tasks_through_the_worker_at_fifty_per_minute() {
 }
 
 #[test]
-fn api_keys_come_from_a_vault_secret_when_one_is_named() {
+fn api_keys_come_from_vault_secrets_per_agent_organization_or_setting() {
     let env = WorkerEnv::start("vault", &["ai_agents.openai_api_key_secret = 'openai-key'"]);
     let mut c = env.connect();
-    // A stand-in of Supabase Vault's view (the extension works with or without it).
-    c.batch_execute(
-        "CREATE SCHEMA vault; CREATE VIEW vault.decrypted_secrets AS \
-         SELECT gen_random_uuid() AS id, 'openai-key'::text AS name, 'sk-from-vault-0123456789'::text AS decrypted_secret",
-    )
+    let (_, own_key_agent) = create_agent(&mut c, "agent with its own key");
+    let (org_with_key, org_key_agent) = create_agent(&mut c, "agent of an organization with a key");
+    let (_, global_agent) = create_agent(&mut c, "agent with neither");
+    // A stand-in of Supabase Vault's view (the extension works with or without it). The keys
+    // differ in length: the stub records only the length of what it was sent.
+    c.batch_execute(&format!(
+        "CREATE SCHEMA vault; CREATE VIEW vault.decrypted_secrets AS
+         SELECT gen_random_uuid() AS id, n AS name, k AS decrypted_secret
+           FROM (VALUES ('openai-key', 'sk-from-vault-0123456789'),
+                        ('ai_agents.openai.agent.{own_key_agent}', 'sk-agent-key-0123456789abcdef'),
+                        ('ai_agents.openai.organization.{org_with_key}', 'sk-organization-key-0123456789abcdefgh')) s(n, k)"
+    ))
     .unwrap();
-    let (_, agent) = create_agent(&mut c, "a");
     let auth_of = |env: &WorkerEnv, marker: &str| -> String {
         env.stub
             .requests()
@@ -317,20 +323,28 @@ fn api_keys_come_from_a_vault_secret_when_one_is_named() {
             })
             .unwrap_or_default()
     };
-    let task = enqueue(&mut c, &agent, "vault key");
-    wait_for(
-        &mut c,
-        &task,
-        "status = 'completed'",
-        Duration::from_secs(5),
-    );
-    assert_eq!(
-        auth_of(&env, "vault key"),
-        format!("<redacted:len={}>", "Bearer sk-from-vault-0123456789".len())
-    );
+    let sent = |key: &str| format!("<redacted:len={}>", "Bearer ".len() + key.len());
+    for (agent, marker, key) in [
+        (&own_key_agent, "agent key", "sk-agent-key-0123456789abcdef"),
+        (
+            &org_key_agent,
+            "organization key",
+            "sk-organization-key-0123456789abcdefgh",
+        ),
+        (&global_agent, "named secret", "sk-from-vault-0123456789"),
+    ] {
+        let task = enqueue(&mut c, agent, marker);
+        wait_for(
+            &mut c,
+            &task,
+            "status = 'completed'",
+            Duration::from_secs(5),
+        );
+        assert_eq!(auth_of(&env, marker), sent(key), "{marker}");
+    }
     // Without Vault, the setting's key is used.
     c.batch_execute("DROP SCHEMA vault CASCADE").unwrap();
-    let task = enqueue(&mut c, &agent, "setting key");
+    let task = enqueue(&mut c, &own_key_agent, "setting key");
     wait_for(
         &mut c,
         &task,
@@ -339,10 +353,7 @@ fn api_keys_come_from_a_vault_secret_when_one_is_named() {
     );
     assert_eq!(
         auth_of(&env, "setting key"),
-        format!(
-            "<redacted:len={}>",
-            "Bearer ".len() + ai_agents_tests::PLANTED_KEY.len()
-        )
+        sent(ai_agents_tests::PLANTED_KEY)
     );
 }
 

@@ -1,0 +1,194 @@
+-- Security (DESIGN.md section 7): who may see and do what, for Supabase's roles.
+--
+-- * Every table has row-level security. Rows are visible to a request of role
+--   `authenticated` only when their organization is the request's (request_organization_ids);
+--   nobody but a role that bypasses RLS (the owner, superusers, Supabase's service_role)
+--   writes a table directly.
+-- * `authenticated` reads its organization's rows and calls the few functions a browser may
+--   call (enqueue, cancel, start a conversation, send a message, read reports and the
+--   summary); each of those that writes is SECURITY DEFINER and checks the organization
+--   itself. `anon` gets nothing; PUBLIC executes nothing; `service_role` everything.
+-- * Grants to roles that do not exist yet (plain Postgres) are skipped;
+--   ai_agents.apply_role_grants() applies them once the roles exist.
+
+-- The role a request runs as, also inside a SECURITY DEFINER function (where current_user is
+-- the owner): what SET ROLE chose (PostgREST sets it per request), else the login role.
+CREATE FUNCTION ai_agents.calling_role() RETURNS name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN current_setting('role') = 'none' THEN session_user
+                ELSE current_setting('role')::name END
+$$;
+
+-- Callers that see every organization: superusers and roles that bypass row-level security.
+CREATE FUNCTION ai_agents.caller_sees_all_organizations() RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((SELECT r.rolsuper OR r.rolbypassrls FROM pg_roles r
+                      WHERE r.rolname = ai_agents.calling_role()), false)
+$$;
+
+-- The organizations of the current request: the membership hook's answer when
+-- ai_agents.organization_hook names one (a function without arguments returning uuid[],
+-- called as the requesting role), else the JWT claim that PostgREST put into
+-- request.jwt.claims, at the path ai_agents.jwt_organization_claim (dots for nesting, e.g.
+-- app_metadata.organization_id; a uuid or an array of them). Empty when there is none.
+CREATE FUNCTION ai_agents.request_organization_ids() RETURNS uuid[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    hook text := nullif(current_setting('ai_agents.organization_hook', true), '');
+    claim text := coalesce(nullif(current_setting('ai_agents.jwt_organization_claim', true), ''),
+                           'organization_id');
+    claims jsonb := nullif(current_setting('request.jwt.claims', true), '')::jsonb;
+    value jsonb;
+    ids uuid[];
+BEGIN
+    IF hook IS NOT NULL THEN
+        EXECUTE format('SELECT %s()', hook::regproc) INTO ids;
+        RETURN coalesce(ids, '{}');
+    END IF;
+    value := claims #> string_to_array(claim, '.');
+    RETURN CASE jsonb_typeof(value)
+        WHEN 'string' THEN ARRAY[(value #>> '{}')::uuid]
+        WHEN 'array' THEN ARRAY(SELECT e::uuid FROM jsonb_array_elements_text(value) e)
+        ELSE '{}'::uuid[] END;
+EXCEPTION WHEN invalid_text_representation THEN
+    RAISE EXCEPTION 'the JWT claim "%" is not an organization id (a uuid or an array of them)', claim
+        USING ERRCODE = '22P02';
+END
+$$;
+
+-- Refuses a caller who may not act for `org`; `what` names the object in the message, which is
+-- the same whether the object exists elsewhere or not at all, so ids cannot be probed.
+CREATE FUNCTION ai_agents.check_organization(org uuid, what text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT ai_agents.caller_sees_all_organizations()
+       AND (org IS NULL OR NOT org = ANY (ai_agents.request_organization_ids())) THEN
+        RAISE EXCEPTION '% is not in your organization', what
+            USING ERRCODE = '42501',
+                  HINT = 'The organization comes from the JWT claim named by ai_agents.jwt_organization_claim.';
+    END IF;
+END
+$$;
+
+-- A new conversation with one of the organization's agents.
+CREATE FUNCTION ai_agents.start_conversation(agent_id uuid, title text DEFAULT NULL, metadata jsonb DEFAULT '{}')
+RETURNS ai_agents.ai_agent_conversations
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    org uuid := (SELECT a.organization_id FROM ai_agents.ai_agents a WHERE a.id = start_conversation.agent_id);
+    c ai_agents.ai_agent_conversations;
+BEGIN
+    PERFORM ai_agents.check_organization(org, format('agent %s', agent_id));
+    IF org IS NULL THEN
+        RAISE EXCEPTION 'agent % does not exist', coalesce(agent_id::text, 'NULL') USING ERRCODE = '23503';
+    END IF;
+    INSERT INTO ai_agents.ai_agent_conversations (organization_id, agent_id, title, metadata)
+    VALUES (org, agent_id, title, coalesce(metadata, '{}'))
+    RETURNING * INTO c;
+    RETURN c;
+END
+$$;
+
+-- A member's message: stored, and a conversation task enqueued for the agent's reply (which
+-- the worker adds to the conversation).
+CREATE FUNCTION ai_agents.send_message(conversation_id uuid, content text, idempotency_key text DEFAULT NULL)
+RETURNS ai_agents.ai_agent_tasks
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c ai_agents.ai_agent_conversations;
+BEGIN
+    SELECT * INTO c FROM ai_agents.ai_agent_conversations cc WHERE cc.id = send_message.conversation_id;
+    PERFORM ai_agents.check_organization(c.organization_id, format('conversation %s', conversation_id));
+    IF c.id IS NULL THEN
+        RAISE EXCEPTION 'conversation % does not exist', coalesce(conversation_id::text, 'NULL')
+            USING ERRCODE = 'P0002';
+    END IF;
+    IF content IS NULL OR btrim(content) = '' THEN
+        RAISE EXCEPTION 'a message needs content' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO ai_agents.ai_agent_messages (conversation_id, organization_id, role, content)
+    VALUES (c.id, c.organization_id, 'user', content);
+    RETURN ai_agents.enqueue_task(c.agent_id, 'Reply in conversation', task_type => 'conversation',
+                                  conversation_id => c.id, idempotency_key => send_message.idempotency_key);
+END
+$$;
+
+-- Grants for Supabase's roles that exist now; run again after creating them.
+CREATE FUNCTION ai_agents.apply_role_grants() RETURNS text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    applied text[] := '{}';
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
+        GRANT USAGE ON SCHEMA ai_agents TO service_role;
+        GRANT ALL ON ALL TABLES IN SCHEMA ai_agents TO service_role;
+        GRANT ALL ON ALL SEQUENCES IN SCHEMA ai_agents TO service_role;
+        GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA ai_agents TO service_role;
+        applied := applied || 'service_role'::text;
+    END IF;
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
+        GRANT USAGE ON SCHEMA ai_agents TO authenticated;
+        GRANT SELECT ON ai_agents.ai_agents, ai_agents.ai_agent_versions, ai_agents.ai_agent_tasks,
+                        ai_agents.ai_agent_activity_log, ai_agents.ai_agent_conversations,
+                        ai_agents.ai_agent_messages, ai_agents.ai_agent_reports,
+                        ai_agents.ai_agent_report_templates, ai_agents.ai_agent_usage_hourly,
+                        ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices
+           TO authenticated;
+        GRANT EXECUTE ON FUNCTION
+            ai_agents.request_organization_ids(),
+            ai_agents.enqueue_task(uuid, text, text, jsonb, text, integer, timestamptz, text, text, text, integer, uuid),
+            ai_agents.cancel_task(uuid, text),
+            ai_agents.start_conversation(uuid, text, jsonb),
+            ai_agents.send_message(uuid, text, text),
+            ai_agents.get_latest_agent_report(uuid, text),
+            ai_agents.task_summary(interval, uuid)
+           TO authenticated;
+        applied := applied || 'authenticated'::text;
+    END IF;
+    -- anon: nothing, on purpose.
+    RETURN applied;
+END
+$$;
+
+-- Row-level security: the policy is for everyone; grants decide who reaches the table at all.
+DO $$
+DECLARE
+    tbl text;
+BEGIN
+    FOREACH tbl IN ARRAY ARRAY['ai_agents', 'ai_agent_versions', 'ai_agent_tasks', 'ai_agent_activity_log',
+                               'ai_agent_conversations', 'ai_agent_messages', 'ai_agent_reports',
+                               'ai_agent_usage_hourly', 'ai_agent_rate_limits'] LOOP
+        EXECUTE format('ALTER TABLE ai_agents.%I ENABLE ROW LEVEL SECURITY', tbl);
+        EXECUTE format('CREATE POLICY organization_rows ON ai_agents.%I FOR SELECT
+                          USING (organization_id = ANY ((SELECT ai_agents.request_organization_ids())::uuid[]))', tbl);
+    END LOOP;
+END
+$$;
+ALTER TABLE ai_agents.ai_agent_report_templates ENABLE ROW LEVEL SECURITY;
+-- Built-in templates (no organization) are everyone's.
+CREATE POLICY organization_rows ON ai_agents.ai_agent_report_templates FOR SELECT
+    USING (organization_id IS NULL OR organization_id = ANY ((SELECT ai_agents.request_organization_ids())::uuid[]));
+ALTER TABLE ai_agents.ai_agent_model_prices ENABLE ROW LEVEL SECURITY;
+CREATE POLICY everyone_reads_prices ON ai_agents.ai_agent_model_prices FOR SELECT USING (true);
+
+-- The mutators a browser may call check the organization themselves (they bypass RLS as owner).
+ALTER FUNCTION ai_agents.enqueue_task(uuid, text, text, jsonb, text, integer, timestamptz, text, text, text, integer, uuid)
+    SECURITY DEFINER;
+ALTER FUNCTION ai_agents.cancel_task(uuid, text) SECURITY DEFINER;
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA ai_agents FROM PUBLIC;
+SELECT ai_agents.apply_role_grants();
