@@ -25,22 +25,26 @@ CREATE FUNCTION ai_agents.claim_llm_calls(worker text, max_calls integer, lease 
 RETURNS TABLE (task_id uuid, fencing_token bigint, provider text, model text, system_prompt text,
                temperature float8, max_tokens integer, title text, description text, input jsonb,
                history jsonb, agent_id uuid, organization_id uuid, base_url text)
-LANGUAGE sql
+LANGUAGE plpgsql -- not sql: PL/pgSQL keeps the plan from call to call
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT t.id, t.fencing_token, v.provider, v.model, v.system_prompt, v.temperature::float8,
            v.max_tokens, t.title, t.description, t.input,
            CASE WHEN t.conversation_id IS NOT NULL THEN
                (SELECT coalesce(jsonb_agg(jsonb_build_object('role', m.role, 'content', m.content)
                                           ORDER BY m.created_at, m.id), '[]')
-                  FROM (SELECT * FROM ai_agents.ai_agent_messages
-                         WHERE conversation_id = t.conversation_id AND role IN ('user', 'assistant')
-                         ORDER BY created_at DESC, id DESC
-                         LIMIT history_limit) m)
+                  FROM (SELECT * FROM ai_agents.ai_agent_messages mm
+                         WHERE mm.conversation_id = t.conversation_id AND mm.role IN ('user', 'assistant')
+                         ORDER BY mm.created_at DESC, mm.id DESC
+                         LIMIT claim_llm_calls.history_limit) m)
            END,
            t.agent_id, t.organization_id, v.config ->> 'base_url'
-      FROM ai_agents.claim_due_tasks(worker, max_calls, lease) t
-      JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id
+      FROM ai_agents.claim_due_tasks(claim_llm_calls.worker, claim_llm_calls.max_calls, claim_llm_calls.lease) t
+      JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
+END
 $$;
 
 -- Records an LLM reply: the task completes with tokens and cost, a conversation gets the
@@ -160,13 +164,15 @@ $$;
 
 -- When the worker must look again without being woken: the next due task or expiring lease.
 CREATE FUNCTION ai_agents.next_wakeup() RETURNS timestamptz
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE -- not sql: PL/pgSQL keeps the plan from call to call
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT least(
+BEGIN
+    RETURN least(
         (SELECT min(t.next_run_at) FROM ai_agents.ai_agent_tasks t
           WHERE t.status IN ('pending', 'completed', 'failed') AND t.next_run_at IS NOT NULL AND NOT t.paused),
-        (SELECT min(t.lease_expires_at) FROM ai_agents.ai_agent_tasks t WHERE t.status = 'running'))
+        (SELECT min(t.lease_expires_at) FROM ai_agents.ai_agent_tasks t WHERE t.status = 'running'));
+END
 $$;
 
 -- A new or rescheduled task wakes the worker as soon as its transaction commits (before the

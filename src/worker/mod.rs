@@ -2,6 +2,7 @@
 //! is its own short transaction; no transaction is open while a call is in flight (calls run
 //! on `pool`'s threads); it sleeps on its latch until the next due time or a wake-up (`wake`).
 mod pool;
+mod statements;
 mod wake;
 
 use crate::llm;
@@ -14,6 +15,7 @@ use pgrx::bgworkers::{
 };
 use pgrx::prelude::*;
 use pool::{Done, Job, Pool};
+use statements::Statements;
 use std::time::{Duration, Instant};
 use wake::PassFigures;
 
@@ -89,6 +91,7 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
     let mut pass: Option<Pass> = None;
     let mut last_pass = 0;
     let mut installed = false;
+    let mut statements: Option<Statements> = None;
     let mut next_prune = Instant::now();
     let mut next_reports = Instant::now();
     loop {
@@ -122,12 +125,24 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
         };
         // One short transaction a turn: record what finished, claim what fits, and find out
         // when to look again. An ERROR here ends the worker, which starts again in 5 s.
+        let st: &Statements = match &statements {
+            Some(st) => st,
+            None => statements.insert(
+                BackgroundWorker::transaction(Statements::prepare).unwrap_or_else(|e| {
+                    error!("ai_agents worker: planning its statements failed: {e}")
+                }),
+            ),
+        };
         let (outcomes, jobs, wait) = BackgroundWorker::transaction(|| {
-            let outcomes = record(&finished);
-            let jobs = if want > 0 { claim(&name, want) } else { vec![] };
+            let outcomes = record(st, &finished);
+            let jobs = if want > 0 {
+                claim(st, &name, want)
+            } else {
+                vec![]
+            };
             // A full pool is woken by its calls; otherwise by the next due time.
             let wait = if want > 0 && jobs.len() < want {
-                until_next_due()
+                until_next_due(st)
             } else {
                 IDLE_WAIT
             };
@@ -173,8 +188,9 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
     }
     let grace = Duration::from_secs(u64::try_from(HTTP_TIMEOUT_S.get()).unwrap_or(60));
     let finished = pool.drain(grace);
-    if !finished.is_empty() {
-        BackgroundWorker::transaction(|| record(&finished));
+    // Calls are only ever submitted after the statements were planned.
+    if let (false, Some(st)) = (finished.is_empty(), &statements) {
+        BackgroundWorker::transaction(|| record(st, &finished));
     }
     wake::withdraw_my_latch();
     log("stopped");
@@ -236,7 +252,7 @@ fn prune() -> Instant {
         return Instant::now() + PRUNE_EVERY;
     }
     let deleted = BackgroundWorker::transaction(|| {
-        Spi::get_one::<i64>(&format!(
+        statements::value::<i64>(&format!(
             "SELECT ai_agents.prune_history(make_interval(days => {days}), {PRUNE_BATCH})"
         ))
     })
@@ -252,7 +268,7 @@ fn prune() -> Instant {
 /// Builds the scheduled reports whose time has come; returns when to look again.
 fn build_due_reports() -> Instant {
     let seconds = BackgroundWorker::transaction(|| {
-        Spi::get_one::<f64>(
+        statements::value::<f64>(
             "SELECT extract(epoch FROM ai_agents.build_due_reports() - clock_timestamp())::float8",
         )
     })
@@ -266,7 +282,7 @@ fn build_due_reports() -> Instant {
 /// Whether `CREATE EXTENSION ai_agents` has run in this database.
 fn extension_installed() -> bool {
     BackgroundWorker::transaction(|| {
-        Spi::get_one::<bool>(
+        statements::value::<bool>(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'ai_agents')",
         )
         .ok()
@@ -290,19 +306,19 @@ fn lease() -> Duration {
 }
 
 /// Claims up to `free` tasks and turns them into jobs.
-fn claim(worker: &str, free: usize) -> Vec<Job> {
-    let sql = format!(
-        "SELECT task_id::text, fencing_token, provider, model, system_prompt, temperature, max_tokens, \
-                title, description, input, history, agent_id::text, organization_id::text, base_url \
-           FROM ai_agents.claim_llm_calls('{worker}', {free}, make_interval(secs => {}), {})",
-        lease().as_secs(),
-        HISTORY_LIMIT.get()
-    );
+fn claim(st: &Statements, worker: &str, free: usize) -> Vec<Job> {
+    let free = i32::try_from(free).unwrap_or(i32::MAX);
+    let lease = lease().as_secs_f64();
+    let history = HISTORY_LIMIT.get();
     let allowlist = settings::text(&settings::ALLOWED_BASE_URLS);
     Spi::connect(|client| {
         let mut jobs = vec![];
         let mut keys = Keys::default();
-        for row in client.select(&sql, None, &[])? {
+        for row in client.select(
+            &st.claim,
+            None,
+            &[worker.into(), free.into(), lease.into(), history.into()],
+        )? {
             let provider_name: String = row.get(3)?.unwrap_or_default();
             let Some(provider) = llm::Provider::parse(&provider_name) else {
                 continue; // the schema's CHECK allows only known providers
@@ -467,42 +483,54 @@ fn messages(
 }
 
 /// Records the finished calls; returns, per call, its pass and whether the task completed.
-fn record(finished: &[Done]) -> Vec<(Option<u64>, bool)> {
+fn record(st: &Statements, finished: &[Done]) -> Vec<(Option<u64>, bool)> {
     let mut outcomes = Vec::with_capacity(finished.len());
     for done in finished {
         let elapsed_ms = i32::try_from(done.elapsed.as_millis()).unwrap_or(i32::MAX);
         let status = match &done.outcome {
-            Ok(reply) => Spi::get_one_with_args::<String>(
-                "SELECT ai_agents.record_llm_reply($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    done.task_id.as_str().into(),
-                    done.fencing_token.into(),
-                    reply.content.as_str().into(),
-                    i64::try_from(reply.input_tokens).unwrap_or(i64::MAX).into(),
-                    i64::try_from(reply.output_tokens)
-                        .unwrap_or(i64::MAX)
-                        .into(),
-                    reply.model.as_str().into(),
-                    reply.request_id.as_deref().into(),
-                    elapsed_ms.into(),
-                ],
-            ),
-            Err(failure) => Spi::get_one_with_args::<String>(
-                "SELECT ai_agents.record_llm_failure($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    done.task_id.as_str().into(),
-                    done.fencing_token.into(),
-                    failure.message.as_str().into(),
-                    failure.http_status.map(i32::from).into(),
-                    failure
-                        .retry_after
-                        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                        .into(),
-                    failure.permanent.into(),
-                    failure.request_id.as_deref().into(),
-                    elapsed_ms.into(),
-                ],
-            ),
+            Ok(reply) => Spi::connect(|client| {
+                client
+                    .select(
+                        &st.reply,
+                        Some(1),
+                        &[
+                            done.task_id.as_str().into(),
+                            done.fencing_token.into(),
+                            reply.content.as_str().into(),
+                            i64::try_from(reply.input_tokens).unwrap_or(i64::MAX).into(),
+                            i64::try_from(reply.output_tokens)
+                                .unwrap_or(i64::MAX)
+                                .into(),
+                            reply.model.as_str().into(),
+                            reply.request_id.as_deref().into(),
+                            elapsed_ms.into(),
+                        ],
+                    )?
+                    .first()
+                    .get_one::<String>()
+            }),
+            Err(failure) => Spi::connect(|client| {
+                client
+                    .select(
+                        &st.failure,
+                        Some(1),
+                        &[
+                            done.task_id.as_str().into(),
+                            done.fencing_token.into(),
+                            failure.message.as_str().into(),
+                            failure.http_status.map(i32::from).into(),
+                            failure
+                                .retry_after
+                                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                                .into(),
+                            failure.permanent.into(),
+                            failure.request_id.as_deref().into(),
+                            elapsed_ms.into(),
+                        ],
+                    )?
+                    .first()
+                    .get_one::<String>()
+            }),
         }
         .unwrap_or_else(|e| {
             error!(
@@ -516,10 +544,13 @@ fn record(finished: &[Done]) -> Vec<(Option<u64>, bool)> {
 }
 
 /// How long to sleep: until the next due task or expiring lease, at most IDLE_WAIT.
-fn until_next_due() -> Duration {
-    let seconds = Spi::get_one::<f64>(
-        "SELECT extract(epoch FROM ai_agents.next_wakeup() - clock_timestamp())::float8",
-    )
+fn until_next_due(st: &Statements) -> Duration {
+    let seconds = Spi::connect(|client| {
+        client
+            .select(&st.wakeup, Some(1), &[])?
+            .first()
+            .get_one::<f64>()
+    })
     .ok()
     .flatten();
     // Called when nothing more could be claimed: a task that is due but was not claimable (a

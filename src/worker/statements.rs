@@ -1,0 +1,58 @@
+//! The statements the worker runs every turn, planned once and kept across transactions:
+//! parsing and planning them on every call cost about a quarter of the worker's time. They
+//! are run as statements that may write but do not claim a transaction id up front, so an
+//! idle turn - one that finds nothing - writes no WAL.
+use pgrx::pg_sys::{self, PgOid};
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiResult};
+
+pub struct Statements {
+    pub claim: OwnedPreparedStatement,
+    pub reply: OwnedPreparedStatement,
+    pub failure: OwnedPreparedStatement,
+    pub wakeup: OwnedPreparedStatement,
+}
+
+impl Statements {
+    /// Plans the statements; called inside the worker's first transaction with the extension.
+    pub fn prepare() -> SpiResult<Statements> {
+        Spi::connect(|client| {
+            let text = PgOid::from(pg_sys::TEXTOID);
+            let int4 = PgOid::from(pg_sys::INT4OID);
+            let int8 = PgOid::from(pg_sys::INT8OID);
+            let float8 = PgOid::from(pg_sys::FLOAT8OID);
+            let boolean = PgOid::from(pg_sys::BOOLOID);
+            let keep = |sql: &str, types: &[PgOid]| -> SpiResult<OwnedPreparedStatement> {
+                Ok(client.prepare_mut(sql, types)?.keep())
+            };
+            Ok(Statements {
+                claim: keep(
+                    "SELECT task_id::text, fencing_token, provider, model, system_prompt, temperature, \
+                            max_tokens, title, description, input, history, agent_id::text, \
+                            organization_id::text, base_url \
+                       FROM ai_agents.claim_llm_calls($1, $2, make_interval(secs => $3), $4)",
+                    &[text, int4, float8, int4],
+                )?,
+                reply: keep(
+                    "SELECT ai_agents.record_llm_reply($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
+                    &[text, int8, text, int8, int8, text, text, int4],
+                )?,
+                failure: keep(
+                    "SELECT ai_agents.record_llm_failure($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
+                    &[text, int8, text, int4, int8, boolean, text, int4],
+                )?,
+                wakeup: keep(
+                    "SELECT extract(epoch FROM ai_agents.next_wakeup() - clock_timestamp())::float8",
+                    &[],
+                )?,
+            })
+        })
+    }
+}
+
+/// The first column of the first row of `sql`, run in the current transaction without
+/// claiming a transaction id for it (unlike `Spi::get_one`): a statement that writes nothing
+/// leaves no commit record behind.
+pub fn value<T: FromDatum + IntoDatum>(sql: &str) -> SpiResult<Option<T>> {
+    Spi::connect(|client| client.select(sql, Some(1), &[])?.first().get_one())
+}
