@@ -154,9 +154,10 @@ p("  (`ai_agents.worker_enabled`) while the SQL API and the peers are measured."
 p("- 1: pgbench, one transaction claims (1 or 50, `FOR UPDATE SKIP LOCKED` under a lease) and the next");
 p("  completes what it got; each run starts from a freshly filled, vacuumed queue. Jobs/s counts completed");
 p("  jobs only. The peers drain a backlog of no-op jobs (graphile-worker: queued with `add_jobs`, timed from");
-p("  its workers being ready to the last job finished; pg-boss: defaults timed over a fixed window, since");
-p("  `work()` fetches one job per 2 s poll).");
-p("- 2: the background worker claims, calls the stub over HTTP and records the reply; the client waits through");
+p("  the first job finished to the last, so its start-up is left out; pg-boss: timed from the first fetch,");
+p("  its defaults over a fixed window, since `work()` fetches one job per 2 s poll).");
+p("- 2: the background worker claims, calls the stub over HTTP and records the reply; timed from before the");
+p("  one `INSERT` of all the tasks (included) to the last task's notification; the client waits through");
 p("  `LISTEN` so waiting costs no CPU.");
 p("- 3: ai_agents: `execution_started_at - created_at` of tasks inserted with `enqueue_task` one at a time,");
 p("  each waited for. graphile-worker: from just before `add_job` is sent to the start of the handler, in the");

@@ -3,6 +3,7 @@
 // Connects to $DATABASE_URL. Prints one line "result <number> [<number> ...]" for bench/run.
 //   peer.mjs setup                            create both peers' schemas
 //   peer.mjs gw-throughput <default|batched> <jobs>      jobs/s draining a backlog of <jobs>
+//                                             (from its first job finished to its last)
 //   peer.mjs gw-latency <jobs>                p50 and p99 ms from add_job to handler start
 //   peer.mjs pgboss-throughput <default|batched> <jobs> <seconds>
 //                                             jobs/s draining a backlog of <jobs>, at most <seconds>
@@ -61,21 +62,33 @@ async function gwAddBacklog(jobs) {
   });
 }
 
-// One worker process: runs no-op jobs and reports how many it has finished to its parent.
+// The wall clock in ms with sub-ms precision, comparable between processes.
+const now = () => performance.timeOrigin + performance.now();
+
+// One worker process: runs no-op jobs and reports to its parent how many it has finished and
+// when it finished its first and its latest.
 async function gwChild(mode) {
   let finished = 0;
   let reported = 0;
+  let first;
+  let last;
   const runner = await run({
     connectionString,
     noHandleSignals: true,
     logger: gwLogger,
-    taskList: { noop: async () => { finished++; } },
+    taskList: {
+      noop: async () => {
+        last = now();
+        first ??= last;
+        finished++;
+      },
+    },
     preset: { worker: mode === "batched" ? GW_BATCHED : {} },
   });
   const report = setInterval(() => {
     if (finished !== reported) {
       reported = finished;
-      process.send({ finished });
+      process.send({ finished, first, last });
     }
   }, 10);
   process.on("message", async () => {
@@ -83,7 +96,6 @@ async function gwChild(mode) {
     await runner.stop();
     process.exit(0);
   });
-  process.send({ ready: true });
 }
 
 async function gwThroughput(mode, jobs) {
@@ -91,15 +103,17 @@ async function gwThroughput(mode, jobs) {
   const children = Array.from({ length: GW_PROCESSES[mode] }, () =>
     fork(new URL(import.meta.url), ["gw-child", mode]),
   );
-  const finished = children.map(() => 0);
-  let started;
+  // Timed from the first job finished to the last, in whichever process: its start-up (which
+  // already runs jobs) is left out, so that it cannot inflate or deflate the rate.
+  const reports = children.map(() => ({ finished: 0 }));
   const seconds = await new Promise((resolve) => {
-    let ready = 0;
     children.forEach((child, i) =>
       child.on("message", (m) => {
-        if (m.ready && ++ready === children.length) started = performance.now();
-        if (m.finished !== undefined) finished[i] = m.finished;
-        if (finished.reduce((a, b) => a + b, 0) >= jobs) resolve((performance.now() - started) / 1000);
+        reports[i] = m;
+        if (reports.reduce((a, r) => a + r.finished, 0) >= jobs) {
+          const active = reports.filter((r) => r.finished > 0);
+          resolve((Math.max(...active.map((r) => r.last)) - Math.min(...active.map((r) => r.first))) / 1000);
+        }
       }),
     );
   });
