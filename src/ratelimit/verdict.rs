@@ -1,7 +1,7 @@
 //! The row `check_rate_limit` and `peek_rate_limit` return, built with a tuple descriptor made
 //! once per backend. Every LLM call goes through this check; declared through pgrx's
 //! TableIterator, each call rebuilt the descriptor from the catalog, about a sixth of the cost
-//! of a check (measured with bench/ratelimit.sh). The SQL declarations are in
+//! of a check (measured with the rate-limit scenario of bench/run). The SQL declarations are in
 //! sql/ratelimit.sql.
 use super::{check_tiers, TierRow};
 use crate::error::OrReport;
