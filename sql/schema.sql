@@ -151,9 +151,12 @@ CREATE INDEX ai_agent_tasks_claim_idx
 CREATE INDEX ai_agent_tasks_due_idx
     ON ai_agents.ai_agent_tasks (next_run_at)
     WHERE status IN ('pending', 'completed', 'failed') AND next_run_at IS NOT NULL AND NOT paused;
--- Lease rescue looks only at running rows.
+-- Lease rescue looks only at leased (running) rows. The predicate is on the lease, not on the
+-- status: with `status = 'running'` the planner matched this small index to every statement
+-- that completes or fails one task by id (`... AND status = 'running'`) and read all of it -
+-- dead versions too while a long transaction held back clean-up - instead of the primary key.
 CREATE INDEX ai_agent_tasks_lease_idx
-    ON ai_agents.ai_agent_tasks (lease_expires_at) WHERE status = 'running';
+    ON ai_agents.ai_agent_tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 CREATE INDEX ai_agent_tasks_agent_idx ON ai_agents.ai_agent_tasks (agent_id);
 CREATE INDEX ai_agent_tasks_organization_created_idx ON ai_agents.ai_agent_tasks (organization_id, created_at);
 CREATE INDEX ai_agent_tasks_created_idx ON ai_agents.ai_agent_tasks (created_at);

@@ -298,11 +298,11 @@ BEGIN
 END
 $$;
 
--- One activity row for a task: an attempt's outcome (with the run's tokens, cost and time) or
--- a control event, with who caused it.
-CREATE FUNCTION ai_agents.log_task_event(t ai_agents.ai_agent_tasks, action_type text, success boolean,
-                                         error text DEFAULT NULL, details jsonb DEFAULT '{}',
-                                         with_usage boolean DEFAULT false)
+-- Activity rows, one per task of `ts` (with errors[i] and details[i]): an attempt's outcome
+-- (with the run's tokens, cost and time) or a control event, with who caused it.
+CREATE FUNCTION ai_agents.log_task_events(ts ai_agents.ai_agent_tasks[], action_type text, success boolean,
+                                          errors text[] DEFAULT NULL, details jsonb[] DEFAULT NULL,
+                                          with_usage boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql -- not sql: PL/pgSQL keeps the plan of its statement from call to call
 SET search_path = pg_catalog, pg_temp
@@ -311,13 +311,26 @@ BEGIN
     INSERT INTO ai_agents.ai_agent_activity_log
         (organization_id, agent_id, task_id, action_type, success, attempt, tokens_used, cost_usd,
          execution_time_ms, error, details)
-    VALUES (t.organization_id, t.agent_id, t.id, log_task_event.action_type, log_task_event.success,
-            t.attempts,
-            CASE WHEN with_usage THEN t.tokens_used END,
-            CASE WHEN with_usage THEN t.cost_usd END,
-            CASE WHEN with_usage THEN t.execution_time_ms END,
-            log_task_event.error,
-            coalesce(log_task_event.details, '{}') || jsonb_build_object('by', ai_agents.current_actor()));
+    SELECT x.organization_id, x.agent_id, x.id, log_task_events.action_type, log_task_events.success,
+           x.attempts,
+           CASE WHEN with_usage THEN x.tokens_used END,
+           CASE WHEN with_usage THEN x.cost_usd END,
+           CASE WHEN with_usage THEN x.execution_time_ms END,
+           errors[x.ordinality],
+           coalesce(details[x.ordinality], '{}') || jsonb_build_object('by', ai_agents.current_actor())
+      FROM unnest(ts) WITH ORDINALITY x;
+END
+$$;
+
+CREATE FUNCTION ai_agents.log_task_event(t ai_agents.ai_agent_tasks, action_type text, success boolean,
+                                         error text DEFAULT NULL, details jsonb DEFAULT '{}',
+                                         with_usage boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM ai_agents.log_task_events(ARRAY[t], action_type, success, ARRAY[error], ARRAY[details], with_usage);
 END
 $$;
 
@@ -334,6 +347,76 @@ BEGIN
 END
 $$;
 
+-- Completes claimed runs, several at once: the arrays hold one entry per task (outputs,
+-- results, tokens, costs, times and details may be NULL as a whole). Every fencing token must
+-- be current; one that is not refuses the whole call (55000) and changes nothing. A recurring
+-- task moves on to its next slot. One statement for all (a statement per task cost more than
+-- the updates themselves).
+CREATE FUNCTION ai_agents.complete_tasks(
+    task_ids           uuid[],
+    fencing_tokens     bigint[],
+    outputs            text[] DEFAULT NULL,
+    results            jsonb[] DEFAULT NULL,
+    tokens_used        integer[] DEFAULT NULL,
+    costs_usd          numeric[] DEFAULT NULL,
+    execution_times_ms integer[] DEFAULT NULL,
+    details            jsonb[] DEFAULT NULL)
+RETURNS SETOF ai_agents.ai_agent_tasks
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer := coalesce(array_length(task_ids, 1), 0);
+    done ai_agents.ai_agent_tasks[];
+    stale record;
+BEGIN
+    IF coalesce(array_length(fencing_tokens, 1), 0) <> n
+       OR coalesce(array_length(outputs, 1), n) <> n OR coalesce(array_length(results, 1), n) <> n
+       OR coalesce(array_length(tokens_used, 1), n) <> n OR coalesce(array_length(costs_usd, 1), n) <> n
+       OR coalesce(array_length(execution_times_ms, 1), n) <> n OR coalesce(array_length(details, 1), n) <> n THEN
+        RAISE EXCEPTION 'complete_tasks needs one fencing token - and one output, result, tokens, cost, time and details when given - per task id (% ids)', n
+            USING ERRCODE = '22023';
+    END IF;
+    WITH completed AS (
+        UPDATE ai_agents.ai_agent_tasks t
+           SET status = 'completed',
+               completed_at = now(),
+               output = outputs[u.ord],
+               result = results[u.ord],
+               tokens_used = complete_tasks.tokens_used[u.ord],
+               cost_usd = costs_usd[u.ord],
+               execution_time_ms = coalesce(execution_times_ms[u.ord],
+                   (extract(epoch FROM now() - t.execution_started_at) * 1000)::integer),
+               error_message = NULL,
+               locked_by = NULL,
+               lease_expires_at = NULL,
+               next_run_at = ai_agents.next_run_after_now(t.schedule_cron, t.timezone)
+          FROM unnest(task_ids, fencing_tokens) WITH ORDINALITY u(id, token, ord)
+         WHERE t.id = u.id AND t.fencing_token = u.token AND t.status = 'running'
+        RETURNING t AS task, u.ord
+    )
+    SELECT array_agg(c.task ORDER BY c.ord) INTO done FROM completed c;
+    IF coalesce(array_length(done, 1), 0) < n THEN
+        FOR stale IN
+            SELECT u.id, u.token FROM unnest(task_ids, fencing_tokens) u(id, token)
+             WHERE NOT EXISTS (SELECT FROM unnest(done) d WHERE d.id = u.id AND d.fencing_token = u.token)
+             LIMIT 1
+        LOOP
+            PERFORM ai_agents.refuse_stale_token(stale.id, stale.token);
+        END LOOP;
+        RAISE EXCEPTION 'task ids repeat in one complete_tasks call' USING ERRCODE = '22023';
+    END IF;
+    PERFORM ai_agents.log_task_events(done, 'task_completed', true, NULL,
+        ARRAY(SELECT coalesce(details[d.ordinality], '{}') || jsonb_build_object(
+                         'fencing_token', d.fencing_token, 'agent_version_id', d.agent_version_id,
+                         'next_run_at', d.next_run_at)
+                FROM unnest(done) WITH ORDINALITY d ORDER BY d.ordinality),
+        with_usage => true);
+    PERFORM ai_agents.notify_task_event(d) FROM unnest(done) d;
+    RETURN QUERY SELECT * FROM unnest(done);
+END
+$$;
+
 CREATE FUNCTION ai_agents.complete_task(
     task_id           uuid,
     fencing_token     bigint,
@@ -347,34 +430,11 @@ RETURNS ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
 DECLARE
     t ai_agents.ai_agent_tasks;
 BEGIN
-    UPDATE ai_agents.ai_agent_tasks
-       SET status = 'completed',
-           completed_at = now(),
-           output = complete_task.output,
-           result = complete_task.result,
-           tokens_used = complete_task.tokens_used,
-           cost_usd = complete_task.cost_usd,
-           execution_time_ms = coalesce(complete_task.execution_time_ms,
-               (extract(epoch FROM now() - execution_started_at) * 1000)::integer),
-           error_message = NULL,
-           locked_by = NULL,
-           lease_expires_at = NULL,
-           next_run_at = ai_agents.next_run_after_now(schedule_cron, timezone)
-     WHERE id = complete_task.task_id AND status = 'running' AND fencing_token = complete_task.fencing_token
-    RETURNING * INTO t;
-    IF NOT FOUND THEN
-        PERFORM ai_agents.refuse_stale_token(complete_task.task_id, complete_task.fencing_token);
-    END IF;
-    PERFORM ai_agents.log_task_event(t, 'task_completed', true, NULL,
-        coalesce(complete_task.details, '{}') || jsonb_build_object(
-            'fencing_token', t.fencing_token, 'agent_version_id', t.agent_version_id,
-            'next_run_at', t.next_run_at),
-        with_usage => true);
-    PERFORM ai_agents.notify_task_event(t);
+    SELECT * INTO t FROM ai_agents.complete_tasks(ARRAY[task_id], ARRAY[fencing_token], ARRAY[output],
+        ARRAY[result], ARRAY[tokens_used], ARRAY[cost_usd], ARRAY[execution_time_ms], ARRAY[details]);
     RETURN t;
 END
 $$;
@@ -696,6 +756,7 @@ $$;
 -- Worker-side functions run LLM calls and spend money: not for PUBLIC.
 REVOKE ALL ON FUNCTION ai_agents.claim_due_tasks(text, integer, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.complete_task(uuid, bigint, text, jsonb, integer, numeric, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.complete_tasks(uuid[], bigint[], text[], jsonb[], integer[], numeric[], integer[], jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.fail_task(uuid, bigint, text, integer, interval, boolean, integer, numeric, integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.heartbeat_task(uuid, bigint, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.rescue_expired_leases() FROM PUBLIC;

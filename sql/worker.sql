@@ -171,7 +171,8 @@ BEGIN
     RETURN least(
         (SELECT min(t.next_run_at) FROM ai_agents.ai_agent_tasks t
           WHERE t.status IN ('pending', 'completed', 'failed') AND t.next_run_at IS NOT NULL AND NOT t.paused),
-        (SELECT min(t.lease_expires_at) FROM ai_agents.ai_agent_tasks t WHERE t.status = 'running'));
+        (SELECT min(t.lease_expires_at) FROM ai_agents.ai_agent_tasks t
+          WHERE t.status = 'running' AND t.lease_expires_at IS NOT NULL));
 END
 $$;
 

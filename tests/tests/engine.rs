@@ -663,3 +663,126 @@ bad_input! {
     version_changed_in_place:
         "UPDATE ai_agent_versions SET model = 'x' WHERE agent_id = '{agent}'" => "0A000", "immutable";
 }
+
+#[test]
+fn complete_tasks_completes_a_batch_or_nothing() {
+    let (mut c, _) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "a");
+    for i in 0..5 {
+        enqueue(&mut c, &agent, &format!("batch {i}"));
+    }
+    let claimed = |c: &mut Client, n: i32| -> (Vec<String>, Vec<i64>) {
+        let rows = c
+            .query(
+                "SELECT id::text, fencing_token FROM ai_agents.claim_due_tasks('w', $1, '1 minute')",
+                &[&n],
+            )
+            .unwrap();
+        (
+            rows.iter().map(|r| r.get(0)).collect(),
+            rows.iter().map(|r| r.get(1)).collect(),
+        )
+    };
+    let (ids, tokens) = claimed(&mut c, 3);
+    assert_eq!(ids.len(), 3);
+    let statuses = |c: &mut Client| -> Vec<String> {
+        c.query(
+            "SELECT status FROM ai_agents.ai_agent_tasks ORDER BY title",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    // One stale token in the batch: refused as a whole, nothing changes.
+    let mut bad = tokens.clone();
+    bad[1] -= 1_000_000;
+    let before = statuses(&mut c);
+    let (code, message) = error_of(
+        &mut c,
+        &format!(
+            "SELECT ai_agents.complete_tasks(ARRAY{ids:?}::text[]::uuid[], ARRAY{bad:?}::bigint[], ARRAY['a', 'b', 'c'])"
+        )
+        .replace('"', "'"),
+    );
+    assert_eq!(code, "55000", "{message}");
+    assert!(
+        message.contains(&format!(
+            "stale fencing token {} for task {}",
+            bad[1], ids[1]
+        )),
+        "{message}"
+    );
+    assert_eq!(statuses(&mut c), before);
+    // Mismatched arrays and repeated ids.
+    let (code, _) = error_of(
+        &mut c,
+        &format!("SELECT ai_agents.complete_tasks(ARRAY{ids:?}::text[]::uuid[], ARRAY{tokens:?}::bigint[], ARRAY['only one'])").replace('"', "'"),
+    );
+    assert_eq!(code, "22023");
+    let (code, message) = error_of(
+        &mut c,
+        &format!(
+            "SELECT ai_agents.complete_tasks(ARRAY['{0}', '{0}']::uuid[], ARRAY[{1}, {1}]::bigint[])",
+            ids[0], tokens[0]
+        ),
+    );
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("22023", "task ids repeat in one complete_tasks call")
+    );
+    // The batch: each task gets its own output, tokens and an activity row; order is kept.
+    let done: Vec<(String, String, i32)> = c
+        .query(
+            &format!(
+                "SELECT id::text, output, tokens_used FROM ai_agents.complete_tasks(ARRAY{ids:?}::text[]::uuid[], ARRAY{tokens:?}::bigint[], ARRAY['a', 'b', 'c'], tokens_used => ARRAY[1, 2, 3])"
+            )
+            .replace('"', "'"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        done,
+        vec![
+            (ids[0].clone(), "a".into(), 1),
+            (ids[1].clone(), "b".into(), 2),
+            (ids[2].clone(), "c".into(), 3)
+        ]
+    );
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            activity(&mut c, id),
+            vec![("task_completed".to_string(), true, Some(1))]
+        );
+        assert_eq!(
+            task_field(&mut c, id, "tokens_used").as_deref(),
+            Some(&*(i + 1).to_string())
+        );
+    }
+}
+
+#[test]
+fn completing_one_task_uses_the_primary_key_not_the_lease_index() {
+    let (mut c, _) = fresh_database();
+    // The generic plan, as PL/pgSQL uses after a few calls, of the statement that ends a run.
+    c.batch_execute(
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE finish(uuid, bigint) AS
+           UPDATE ai_agents.ai_agent_tasks SET status = 'completed', lease_expires_at = NULL
+            WHERE id = $1 AND fencing_token = $2 AND status = 'running'",
+    )
+    .unwrap();
+    let plan: String = c
+        .query("EXPLAIN EXECUTE finish(gen_random_uuid(), 1)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains("ai_agent_tasks_pkey"), "{plan}");
+    assert!(!plan.contains("ai_agent_tasks_lease_idx"), "{plan}");
+}
