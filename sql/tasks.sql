@@ -189,12 +189,11 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    claimable uuid[];
-    versions uuid[];
-    waiting uuid[];
-    delays interval[];
-    tiers text[];
+    candidate record;
+    verdict record;
     deferred ai_agents.ai_agent_tasks;
+    claimable uuid[] := '{}';
+    versions uuid[] := '{}';
 BEGIN
     IF worker IS NULL OR btrim(worker) = '' THEN
         RAISE EXCEPTION 'worker name must not be empty' USING ERRCODE = '22023';
@@ -208,11 +207,7 @@ BEGIN
     -- Any claimer rescues expired leases first, so a crashed worker's tasks come back without
     -- anyone running SQL by hand (the lease index makes this a cheap probe).
     PERFORM ai_agents.rescue_expired_leases();
-    -- Lock the due tasks in claim order and give each the verdict for one LLM call, in that
-    -- order: its provider must not be paused (a 429 with Retry-After) and it must pass the
-    -- three rate-limit tiers. A task that would be refused waits for the moment it would pass;
-    -- no attempt is used.
-    WITH candidates AS MATERIALIZED (
+    FOR candidate IN
         SELECT t.id, t.organization_id, t.agent_id, v.provider, ag.current_version_id
           FROM ai_agents.ai_agent_tasks t
           JOIN ai_agents.ai_agents ag ON ag.id = t.agent_id
@@ -223,56 +218,49 @@ BEGIN
          ORDER BY t.priority DESC, t.next_run_at
          LIMIT max_tasks
            FOR UPDATE OF t SKIP LOCKED
-    ), judged AS MATERIALIZED (
-        -- The limiter is asked only for a task whose provider is not paused (a one-time
-        -- filter on the lateral scan), once, in claim order.
-        SELECT c.ord, c.id, c.current_version_id,
-               p.paused_for IS NULL AND r.allowed AS allowed,
-               coalesce(p.paused_for, r.retry_after) AS retry_after,
-               CASE WHEN p.paused_for IS NOT NULL THEN 'provider' ELSE r.refused_tier END AS tier
-          FROM (SELECT row_number() OVER () AS ord, cc.* FROM candidates cc) c
-          LEFT JOIN LATERAL ai_agents.rate_limit_paused_for('provider:' || c.provider) p(paused_for) ON true
-          LEFT JOIN LATERAL (SELECT * FROM ai_agents.check_rate_limit(c.organization_id, c.agent_id)
-                              WHERE p.paused_for IS NULL) r ON true
-    )
-    SELECT array_agg(j.id ORDER BY j.ord) FILTER (WHERE j.allowed),
-           array_agg(j.current_version_id ORDER BY j.ord) FILTER (WHERE j.allowed),
-           array_agg(j.id ORDER BY j.ord) FILTER (WHERE NOT j.allowed),
-           array_agg(j.retry_after ORDER BY j.ord) FILTER (WHERE NOT j.allowed),
-           array_agg(j.tier ORDER BY j.ord) FILTER (WHERE NOT j.allowed)
-      INTO claimable, versions, waiting, delays, tiers
-      FROM judged j;
-    FOR i IN 1 .. coalesce(array_length(waiting, 1), 0) LOOP
-        UPDATE ai_agents.ai_agent_tasks SET next_run_at = now() + delays[i]
-         WHERE id = waiting[i]
+    LOOP
+        -- Each claim is one LLM call: its provider must not be paused (a 429 with Retry-After)
+        -- and it must pass the three rate-limit tiers. A task that would be refused waits for
+        -- the moment it would pass; no attempt is used.
+        verdict := NULL;
+        SELECT false AS allowed, 'provider' AS refused_tier, p.paused_for AS retry_after INTO verdict
+          FROM ai_agents.rate_limit_paused_for('provider:' || candidate.provider) p(paused_for)
+         WHERE p.paused_for IS NOT NULL;
+        IF verdict IS NULL THEN
+            SELECT * INTO verdict FROM ai_agents.check_rate_limit(candidate.organization_id, candidate.agent_id);
+        END IF;
+        IF verdict.allowed THEN
+            claimable := claimable || candidate.id;
+            versions := versions || candidate.current_version_id;
+            CONTINUE;
+        END IF;
+        UPDATE ai_agents.ai_agent_tasks SET next_run_at = now() + verdict.retry_after
+         WHERE id = candidate.id
         RETURNING * INTO deferred;
         PERFORM ai_agents.log_task_event(deferred, 'rate_limited', false,
-            format('%s rate limit reached; deferred by %s', tiers[i], delays[i]),
-            jsonb_build_object('tier', tiers[i], 'retry_after_seconds', extract(epoch FROM delays[i])));
+            format('%s rate limit reached; deferred by %s', verdict.refused_tier, verdict.retry_after),
+            jsonb_build_object('tier', verdict.refused_tier,
+                               'retry_after_seconds', extract(epoch FROM verdict.retry_after)));
     END LOOP;
-    -- The claimed tasks in one statement (a statement per task cost more in executor start-up
-    -- than in the update itself), returned in claim order.
+    -- The claimed tasks in one statement: a statement per task cost more in executor start-up
+    -- than in the updates themselves.
     RETURN QUERY
-    WITH claimed AS (
-        UPDATE ai_agents.ai_agent_tasks t
-           SET status = 'running',
-               -- A recurring task's new run starts its attempts afresh; a retry adds one.
-               attempts = CASE WHEN t.status = 'pending' THEN t.attempts + 1 ELSE 1 END,
-               execution_started_at = now(),
-               completed_at = NULL,
-               -- While it runs, a recurring task already shows its next slot and a one-shot
-               -- task none, so a manual status change (as the guide's troubleshooting does)
-               -- can never make a one-shot task claimable again.
-               next_run_at = ai_agents.next_run_after_now(t.schedule_cron, t.timezone),
-               locked_by = worker,
-               lease_expires_at = now() + lease,
-               fencing_token = nextval('ai_agents.fencing_token_seq'),
-               agent_version_id = u.version_id
-          FROM unnest(claimable, versions) u(id, version_id)
-         WHERE t.id = u.id
-        RETURNING t.*
-    )
-    SELECT c.* FROM claimed c JOIN unnest(claimable) WITH ORDINALITY o(id, ord) ON o.id = c.id ORDER BY o.ord;
+    UPDATE ai_agents.ai_agent_tasks t
+       SET status = 'running',
+           -- A recurring task's new run starts its attempts afresh; a retry adds one.
+           attempts = CASE WHEN t.status = 'pending' THEN t.attempts + 1 ELSE 1 END,
+           execution_started_at = now(),
+           completed_at = NULL,
+           -- While it runs, a recurring task already shows its next slot and a one-shot
+           -- task none, so a manual status change (as the guide's troubleshooting does)
+           -- can never make a one-shot task claimable again.
+           next_run_at = ai_agents.next_run_after_now(t.schedule_cron, t.timezone),
+           locked_by = worker,
+           lease_expires_at = now() + lease,
+           fencing_token = nextval('ai_agents.fencing_token_seq'),
+           agent_version_id = versions[array_position(claimable, t.id)]
+     WHERE t.id = ANY (claimable)
+    RETURNING t.*;
 END
 $$;
 
@@ -298,11 +286,11 @@ BEGIN
 END
 $$;
 
--- Activity rows, one per task of `ts` (with errors[i] and details[i]): an attempt's outcome
--- (with the run's tokens, cost and time) or a control event, with who caused it.
-CREATE FUNCTION ai_agents.log_task_events(ts ai_agents.ai_agent_tasks[], action_type text, success boolean,
-                                          errors text[] DEFAULT NULL, details jsonb[] DEFAULT NULL,
-                                          with_usage boolean DEFAULT false)
+-- One activity row for a task: an attempt's outcome (with the run's tokens, cost and time) or
+-- a control event, with who caused it.
+CREATE FUNCTION ai_agents.log_task_event(t ai_agents.ai_agent_tasks, action_type text, success boolean,
+                                         error text DEFAULT NULL, details jsonb DEFAULT '{}',
+                                         with_usage boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql -- not sql: PL/pgSQL keeps the plan of its statement from call to call
 SET search_path = pg_catalog, pg_temp
@@ -311,26 +299,13 @@ BEGIN
     INSERT INTO ai_agents.ai_agent_activity_log
         (organization_id, agent_id, task_id, action_type, success, attempt, tokens_used, cost_usd,
          execution_time_ms, error, details)
-    SELECT x.organization_id, x.agent_id, x.id, log_task_events.action_type, log_task_events.success,
-           x.attempts,
-           CASE WHEN with_usage THEN x.tokens_used END,
-           CASE WHEN with_usage THEN x.cost_usd END,
-           CASE WHEN with_usage THEN x.execution_time_ms END,
-           errors[x.ordinality],
-           coalesce(details[x.ordinality], '{}') || jsonb_build_object('by', ai_agents.current_actor())
-      FROM unnest(ts) WITH ORDINALITY x;
-END
-$$;
-
-CREATE FUNCTION ai_agents.log_task_event(t ai_agents.ai_agent_tasks, action_type text, success boolean,
-                                         error text DEFAULT NULL, details jsonb DEFAULT '{}',
-                                         with_usage boolean DEFAULT false)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM ai_agents.log_task_events(ARRAY[t], action_type, success, ARRAY[error], ARRAY[details], with_usage);
+    VALUES (t.organization_id, t.agent_id, t.id, log_task_event.action_type, log_task_event.success,
+            t.attempts,
+            CASE WHEN with_usage THEN t.tokens_used END,
+            CASE WHEN with_usage THEN t.cost_usd END,
+            CASE WHEN with_usage THEN t.execution_time_ms END,
+            log_task_event.error,
+            coalesce(log_task_event.details, '{}') || jsonb_build_object('by', ai_agents.current_actor()));
 END
 $$;
 
@@ -347,11 +322,10 @@ BEGIN
 END
 $$;
 
--- Completes claimed runs, several at once: the arrays hold one entry per task (outputs,
--- results, tokens, costs, times and details may be NULL as a whole). Every fencing token must
--- be current; one that is not refuses the whole call (55000) and changes nothing. A recurring
--- task moves on to its next slot. One statement for all (a statement per task cost more than
--- the updates themselves).
+-- Completes claimed runs, several in one call (one round trip): the arrays hold one entry per
+-- task (outputs, results, tokens, costs, times and details may be NULL as a whole), each
+-- completed as complete_task does, in the order given. A stale fencing token refuses the
+-- whole call (55000) and changes nothing.
 CREATE FUNCTION ai_agents.complete_tasks(
     task_ids           uuid[],
     fencing_tokens     bigint[],
@@ -367,8 +341,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     n integer := coalesce(array_length(task_ids, 1), 0);
-    done ai_agents.ai_agent_tasks[];
-    stale record;
 BEGIN
     IF coalesce(array_length(fencing_tokens, 1), 0) <> n
        OR coalesce(array_length(outputs, 1), n) <> n OR coalesce(array_length(results, 1), n) <> n
@@ -377,43 +349,13 @@ BEGIN
         RAISE EXCEPTION 'complete_tasks needs one fencing token - and one output, result, tokens, cost, time and details when given - per task id (% ids)', n
             USING ERRCODE = '22023';
     END IF;
-    WITH completed AS (
-        UPDATE ai_agents.ai_agent_tasks t
-           SET status = 'completed',
-               completed_at = now(),
-               output = outputs[u.ord],
-               result = results[u.ord],
-               tokens_used = complete_tasks.tokens_used[u.ord],
-               cost_usd = costs_usd[u.ord],
-               execution_time_ms = coalesce(execution_times_ms[u.ord],
-                   (extract(epoch FROM now() - t.execution_started_at) * 1000)::integer),
-               error_message = NULL,
-               locked_by = NULL,
-               lease_expires_at = NULL,
-               next_run_at = ai_agents.next_run_after_now(t.schedule_cron, t.timezone)
-          FROM unnest(task_ids, fencing_tokens) WITH ORDINALITY u(id, token, ord)
-         WHERE t.id = u.id AND t.fencing_token = u.token AND t.status = 'running'
-        RETURNING t AS task, u.ord
-    )
-    SELECT array_agg(c.task ORDER BY c.ord) INTO done FROM completed c;
-    IF coalesce(array_length(done, 1), 0) < n THEN
-        FOR stale IN
-            SELECT u.id, u.token FROM unnest(task_ids, fencing_tokens) u(id, token)
-             WHERE NOT EXISTS (SELECT FROM unnest(done) d WHERE d.id = u.id AND d.fencing_token = u.token)
-             LIMIT 1
-        LOOP
-            PERFORM ai_agents.refuse_stale_token(stale.id, stale.token);
-        END LOOP;
+    IF (SELECT count(DISTINCT i) FROM unnest(task_ids) i) <> n THEN
         RAISE EXCEPTION 'task ids repeat in one complete_tasks call' USING ERRCODE = '22023';
     END IF;
-    PERFORM ai_agents.log_task_events(done, 'task_completed', true, NULL,
-        ARRAY(SELECT coalesce(details[d.ordinality], '{}') || jsonb_build_object(
-                         'fencing_token', d.fencing_token, 'agent_version_id', d.agent_version_id,
-                         'next_run_at', d.next_run_at)
-                FROM unnest(done) WITH ORDINALITY d ORDER BY d.ordinality),
-        with_usage => true);
-    PERFORM ai_agents.notify_task_event(d) FROM unnest(done) d;
-    RETURN QUERY SELECT * FROM unnest(done);
+    FOR i IN 1 .. n LOOP
+        RETURN NEXT ai_agents.complete_task(task_ids[i], fencing_tokens[i], outputs[i], results[i],
+            complete_tasks.tokens_used[i], costs_usd[i], execution_times_ms[i], coalesce(details[i], '{}'));
+    END LOOP;
 END
 $$;
 
@@ -430,11 +372,34 @@ RETURNS ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     t ai_agents.ai_agent_tasks;
 BEGIN
-    SELECT * INTO t FROM ai_agents.complete_tasks(ARRAY[task_id], ARRAY[fencing_token], ARRAY[output],
-        ARRAY[result], ARRAY[tokens_used], ARRAY[cost_usd], ARRAY[execution_time_ms], ARRAY[details]);
+    UPDATE ai_agents.ai_agent_tasks
+       SET status = 'completed',
+           completed_at = now(),
+           output = complete_task.output,
+           result = complete_task.result,
+           tokens_used = complete_task.tokens_used,
+           cost_usd = complete_task.cost_usd,
+           execution_time_ms = coalesce(complete_task.execution_time_ms,
+               (extract(epoch FROM now() - execution_started_at) * 1000)::integer),
+           error_message = NULL,
+           locked_by = NULL,
+           lease_expires_at = NULL,
+           next_run_at = ai_agents.next_run_after_now(schedule_cron, timezone)
+     WHERE id = complete_task.task_id AND status = 'running' AND fencing_token = complete_task.fencing_token
+    RETURNING * INTO t;
+    IF NOT FOUND THEN
+        PERFORM ai_agents.refuse_stale_token(complete_task.task_id, complete_task.fencing_token);
+    END IF;
+    PERFORM ai_agents.log_task_event(t, 'task_completed', true, NULL,
+        coalesce(complete_task.details, '{}') || jsonb_build_object(
+            'fencing_token', t.fencing_token, 'agent_version_id', t.agent_version_id,
+            'next_run_at', t.next_run_at),
+        with_usage => true);
+    PERFORM ai_agents.notify_task_event(t);
     RETURN t;
 END
 $$;
