@@ -6,6 +6,12 @@
 -- 'completed' or 'failed'. Claiming makes it 'running' under a lease with a fresh fencing token;
 -- every write that ends the run must present that token.
 
+-- enable_seqscan = off on the functions of a run's life (claim, complete, fail, heartbeat,
+-- rescue, cancel, record): PL/pgSQL keeps a session's generic plans, and plans made while
+-- the table was small (a worker that started on an empty queue) were sequential scans that
+-- then read a growing backlog on every call - a drain of 20,000 tasks ran at 340 a second.
+-- Every statement in them has an index to use.
+--
 -- search_path: every PL/pgSQL function pins it (SET search_path = pg_catalog, pg_temp), trigger
 -- functions too, which fire with the search_path of whoever writes the table: an object
 -- planted in public must never run inside them (about 0.8 us a call). The two small SQL
@@ -187,6 +193,7 @@ CREATE FUNCTION ai_agents.claim_due_tasks(worker text, max_tasks integer DEFAULT
 RETURNS SETOF ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 AS $$
 DECLARE
     candidate record;
@@ -371,6 +378,7 @@ CREATE FUNCTION ai_agents.complete_task(
 RETURNS ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -418,6 +426,7 @@ CREATE FUNCTION ai_agents.fail_task(
 RETURNS ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -467,6 +476,7 @@ CREATE FUNCTION ai_agents.heartbeat_task(task_id uuid, fencing_token bigint, lea
 RETURNS timestamptz
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -491,6 +501,7 @@ $$;
 CREATE FUNCTION ai_agents.lock_task(task_id uuid) RETURNS ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -508,6 +519,7 @@ CREATE FUNCTION ai_agents.cancel_task(task_id uuid, reason text DEFAULT NULL)
 RETURNS ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -602,6 +614,7 @@ AS $$ SELECT ai_agents.set_agent_tasks_paused(agent_id, false) $$;
 CREATE FUNCTION ai_agents.rescue_expired_leases() RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 AS $$
 DECLARE
     rescued integer;

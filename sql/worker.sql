@@ -56,6 +56,7 @@ CREATE FUNCTION ai_agents.record_llm_reply(task_id uuid, fencing_token bigint, c
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -97,6 +98,7 @@ CREATE FUNCTION ai_agents.record_llm_failure(task_id uuid, fencing_token bigint,
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -166,6 +168,7 @@ $$;
 CREATE FUNCTION ai_agents.next_wakeup() RETURNS timestamptz
 LANGUAGE plpgsql STABLE -- not sql: PL/pgSQL keeps the plan from call to call
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off -- the kept plan must use the indexes however small the table was (sql/tasks.sql)
 AS $$
 BEGIN
     RETURN least(
