@@ -535,8 +535,6 @@ const HOSTILE: &str = "
         $$ SELECT public.hostile('btrim'); SELECT pg_catalog.btrim($1) $$;
     CREATE OR REPLACE FUNCTION public.lower(text) RETURNS text LANGUAGE sql AS
         $$ SELECT public.hostile('lower'); SELECT pg_catalog.lower($1) $$;
-    CREATE OR REPLACE FUNCTION public.coalesce_jsonb(jsonb, jsonb) RETURNS jsonb LANGUAGE sql AS
-        $$ SELECT public.hostile('coalesce'); SELECT $1 $$;
     CREATE OR REPLACE FUNCTION public.format(text, uuid) RETURNS text LANGUAGE sql AS
         $$ SELECT public.hostile('format'); SELECT pg_catalog.format($1, $2) $$;
     CREATE OR REPLACE FUNCTION public.jsonb_build_object(text, uuid) RETURNS jsonb LANGUAGE sql AS
