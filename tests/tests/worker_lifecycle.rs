@@ -23,6 +23,16 @@ fn a_terminated_worker_comes_back_by_itself() {
     let first = worker_pid(&mut c).expect("a worker runs");
     c.execute("SELECT pg_terminate_backend($1)", &[&first])
         .unwrap();
+    // A worker told to stop still finishes the turn it is in, which may claim a task enqueued
+    // now: enqueue only once it is gone, so that the task can only be run by its successor.
+    let gone = Instant::now();
+    while worker_pid(&mut c) == Some(first) {
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "the terminated worker is still there"
+        );
+        sleep(Duration::from_millis(10));
+    }
     let task = enqueue(&mut c, &agent, "after the kill");
     let took = wait_for(
         &mut c,
