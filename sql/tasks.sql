@@ -193,6 +193,7 @@ CREATE FUNCTION ai_agents.claim_due_tasks(worker text, max_tasks integer DEFAULT
 RETURNS SETOF ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
 DECLARE
@@ -244,10 +245,10 @@ BEGIN
         UPDATE ai_agents.ai_agent_tasks SET next_run_at = now() + verdict.retry_after
          WHERE id = candidate.id
         RETURNING * INTO deferred;
-        PERFORM ai_agents.log_task_event(deferred, 'rate_limited', false,
-            format('%s rate limit reached; deferred by %s', verdict.refused_tier, verdict.retry_after),
-            jsonb_build_object('tier', verdict.refused_tier,
-                               'retry_after_seconds', extract(epoch FROM verdict.retry_after)));
+        PERFORM ai_agents.log_task_events(ARRAY[deferred], 'rate_limited', false,
+            ARRAY[format('%s rate limit reached; deferred by %s', verdict.refused_tier, verdict.retry_after)],
+            ARRAY[jsonb_build_object('tier', verdict.refused_tier,
+                                     'retry_after_seconds', extract(epoch FROM verdict.retry_after))]);
     END LOOP;
     -- The claimed tasks in one statement: a statement per task cost more in executor start-up
     -- than in the updates themselves.
@@ -293,46 +294,51 @@ BEGIN
 END
 $$;
 
--- One activity row for a task: an attempt's outcome (with the run's tokens, cost and time) or
--- a control event, with who caused it.
-CREATE FUNCTION ai_agents.log_task_event(t ai_agents.ai_agent_tasks, action_type text, success boolean,
-                                         error text DEFAULT NULL, details jsonb DEFAULT '{}',
-                                         with_usage boolean DEFAULT false)
+-- One activity row per task: an attempt's outcome (with the run's tokens, cost and time) or a
+-- control event, with who caused it. errors and details hold one entry per task (NULL as a
+-- whole for none), so a batch is one INSERT.
+CREATE FUNCTION ai_agents.log_task_events(tasks ai_agents.ai_agent_tasks[], action_type text, success boolean,
+                                          errors text[] DEFAULT NULL, details jsonb[] DEFAULT NULL,
+                                          with_usage boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql -- not sql: PL/pgSQL keeps the plan of its statement from call to call
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     INSERT INTO ai_agents.ai_agent_activity_log
         (organization_id, agent_id, task_id, action_type, success, attempt, tokens_used, cost_usd,
          execution_time_ms, error, details)
-    VALUES (t.organization_id, t.agent_id, t.id, log_task_event.action_type, log_task_event.success,
-            t.attempts,
-            CASE WHEN with_usage THEN t.tokens_used END,
-            CASE WHEN with_usage THEN t.cost_usd END,
-            CASE WHEN with_usage THEN t.execution_time_ms END,
-            log_task_event.error,
-            coalesce(log_task_event.details, '{}') || jsonb_build_object('by', ai_agents.current_actor()));
+    SELECT t.organization_id, t.agent_id, t.id, log_task_events.action_type, log_task_events.success,
+           t.attempts,
+           CASE WHEN with_usage THEN t.tokens_used END,
+           CASE WHEN with_usage THEN t.cost_usd END,
+           CASE WHEN with_usage THEN t.execution_time_ms END,
+           errors[t.ordinality],
+           coalesce(log_task_events.details[t.ordinality], '{}') || jsonb_build_object('by', ai_agents.current_actor())
+      FROM unnest(tasks) WITH ORDINALITY t;
 END
 $$;
 
--- Tells listeners (LISTEN ai_agents_task_events) that a task's run ended, so apps react
+-- Tells listeners (LISTEN ai_agents_task_events) that tasks' runs ended, so apps react
 -- without polling. Delivered at commit, like every NOTIFY.
-CREATE FUNCTION ai_agents.notify_task_event(t ai_agents.ai_agent_tasks) RETURNS void
+CREATE FUNCTION ai_agents.notify_task_events(tasks ai_agents.ai_agent_tasks[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     PERFORM pg_notify('ai_agents_task_events', json_build_object(
         'task_id', t.id, 'status', t.status, 'organization_id', t.organization_id,
-        'agent_id', t.agent_id, 'attempts', t.attempts, 'next_run_at', t.next_run_at)::text);
+        'agent_id', t.agent_id, 'attempts', t.attempts, 'next_run_at', t.next_run_at)::text)
+       FROM unnest(tasks) t;
 END
 $$;
 
--- Completes claimed runs, several in one call (one round trip): the arrays hold one entry per
--- task (outputs, results, tokens, costs, times and details may be NULL as a whole), each
--- completed as complete_task does, in the order given. A stale fencing token refuses the
--- whole call (55000) and changes nothing.
+-- Completes claimed runs, several in one call and in one statement each for the tasks, their
+-- activity and their notifications: the arrays hold one entry per task (outputs, results,
+-- tokens, costs, times and details may be NULL as a whole). Returns the completed tasks in the
+-- order given. A stale fencing token refuses the whole call (55000) and changes nothing.
 CREATE FUNCTION ai_agents.complete_tasks(
     task_ids           uuid[],
     fencing_tokens     bigint[],
@@ -345,9 +351,13 @@ CREATE FUNCTION ai_agents.complete_tasks(
 RETURNS SETOF ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     n integer := coalesce(array_length(task_ids, 1), 0);
+    done ai_agents.ai_agent_tasks[];
+    stale record;
 BEGIN
     IF coalesce(array_length(fencing_tokens, 1), 0) <> n
        OR coalesce(array_length(outputs, 1), n) <> n OR coalesce(array_length(results, 1), n) <> n
@@ -356,13 +366,47 @@ BEGIN
         RAISE EXCEPTION 'complete_tasks needs one fencing token - and one output, result, tokens, cost, time and details when given - per task id (% ids)', n
             USING ERRCODE = '22023';
     END IF;
-    IF (SELECT count(DISTINCT i) FROM unnest(task_ids) i) <> n THEN
+    IF (SELECT count(DISTINCT i) <> count(i) FROM unnest(task_ids) i) THEN
         RAISE EXCEPTION 'task ids repeat in one complete_tasks call' USING ERRCODE = '22023';
     END IF;
-    FOR i IN 1 .. n LOOP
-        RETURN NEXT ai_agents.complete_task(task_ids[i], fencing_tokens[i], outputs[i], results[i],
-            complete_tasks.tokens_used[i], costs_usd[i], execution_times_ms[i], coalesce(details[i], '{}'));
-    END LOOP;
+    WITH given AS (
+        SELECT * FROM unnest(task_ids, fencing_tokens, outputs, results, complete_tasks.tokens_used,
+                             costs_usd, execution_times_ms)
+                      WITH ORDINALITY AS g(id, token, output, result, tokens, cost, ms, i)
+    ), completed AS (
+        UPDATE ai_agents.ai_agent_tasks t
+           SET status = 'completed',
+               completed_at = now(),
+               output = g.output,
+               result = g.result,
+               tokens_used = g.tokens,
+               cost_usd = g.cost,
+               execution_time_ms = coalesce(g.ms, (extract(epoch FROM now() - t.execution_started_at) * 1000)::integer),
+               error_message = NULL,
+               locked_by = NULL,
+               lease_expires_at = NULL,
+               next_run_at = ai_agents.next_run_after_now(t.schedule_cron, t.timezone)
+          FROM given g
+         WHERE t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
+        RETURNING t, g.i
+    )
+    SELECT array_agg(c.t ORDER BY c.i) INTO done FROM completed c;
+    IF coalesce(array_length(done, 1), 0) < n THEN
+        SELECT g.id, g.token INTO stale
+          FROM unnest(task_ids, fencing_tokens) WITH ORDINALITY AS g(id, token, i)
+         WHERE NOT EXISTS (SELECT FROM unnest(done) d WHERE d.id = g.id)
+         ORDER BY g.i LIMIT 1;
+        PERFORM ai_agents.refuse_stale_token(stale.id, stale.token);
+    END IF;
+    -- done[i] is task_ids[i]'s run from here on.
+    PERFORM ai_agents.log_task_events(done, 'task_completed', true,
+        details => ARRAY(SELECT coalesce(complete_tasks.details[d.ordinality], '{}') || jsonb_build_object(
+                                    'fencing_token', d.fencing_token, 'agent_version_id', d.agent_version_id,
+                                    'next_run_at', d.next_run_at)
+                           FROM unnest(done) WITH ORDINALITY d ORDER BY d.ordinality),
+        with_usage => true);
+    PERFORM ai_agents.notify_task_events(done);
+    RETURN QUERY SELECT * FROM unnest(done);
 END
 $$;
 
@@ -378,36 +422,14 @@ CREATE FUNCTION ai_agents.complete_task(
 RETURNS ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
     t ai_agents.ai_agent_tasks;
 BEGIN
-    UPDATE ai_agents.ai_agent_tasks
-       SET status = 'completed',
-           completed_at = now(),
-           output = complete_task.output,
-           result = complete_task.result,
-           tokens_used = complete_task.tokens_used,
-           cost_usd = complete_task.cost_usd,
-           execution_time_ms = coalesce(complete_task.execution_time_ms,
-               (extract(epoch FROM now() - execution_started_at) * 1000)::integer),
-           error_message = NULL,
-           locked_by = NULL,
-           lease_expires_at = NULL,
-           next_run_at = ai_agents.next_run_after_now(schedule_cron, timezone)
-     WHERE id = complete_task.task_id AND status = 'running' AND fencing_token = complete_task.fencing_token
-    RETURNING * INTO t;
-    IF NOT FOUND THEN
-        PERFORM ai_agents.refuse_stale_token(complete_task.task_id, complete_task.fencing_token);
-    END IF;
-    PERFORM ai_agents.log_task_event(t, 'task_completed', true, NULL,
-        coalesce(complete_task.details, '{}') || jsonb_build_object(
-            'fencing_token', t.fencing_token, 'agent_version_id', t.agent_version_id,
-            'next_run_at', t.next_run_at),
-        with_usage => true);
-    PERFORM ai_agents.notify_task_event(t);
+    SELECT * INTO t FROM ai_agents.complete_tasks(ARRAY[complete_task.task_id], ARRAY[complete_task.fencing_token],
+        ARRAY[complete_task.output], ARRAY[complete_task.result], ARRAY[complete_task.tokens_used],
+        ARRAY[complete_task.cost_usd], ARRAY[complete_task.execution_time_ms], ARRAY[complete_task.details]);
     RETURN t;
 END
 $$;
@@ -458,15 +480,15 @@ BEGIN
            lease_expires_at = NULL
      WHERE id = t.id
     RETURNING * INTO t;
-    PERFORM ai_agents.log_task_event(t, 'task_failed', false, message,
-        coalesce(fail_task.details, '{}') || jsonb_build_object(
+    PERFORM ai_agents.log_task_events(ARRAY[t], 'task_failed', false, ARRAY[message],
+        ARRAY[coalesce(fail_task.details, '{}') || jsonb_build_object(
             'http_status', fail_task.http_status, 'transient', transient,
             'will_retry', delay IS NOT NULL, 'retry_in_seconds', extract(epoch FROM delay),
             'max_attempts', t.max_attempts, 'fencing_token', t.fencing_token,
-            'agent_version_id', t.agent_version_id),
+            'agent_version_id', t.agent_version_id)],
         with_usage => true);
     IF delay IS NULL THEN
-        PERFORM ai_agents.notify_task_event(t);
+        PERFORM ai_agents.notify_task_events(ARRAY[t]);
     END IF;
     RETURN t;
 END
@@ -542,9 +564,9 @@ BEGIN
            error_message = coalesce(cancel_task.reason, 'cancelled')
      WHERE id = t.id
     RETURNING * INTO t;
-    PERFORM ai_agents.log_task_event(t, 'task_cancelled', true, cancel_task.reason,
-                                     jsonb_build_object('previous_status', was));
-    PERFORM ai_agents.notify_task_event(t);
+    PERFORM ai_agents.log_task_events(ARRAY[t], 'task_cancelled', true, ARRAY[cancel_task.reason],
+                                      ARRAY[jsonb_build_object('previous_status', was)]);
+    PERFORM ai_agents.notify_task_events(ARRAY[t]);
     RETURN t;
 END
 $$;
@@ -571,7 +593,7 @@ BEGIN
            attempts = CASE WHEN status = 'failed' AND next_run_at IS NULL THEN 0 ELSE attempts END
      WHERE id = t.id
     RETURNING * INTO t;
-    PERFORM ai_agents.log_task_event(t, 'task_run_now', true);
+    PERFORM ai_agents.log_task_events(ARRAY[t], 'task_run_now', true);
     RETURN t;
 END
 $$;

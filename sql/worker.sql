@@ -47,47 +47,73 @@ BEGIN
 END
 $$;
 
--- Records an LLM reply: the task completes with tokens and cost, a conversation gets the
--- assistant's message. A reply for a run that is no longer current (cancelled, or its lease
--- expired and the task was claimed again) is discarded and logged, not an error.
-CREATE FUNCTION ai_agents.record_llm_reply(task_id uuid, fencing_token bigint, content text,
-                                           input_tokens bigint, output_tokens bigint, model text,
-                                           request_id text, execution_time_ms integer)
-RETURNS text
+-- Records LLM replies, a batch of them in one call: their tasks complete with tokens and cost
+-- (one complete_tasks), conversations get the assistant's messages. A reply for a run that is
+-- no longer current (cancelled, or its lease expired and the task was claimed again) is
+-- discarded and logged, not an error. Returns each task's status, or 'discarded'.
+CREATE FUNCTION ai_agents.record_llm_replies(task_ids uuid[], fencing_tokens bigint[], contents text[],
+                                             input_tokens bigint[], output_tokens bigint[], models text[],
+                                             request_ids text[], execution_times_ms integer[])
+RETURNS TABLE (task_id uuid, status text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE
-    t ai_agents.ai_agent_tasks;
-    provider text;
+    stale record;
+    live record;
 BEGIN
-    SELECT v.provider INTO provider FROM ai_agents.ai_agent_tasks tt
-      JOIN ai_agents.ai_agent_versions v ON v.id = tt.agent_version_id
-     WHERE tt.id = record_llm_reply.task_id;
-    BEGIN
-        t := ai_agents.complete_task(record_llm_reply.task_id, record_llm_reply.fencing_token,
-                output => record_llm_reply.content,
-                tokens_used => (record_llm_reply.input_tokens + record_llm_reply.output_tokens)::integer,
-                cost_usd => ai_agents.llm_cost_usd(provider, record_llm_reply.model,
-                                                   record_llm_reply.input_tokens, record_llm_reply.output_tokens),
-                execution_time_ms => record_llm_reply.execution_time_ms,
-                details => jsonb_build_object('request_id', record_llm_reply.request_id,
-                                              'model', record_llm_reply.model,
-                                              'input_tokens', record_llm_reply.input_tokens,
-                                              'output_tokens', record_llm_reply.output_tokens));
-    EXCEPTION WHEN object_not_in_prerequisite_state THEN
-        PERFORM ai_agents.log_discarded_result(record_llm_reply.task_id, record_llm_reply.fencing_token,
-                                               SQLERRM, record_llm_reply.request_id);
-        RETURN 'discarded';
-    END;
-    IF t.conversation_id IS NOT NULL THEN
-        INSERT INTO ai_agents.ai_agent_messages (conversation_id, organization_id, role, content, tokens)
-        VALUES (t.conversation_id, t.organization_id, 'assistant', record_llm_reply.content,
-                record_llm_reply.output_tokens::integer);
+    -- Locked first (in one order, as every batch is), so that a run found current stays so
+    -- until it is completed.
+    PERFORM FROM ai_agents.ai_agent_tasks t WHERE t.id = ANY (record_llm_replies.task_ids) ORDER BY t.id FOR UPDATE OF t;
+    SELECT array_agg(g.id ORDER BY g.i) AS ids, array_agg(g.token ORDER BY g.i) AS tokens,
+           array_agg(g.content ORDER BY g.i) AS contents,
+           array_agg(least(g.input + g.output, 2147483647)::integer ORDER BY g.i) AS tokens_used,
+           array_agg(ai_agents.llm_cost_usd(v.provider, g.model, g.input, g.output) ORDER BY g.i) AS costs,
+           array_agg(g.ms ORDER BY g.i) AS times,
+           array_agg(jsonb_build_object('request_id', g.request_id, 'model', g.model,
+                                        'input_tokens', g.input, 'output_tokens', g.output) ORDER BY g.i) AS details,
+           array_agg(least(g.output, 2147483647)::integer ORDER BY g.i) AS output_tokens
+      INTO live
+      FROM unnest(record_llm_replies.task_ids, record_llm_replies.fencing_tokens, record_llm_replies.contents,
+                  record_llm_replies.input_tokens, record_llm_replies.output_tokens, record_llm_replies.models,
+                  record_llm_replies.request_ids, record_llm_replies.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, model, request_id, ms, i)
+      JOIN ai_agents.ai_agent_tasks t ON t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
+      JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
+    FOR stale IN
+        SELECT g.id, g.token, g.request_id
+          FROM unnest(record_llm_replies.task_ids, record_llm_replies.fencing_tokens,
+                      record_llm_replies.request_ids) AS g(id, token, request_id)
+         WHERE g.id <> ALL (coalesce(live.ids, '{}'))
+    LOOP
+        BEGIN
+            PERFORM ai_agents.refuse_stale_token(stale.id, stale.token);
+        EXCEPTION WHEN object_not_in_prerequisite_state OR no_data_found THEN
+            PERFORM ai_agents.log_discarded_result(stale.id, stale.token, SQLERRM, stale.request_id);
+        END;
+        task_id := stale.id;
+        status := 'discarded';
+        RETURN NEXT;
+    END LOOP;
+    IF live.ids IS NULL THEN
+        RETURN;
     END IF;
-    RETURN t.status;
+    RETURN QUERY
+    WITH completed AS (
+        SELECT c.id, c.status, c.conversation_id, c.organization_id, m.content, m.tokens
+          FROM ai_agents.complete_tasks(live.ids, live.tokens, live.contents, NULL,
+                                        live.tokens_used, live.costs, live.times, live.details)
+               WITH ORDINALITY c
+          JOIN unnest(live.contents, live.output_tokens) WITH ORDINALITY AS m(content, tokens, i)
+            ON m.i = c.ordinality
+    ), said AS (
+        INSERT INTO ai_agents.ai_agent_messages (conversation_id, organization_id, role, content, tokens)
+        SELECT c.conversation_id, c.organization_id, 'assistant', c.content, c.tokens
+          FROM completed c WHERE c.conversation_id IS NOT NULL
+    )
+    SELECT c.id, c.status FROM completed c;
 END
 $$;
 
@@ -196,7 +222,7 @@ CREATE TRIGGER ai_agent_tasks_wake_worker
     FOR EACH STATEMENT EXECUTE FUNCTION ai_agents.wake_worker_on_change();
 
 REVOKE ALL ON FUNCTION ai_agents.claim_llm_calls(text, integer, interval, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ai_agents.record_llm_reply(uuid, bigint, text, bigint, bigint, text, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.record_llm_replies(uuid[], bigint[], text[], bigint[], bigint[], text[], text[], integer[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.record_llm_failure(uuid, bigint, text, integer, bigint, boolean, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.run_scheduler_once(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.release_orphaned_runs(text) FROM PUBLIC;

@@ -483,64 +483,108 @@ fn messages(
 }
 
 /// Records the finished calls; returns, per call, its pass and whether the task completed.
+/// The replies are recorded together, in one statement (see record_llm_replies); the failures,
+/// rarer and each with its own retry decision, one by one.
 fn record(st: &Statements, finished: &[Done]) -> Vec<(Option<u64>, bool)> {
-    let mut outcomes = Vec::with_capacity(finished.len());
+    let replies: Vec<(&Done, &llm::Reply)> = finished
+        .iter()
+        .filter_map(|done| done.outcome.as_ref().ok().map(|reply| (done, reply)))
+        .collect();
+    let mut completed = std::collections::HashSet::new();
+    if !replies.is_empty() {
+        let column =
+            |f: &dyn Fn(&(&Done, &llm::Reply)) -> i64| replies.iter().map(f).collect::<Vec<i64>>();
+        let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        Spi::connect(|client| {
+            let rows = client.select(
+                &st.replies,
+                None,
+                &[
+                    replies
+                        .iter()
+                        .map(|(d, _)| d.task_id.as_str())
+                        .collect::<Vec<_>>()
+                        .into(),
+                    column(&|(d, _)| d.fencing_token).into(),
+                    replies
+                        .iter()
+                        .map(|(_, r)| r.content.as_str())
+                        .collect::<Vec<_>>()
+                        .into(),
+                    column(&|(_, r)| tokens(r.input_tokens)).into(),
+                    column(&|(_, r)| tokens(r.output_tokens)).into(),
+                    replies
+                        .iter()
+                        .map(|(_, r)| r.model.as_str())
+                        .collect::<Vec<_>>()
+                        .into(),
+                    replies
+                        .iter()
+                        .map(|(_, r)| r.request_id.as_deref())
+                        .collect::<Vec<_>>()
+                        .into(),
+                    replies
+                        .iter()
+                        .map(|(d, _)| elapsed_ms(d))
+                        .collect::<Vec<_>>()
+                        .into(),
+                ],
+            )?;
+            for row in rows {
+                if row.get::<String>(2)?.as_deref() == Some("completed") {
+                    completed.extend(row.get::<String>(1)?);
+                }
+            }
+            Ok::<_, pgrx::spi::SpiError>(())
+        })
+        .unwrap_or_else(|e| {
+            error!(
+                "ai_agents worker: recording {} replies failed: {e}",
+                replies.len()
+            )
+        });
+    }
     for done in finished {
-        let elapsed_ms = i32::try_from(done.elapsed.as_millis()).unwrap_or(i32::MAX);
-        let status = match &done.outcome {
-            Ok(reply) => Spi::connect(|client| {
-                client
-                    .select(
-                        &st.reply,
-                        Some(1),
-                        &[
-                            done.task_id.as_str().into(),
-                            done.fencing_token.into(),
-                            reply.content.as_str().into(),
-                            i64::try_from(reply.input_tokens).unwrap_or(i64::MAX).into(),
-                            i64::try_from(reply.output_tokens)
-                                .unwrap_or(i64::MAX)
-                                .into(),
-                            reply.model.as_str().into(),
-                            reply.request_id.as_deref().into(),
-                            elapsed_ms.into(),
-                        ],
-                    )?
-                    .first()
-                    .get_one::<String>()
-            }),
-            Err(failure) => Spi::connect(|client| {
-                client
-                    .select(
-                        &st.failure,
-                        Some(1),
-                        &[
-                            done.task_id.as_str().into(),
-                            done.fencing_token.into(),
-                            failure.message.as_str().into(),
-                            failure.http_status.map(i32::from).into(),
-                            failure
-                                .retry_after
-                                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                                .into(),
-                            failure.permanent.into(),
-                            failure.request_id.as_deref().into(),
-                            elapsed_ms.into(),
-                        ],
-                    )?
-                    .first()
-                    .get_one::<String>()
-            }),
-        }
+        let Err(failure) = &done.outcome else {
+            continue;
+        };
+        Spi::connect(|client| {
+            client
+                .select(
+                    &st.failure,
+                    Some(1),
+                    &[
+                        done.task_id.as_str().into(),
+                        done.fencing_token.into(),
+                        failure.message.as_str().into(),
+                        failure.http_status.map(i32::from).into(),
+                        failure
+                            .retry_after
+                            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                            .into(),
+                        failure.permanent.into(),
+                        failure.request_id.as_deref().into(),
+                        elapsed_ms(done).into(),
+                    ],
+                )?
+                .first()
+                .get_one::<String>()
+        })
         .unwrap_or_else(|e| {
             error!(
                 "ai_agents worker: recording task {} failed: {e}",
                 done.task_id
             )
         });
-        outcomes.push((done.pass, status.as_deref() == Some("completed")));
     }
-    outcomes
+    finished
+        .iter()
+        .map(|done| (done.pass, completed.contains(&done.task_id)))
+        .collect()
+}
+
+fn elapsed_ms(done: &Done) -> i32 {
+    i32::try_from(done.elapsed.as_millis()).unwrap_or(i32::MAX)
 }
 
 /// How long to sleep: until the next due task or expiring lease, at most IDLE_WAIT.

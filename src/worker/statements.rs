@@ -8,7 +8,7 @@ use pgrx::spi::{OwnedPreparedStatement, SpiResult};
 
 pub struct Statements {
     pub claim: OwnedPreparedStatement,
-    pub reply: OwnedPreparedStatement,
+    pub replies: OwnedPreparedStatement,
     pub failure: OwnedPreparedStatement,
     pub wakeup: OwnedPreparedStatement,
 }
@@ -22,6 +22,9 @@ impl Statements {
             let int8 = PgOid::from(pg_sys::INT8OID);
             let float8 = PgOid::from(pg_sys::FLOAT8OID);
             let boolean = PgOid::from(pg_sys::BOOLOID);
+            let texts = PgOid::from(pg_sys::TEXTARRAYOID);
+            let int8s = PgOid::from(pg_sys::INT8ARRAYOID);
+            let int4s = PgOid::from(pg_sys::INT4ARRAYOID);
             let keep = |sql: &str, types: &[PgOid]| -> SpiResult<OwnedPreparedStatement> {
                 Ok(client.prepare_mut(sql, types)?.keep())
             };
@@ -33,9 +36,10 @@ impl Statements {
                        FROM ai_agents.claim_llm_calls($1, $2, make_interval(secs => $3), $4)",
                     &[text, int4, float8, int4],
                 )?,
-                reply: keep(
-                    "SELECT ai_agents.record_llm_reply($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
-                    &[text, int8, text, int8, int8, text, text, int4],
+                replies: keep(
+                    "SELECT task_id::text, status \
+                       FROM ai_agents.record_llm_replies($1::uuid[], $2, $3, $4, $5, $6, $7, $8)",
+                    &[texts, int8s, texts, int8s, int8s, texts, texts, int4s],
                 )?,
                 failure: keep(
                     "SELECT ai_agents.record_llm_failure($1::uuid, $2, $3, $4, $5, $6, $7, $8)",

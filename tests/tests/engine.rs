@@ -786,3 +786,129 @@ fn completing_one_task_uses_the_primary_key_not_the_lease_index() {
     assert!(plan.contains("ai_agent_tasks_pkey"), "{plan}");
     assert!(!plan.contains("ai_agent_tasks_lease_idx"), "{plan}");
 }
+
+#[test]
+fn the_workers_batch_of_replies_completes_the_current_runs_and_discards_only_the_stale() {
+    let (mut c, _) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "a");
+    let conversation: String = c
+        .query_one(
+            "SELECT id::text FROM ai_agents.start_conversation($1::text::uuid)",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    let talk: String = c
+        .query_one(
+            "SELECT id::text FROM ai_agents.send_message($1::text::uuid, 'hello')",
+            &[&conversation],
+        )
+        .unwrap()
+        .get(0);
+    let plain = enqueue(&mut c, &agent, "plain");
+    let cancelled = enqueue(&mut c, &agent, "cancelled");
+    let deleted = enqueue(&mut c, &agent, "deleted");
+    let tasks = [
+        talk.clone(),
+        plain.clone(),
+        cancelled.clone(),
+        deleted.clone(),
+    ];
+    let claimed = c
+        .query("SELECT id FROM ai_agents.claim_due_tasks('w', 10)", &[])
+        .unwrap();
+    assert_eq!(claimed.len(), 4);
+    let tokens: Vec<i64> = tasks
+        .iter()
+        .map(|task| {
+            task_field(&mut c, task, "fencing_token")
+                .and_then(|t| t.parse().ok())
+                .expect("a claimed task holds a token")
+        })
+        .collect();
+    c.execute(
+        "SELECT ai_agents.cancel_task($1::text::uuid)",
+        &[&cancelled],
+    )
+    .unwrap();
+    c.execute(
+        "DELETE FROM ai_agents.ai_agent_tasks WHERE id = $1::text::uuid",
+        &[&deleted],
+    )
+    .unwrap();
+    let recorded: Vec<(String, String)> = c
+        .query(
+            "SELECT task_id::text, status FROM ai_agents.record_llm_replies(
+                 $1::text[]::uuid[], $2, ARRAY['to talk', 'to plain', 'to cancelled', 'to deleted'],
+                 ARRAY[100, 200, 300, 400]::bigint[], ARRAY[50, 60, 70, 80]::bigint[],
+                 ARRAY['gpt-4o-mini', 'gpt-4o-mini', 'gpt-4o-mini', 'gpt-4o-mini'],
+                 ARRAY['r-talk', 'r-plain', 'r-cancelled', 'r-deleted'], ARRAY[11, 12, 13, 14])
+             ORDER BY 2, 1",
+            &[&tasks.to_vec(), &tokens],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut expected = vec![
+        (talk.clone(), "completed".to_string()),
+        (plain.clone(), "completed".to_string()),
+        (cancelled.clone(), "discarded".to_string()),
+        (deleted.clone(), "discarded".to_string()),
+    ];
+    expected.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+    assert_eq!(recorded, expected);
+    // Each current run has its own reply, tokens, cost (gpt-4o-mini: $0.15 / $0.60 per
+    // million tokens) and time, and an activity row naming the request.
+    for (task, output, tokens, cost, ms, request) in [
+        (&talk, "to talk", "150", "0.000045", "11", "r-talk"),
+        (&plain, "to plain", "260", "0.000066", "12", "r-plain"),
+    ] {
+        assert_eq!(
+            task_field(
+                &mut c,
+                task,
+                "concat_ws(' ', status, output, tokens_used, cost_usd, execution_time_ms)"
+            ),
+            Some(format!("completed {output} {tokens} {cost} {ms}"))
+        );
+        let logged: String = c
+            .query_one(
+                "SELECT details ->> 'request_id' FROM ai_agents.ai_agent_activity_log \
+                 WHERE task_id = $1::text::uuid AND action_type = 'task_completed'",
+                &[task],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(logged, request);
+    }
+    let said: Vec<(String, String, i32)> = c
+        .query(
+            "SELECT role, content, tokens FROM ai_agents.ai_agent_messages \
+             WHERE conversation_id = $1::text::uuid ORDER BY created_at, id",
+            &[&conversation],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get::<_, Option<i32>>(2).unwrap_or(-1)))
+        .collect();
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert_eq!(said[1], ("assistant".into(), "to talk".into(), 50));
+    // The cancelled run's reply is kept out of the task and recorded as discarded.
+    assert_eq!(
+        task_field(&mut c, &cancelled, "status || coalesce(output, '-')").as_deref(),
+        Some("cancelled-")
+    );
+    let discarded: (String, String) = c
+        .query_one(
+            "SELECT error, details ->> 'request_id' FROM ai_agents.ai_agent_activity_log \
+             WHERE task_id = $1::text::uuid AND action_type = 'result_discarded'",
+            &[&cancelled],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(
+        discarded.0.contains("stale fencing token") && discarded.1 == "r-cancelled",
+        "{discarded:?}"
+    );
+}
