@@ -2,6 +2,7 @@
 //! retries, rescue, control functions, pruning, and the errors bad input gets.
 use ai_agents_tests::postgres::Client;
 use ai_agents_tests::{create_agent, enqueue, error_of, fresh_database};
+use std::str::FromStr;
 
 /// Claims one task and returns (task id, fencing token, attempts).
 fn claim_one(c: &mut Client, worker: &str) -> (String, i64, i32) {
@@ -785,6 +786,56 @@ fn completing_one_task_uses_the_primary_key_not_the_lease_index() {
         .join("\n");
     assert!(plan.contains("ai_agent_tasks_pkey"), "{plan}");
     assert!(!plan.contains("ai_agent_tasks_lease_idx"), "{plan}");
+}
+
+#[test]
+fn a_claim_among_many_future_tasks_reads_the_claim_index_in_order() {
+    // The plans that claim_due_tasks keeps are generic: they do not know how many tasks a
+    // call claims. One that expected many read every due task and sorted them, so a claim
+    // became ten times slower with a large backlog (bench/run, scenario 5).
+    let (_, database) = fresh_database();
+    let plans = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = plans.clone();
+    let mut c = ai_agents_tests::postgres::Config::from_str(
+        &ai_agents_tests::shared_cluster().conninfo(&database),
+    )
+    .unwrap()
+    .notice_callback(move |notice| sink.lock().unwrap().push(notice.message().to_string()))
+    .connect(ai_agents_tests::postgres::NoTls)
+    .unwrap();
+    let (_, agent) = create_agent(&mut c, "a");
+    c.execute(
+        "INSERT INTO ai_agents.ai_agent_tasks (agent_id, title, next_run_at)
+         SELECT $1::text::uuid, 'task ' || g,
+                CASE WHEN g <= 50 THEN now() ELSE now() + g * interval '1 second' END
+           FROM generate_series(1, 60000) g",
+        &[&agent],
+    )
+    .unwrap();
+    c.batch_execute(
+        "ANALYZE ai_agents.ai_agent_tasks;
+         LOAD 'auto_explain';
+         SET auto_explain.log_min_duration = 0;
+         SET auto_explain.log_nested_statements = on;
+         SET auto_explain.log_level = notice",
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let claimed = c
+            .query("SELECT id FROM ai_agents.claim_due_tasks('w', 1)", &[])
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+    }
+    let plans = plans.lock().unwrap();
+    let candidates: Vec<&String> = plans
+        .iter()
+        .filter(|p| p.contains("FOR UPDATE OF t SKIP LOCKED"))
+        .collect();
+    assert_eq!(candidates.len(), 3, "{plans:#?}");
+    for plan in candidates {
+        assert!(plan.contains("ai_agent_tasks_claim_idx"), "{plan}");
+        assert!(!plan.contains("Sort"), "{plan}");
+    }
 }
 
 #[test]
