@@ -76,17 +76,16 @@ BEGIN
         IF NOT FOUND THEN
             RAISE EXCEPTION 'agent % does not exist', coalesce(NEW.agent_id::text, 'NULL') USING ERRCODE = '23503';
         END IF;
-        IF NOT a.is_active THEN
-            RAISE EXCEPTION 'agent % is not active', NEW.agent_id USING ERRCODE = '55000',
-                HINT = 'Activate the agent (is_active = true) before giving it tasks.';
-        END IF;
         IF NEW.organization_id IS NULL THEN
             NEW.organization_id := a.organization_id;
         ELSIF NEW.organization_id <> a.organization_id THEN
             RAISE EXCEPTION 'organization % does not match agent %, which belongs to organization %',
                 NEW.organization_id, NEW.agent_id, a.organization_id USING ERRCODE = '23503';
         END IF;
-        NEW.paused := a.tasks_paused;
+        -- An inactive agent's task is held until the agent is active again. enqueue_task refuses
+        -- to give an inactive agent tasks; rows written directly (a restore of a dump taken while
+        -- the agent was off, the guide's plain INSERT) are kept, held.
+        NEW.paused := a.tasks_paused OR NOT a.is_active;
     END IF;
 
     IF TG_OP = 'INSERT'
@@ -152,9 +151,11 @@ AS $$
 #variable_conflict use_column
 DECLARE
     org uuid;
+    active boolean;
     t ai_agents.ai_agent_tasks;
 BEGIN
-    org := (SELECT ag.organization_id FROM ai_agents.ai_agents ag WHERE ag.id = enqueue_task.agent_id);
+    SELECT ag.organization_id, ag.is_active INTO org, active
+      FROM ai_agents.ai_agents ag WHERE ag.id = enqueue_task.agent_id;
     PERFORM ai_agents.check_organization(org, format('agent %s', enqueue_task.agent_id));
     IF org IS NULL THEN
         RAISE EXCEPTION 'agent % does not exist', coalesce(enqueue_task.agent_id::text, 'NULL')
@@ -166,6 +167,10 @@ BEGIN
         IF FOUND THEN
             RETURN t;
         END IF;
+    END IF;
+    IF NOT active THEN
+        RAISE EXCEPTION 'agent % is not active', enqueue_task.agent_id USING ERRCODE = '55000',
+            HINT = 'Activate the agent (is_active = true) before giving it tasks.';
     END IF;
     INSERT INTO ai_agents.ai_agent_tasks
         (agent_id, organization_id, title, description, input, task_type, priority, next_run_at,

@@ -44,8 +44,25 @@ fn a_dump_restores_every_row_of_the_extension() {
               VALUES ('openai', 'gpt-4o-mini', 0.2, 0.8);"
     ))
     .unwrap();
+    // An agent switched off with a task still waiting: the task is held, and it must come
+    // back (held) from the dump, although nobody may give an inactive agent new tasks.
+    let (_, finance) = create_agent(&mut c, "Finance");
+    c.batch_execute(&format!(
+        "SELECT ai_agents.enqueue_task('{finance}', 'held');
+         UPDATE ai_agents.ai_agents SET is_active = false WHERE id = '{finance}';"
+    ))
+    .unwrap();
+    let held = |c: &mut Client| -> bool {
+        c.query_one(
+            "SELECT paused FROM ai_agents.ai_agent_tasks WHERE title = 'held'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(held(&mut c));
     let before = fingerprint(&mut c);
-    assert_eq!(before[0].as_deref(), Some("Customer Care:3"));
+    assert_eq!(before[0].as_deref(), Some("Customer Care:3,Finance:1"));
 
     let cluster = shared_cluster();
     let dump = cluster.client_program("pg_dump", &db, &[]);
@@ -78,6 +95,7 @@ fn a_dump_restores_every_row_of_the_extension() {
 
     let mut r = cluster.connect(&restored);
     assert_eq!(fingerprint(&mut r), before);
+    assert!(held(&mut r), "the inactive agent's task is restored held");
     // Sequences continue where they were: new rows do not collide with restored ones.
     r.batch_execute(&format!(
         "SELECT ai_agents.enqueue_task('{agent}', 'after restore');

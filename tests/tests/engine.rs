@@ -492,6 +492,18 @@ fn pausing_holds_new_and_existing_tasks_and_deactivation_holds_too() {
         &[&agent],
     )
     .unwrap();
+    // An inactive agent gets no new task through enqueue_task; a row inserted directly (as
+    // the guide writes them, or a restore) is kept, held.
+    let (code, _) = error_of(
+        &mut c,
+        &format!("SELECT ai_agents.enqueue_task('{agent}', 'refused')"),
+    );
+    assert_eq!(code, "55000");
+    c.execute(
+        "INSERT INTO ai_agents.ai_agent_tasks (agent_id, title) VALUES ($1::text::uuid, 'inserted')",
+        &[&agent],
+    )
+    .unwrap();
     assert!(c
         .query("SELECT * FROM ai_agents.claim_due_tasks('w', 10)", &[])
         .unwrap()
@@ -505,7 +517,7 @@ fn pausing_holds_new_and_existing_tasks_and_deactivation_holds_too() {
         c.query("SELECT * FROM ai_agents.claim_due_tasks('w', 10)", &[])
             .unwrap()
             .len(),
-        2
+        3
     );
 }
 
