@@ -492,42 +492,20 @@ fn record(st: &Statements, finished: &[Done]) -> Vec<(Option<u64>, bool)> {
         .collect();
     let mut completed = std::collections::HashSet::new();
     if !replies.is_empty() {
-        let column =
-            |f: &dyn Fn(&(&Done, &llm::Reply)) -> i64| replies.iter().map(f).collect::<Vec<i64>>();
         let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         Spi::connect(|client| {
             let rows = client.select(
                 &st.replies,
                 None,
                 &[
-                    replies
-                        .iter()
-                        .map(|(d, _)| d.task_id.as_str())
-                        .collect::<Vec<_>>()
-                        .into(),
-                    column(&|(d, _)| d.fencing_token).into(),
-                    replies
-                        .iter()
-                        .map(|(_, r)| r.content.as_str())
-                        .collect::<Vec<_>>()
-                        .into(),
-                    column(&|(_, r)| tokens(r.input_tokens)).into(),
-                    column(&|(_, r)| tokens(r.output_tokens)).into(),
-                    replies
-                        .iter()
-                        .map(|(_, r)| r.model.as_str())
-                        .collect::<Vec<_>>()
-                        .into(),
-                    replies
-                        .iter()
-                        .map(|(_, r)| r.request_id.as_deref())
-                        .collect::<Vec<_>>()
-                        .into(),
-                    replies
-                        .iter()
-                        .map(|(d, _)| elapsed_ms(d))
-                        .collect::<Vec<_>>()
-                        .into(),
+                    column(&replies, |d, _| d.task_id.as_str()).into(),
+                    column(&replies, |d, _| d.fencing_token).into(),
+                    column(&replies, |_, r| r.content.as_str()).into(),
+                    column(&replies, |_, r| tokens(r.input_tokens)).into(),
+                    column(&replies, |_, r| tokens(r.output_tokens)).into(),
+                    column(&replies, |_, r| r.model.as_str()).into(),
+                    column(&replies, |_, r| r.request_id.as_deref()).into(),
+                    column(&replies, |d, _| elapsed_ms(d)).into(),
                 ],
             )?;
             for row in rows {
@@ -581,6 +559,14 @@ fn record(st: &Statements, finished: &[Done]) -> Vec<(Option<u64>, bool)> {
         .iter()
         .map(|done| (done.pass, completed.contains(&done.task_id)))
         .collect()
+}
+
+/// One array argument of record_llm_replies: a field of every reply.
+fn column<'a, T>(
+    replies: &[(&'a Done, &'a llm::Reply)],
+    field: impl Fn(&'a Done, &'a llm::Reply) -> T,
+) -> Vec<T> {
+    replies.iter().map(|&(d, r)| field(d, r)).collect()
 }
 
 fn elapsed_ms(done: &Done) -> i32 {
