@@ -102,15 +102,14 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH completed AS (
-        SELECT c.id, c.status, c.conversation_id, c.organization_id, m.content, m.tokens
+        SELECT c.id, c.status, c.conversation_id, c.organization_id, c.output, m.tokens
           FROM ai_agents.complete_tasks(live.ids, live.tokens, live.contents, NULL,
                                         live.tokens_used, live.costs, live.times, live.details)
                WITH ORDINALITY c
-          JOIN unnest(live.contents, live.output_tokens) WITH ORDINALITY AS m(content, tokens, i)
-            ON m.i = c.ordinality
+          JOIN unnest(live.output_tokens) WITH ORDINALITY AS m(tokens, i) ON m.i = c.ordinality
     ), said AS (
         INSERT INTO ai_agents.ai_agent_messages (conversation_id, organization_id, role, content, tokens)
-        SELECT c.conversation_id, c.organization_id, 'assistant', c.content, c.tokens
+        SELECT c.conversation_id, c.organization_id, 'assistant', c.output, c.tokens
           FROM completed c WHERE c.conversation_id IS NOT NULL
     )
     SELECT c.id, c.status FROM completed c;
