@@ -427,3 +427,18 @@ pub fn wait_for(
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// Sleeps past the next `minutes`-minute slot of the wall clock when it is less than `margin`
+/// away, for tests that run a recurring task of the guide (`*/10`) with the worker: a slot
+/// passing mid-test would run the task a second time, at whatever hour the suite runs.
+pub fn clear_of_slot(minutes: u64, margin: std::time::Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    let slot = std::time::Duration::from_secs(minutes * 60);
+    let into = std::time::Duration::from_nanos((now.as_nanos() % slot.as_nanos()) as u64);
+    let left = slot - into;
+    if left < margin {
+        std::thread::sleep(left + std::time::Duration::from_millis(100));
+    }
+}

@@ -134,7 +134,7 @@ fn step4_statements_run_as_written() {
     // The */10 schedule moved the next run to the next 10-minute slot.
     let slot = c
         .query_one(
-            "SELECT next_run_at > now() AND next_run_at <= now() + interval '10 minutes' \
+            "SELECT next_run_at > completed_at AND next_run_at <= completed_at + interval '10 minutes' \
              AND extract(minute FROM next_run_at)::int % 10 = 0 AND extract(second FROM next_run_at) = 0 \
              FROM ai_agent_tasks WHERE id = $1::text::uuid",
             &[&task],

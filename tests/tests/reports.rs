@@ -709,37 +709,95 @@ fn the_narrative_is_written_by_the_agents_llm_or_reported_missing() {
         .contains("_No written summary: the LLM call failed:"));
 }
 
+/// An agent and two weekly templates built every minute (the second with a query that fails),
+/// scheduled from three days before the week running at `now` (an SQL expression) began. So
+/// exactly one week, the one that ended last, is due whatever the weekday and hour of `now`.
+fn every_minute_weekly(c: &mut Client, org: &str, now: &str) {
+    c.batch_execute(&format!(
+        "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model, created_at)
+         VALUES ('{org}', 'Scheduled desk', 'weekly_reporter', 'gpt-4o-mini', {now} - interval '60 days');
+         INSERT INTO ai_agents.ai_agent_report_templates
+             (organization_id, name, report_type, agent_type, period, sections, schedule_cron, schedule_starts_at)
+         SELECT '{org}', n, 'weekly_performance', 'weekly_reporter', 'week', '{{usage}}', '* * * * *',
+                date_trunc('week', {now}, 'UTC') - interval '3 days'
+           FROM unnest(ARRAY['every minute weekly', 'broken weekly']) n;
+         UPDATE ai_agents.ai_agent_report_templates SET queries = '{{\"oops\": \"SELECT nextval(''ai_agents.fencing_token_seq'')\"}}'
+          WHERE name = 'broken weekly';"
+    ))
+    .unwrap();
+}
+
+/// The reports of `org`: (ready, failed).
+fn ready_and_failed(c: &mut Client, org: &str) -> (i64, i64) {
+    let row = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'ready'), count(*) FILTER (WHERE status = 'failed')
+               FROM ai_agents.ai_agent_reports WHERE organization_id = $1::text::uuid",
+            &[&org],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// The schedule of the restart test below, run through `build_due_reports(now)` as if on each
+/// day of one week, at the first minute, noon and the last minute of the day. Before 0.2.0 the
+/// restart test scheduled from `now() - 10 days`, which holds two week ends on a Monday,
+/// Tuesday or Wednesday, and CI failed on those days.
+#[test]
+fn scheduled_reports_are_due_once_whatever_the_weekday_and_hour() {
+    let (mut c, _db) = fresh_database();
+    let org = "0000000d-0000-4000-8000-000000000002";
+    for day in 0..7 {
+        for time in ["00:00:30", "12:00:00", "23:59:30"] {
+            let now = format!("('2026-11-02 {time}+00'::timestamptz + {day} * interval '1 day')");
+            c.batch_execute("BEGIN").unwrap();
+            every_minute_weekly(&mut c, org, &now);
+            let next: Option<String> = c
+                .query_one(
+                    &format!("SELECT ai_agents.build_due_reports({now})::text"),
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            let built = ready_and_failed(&mut c, org);
+            let periods: Vec<String> = c
+                .query(
+                    &format!(
+                        "SELECT DISTINCT (period_end = date_trunc('week', {now}, 'UTC'))::text
+                           FROM ai_agents.ai_agent_reports WHERE organization_id = '{org}'"
+                    ),
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            c.batch_execute("ROLLBACK").unwrap();
+            assert_eq!(built, (1, 1), "day {day} at {time}");
+            assert_eq!(
+                periods,
+                ["true"],
+                "day {day} at {time}: the week that ended last"
+            );
+            assert!(
+                next.is_some(),
+                "day {day} at {time}: the next build is known"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_worker_builds_scheduled_reports_once_across_a_restart() {
     static ENV: OnceLock<WorkerEnv> = OnceLock::new();
     let env = worker_env(&ENV, "reports-restart", &["synchronous_commit = on"]);
     let mut c = env.connect();
     let org = "0000000d-0000-4000-8000-000000000001";
-    c.batch_execute(&format!(
-        "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model, created_at)
-         VALUES ('{org}', 'Scheduled desk', 'weekly_reporter', 'gpt-4o-mini', now() - interval '60 days');
-         INSERT INTO ai_agents.ai_agent_report_templates
-             (organization_id, name, report_type, agent_type, period, sections, schedule_cron, schedule_starts_at)
-         VALUES ('{org}', 'every minute weekly', 'weekly_performance', 'weekly_reporter', 'week', '{{usage}}', '* * * * *', now() - interval '10 days'),
-                ('{org}', 'broken weekly', 'weekly_performance', 'weekly_reporter', 'week', '{{usage}}', '* * * * *', now() - interval '10 days');
-         UPDATE ai_agents.ai_agent_report_templates SET queries = '{{\"oops\": \"SELECT nextval(''ai_agents.fencing_token_seq'')\"}}'
-          WHERE name = 'broken weekly';"
-    ))
-    .unwrap();
-    let count = |c: &mut Client| -> (i64, i64) {
-        let row = c
-            .query_one(
-                &format!("SELECT count(*) FILTER (WHERE status = 'ready'), count(*) FILTER (WHERE status = 'failed')
-                            FROM ai_agents.ai_agent_reports WHERE organization_id = '{org}'"),
-                &[],
-            )
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
+    every_minute_weekly(&mut c, org, "now()");
     c.batch_execute("SELECT ai_agents.run_scheduler_once()")
         .unwrap();
     // The week that ended last (its build time, the next minute after it ended, has passed).
-    assert_eq!(count(&mut c), (1, 1));
+    assert_eq!(ready_and_failed(&mut c, org), (1, 1));
     let error: String = c
         .query_one(&format!("SELECT error FROM ai_agents.ai_agent_reports WHERE organization_id = '{org}' AND status = 'failed'"), &[])
         .unwrap()
@@ -771,5 +829,5 @@ fn the_worker_builds_scheduled_reports_once_across_a_restart() {
             sleep(Duration::from_millis(200));
         }
     }
-    assert_eq!(count(&mut c), (1, 1));
+    assert_eq!(ready_and_failed(&mut c, org), (1, 1));
 }

@@ -2,7 +2,9 @@
 //! pointed at the LLM stub (tests/src/bin/llm_stub.rs) for both providers.
 use ai_agents_tests::postgres::fallible_iterator::FallibleIterator;
 use ai_agents_tests::postgres::Client;
-use ai_agents_tests::{create_agent, enqueue, stop_at_exit, wait_for, WorkerEnv, PLANTED_KEY};
+use ai_agents_tests::{
+    clear_of_slot, create_agent, enqueue, stop_at_exit, wait_for, WorkerEnv, PLANTED_KEY,
+};
 use serde_json::json;
 use std::sync::OnceLock;
 use std::thread::sleep;
@@ -37,6 +39,7 @@ fn requests_containing(needle: &str) -> Vec<serde_json::Value> {
 #[test]
 fn the_guides_scheduled_task_runs_within_two_seconds() {
     let mut c = connect();
+    clear_of_slot(10, Duration::from_secs(10));
     let (org, agent) = create_agent(&mut c, "Customer Care");
     let insert = std::fs::read_to_string(format!(
         "{}/guide/step4_1_insert_test_task.sql",
@@ -67,7 +70,7 @@ fn the_guides_scheduled_task_runs_within_two_seconds() {
     let row = c
         .query_one(
             "SELECT execution_started_at IS NOT NULL, completed_at IS NOT NULL, tokens_used > 0, cost_usd > 0, \
-                    next_run_at > now() AND next_run_at <= now() + interval '10 minutes' \
+                    next_run_at > completed_at AND next_run_at <= completed_at + interval '10 minutes' \
                     AND extract(minute FROM next_run_at)::int % 10 = 0, output \
              FROM ai_agent_tasks WHERE id = $1::text::uuid",
             &[&task],
