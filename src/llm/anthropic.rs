@@ -2,7 +2,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::classify::{json_kind, reply_model, token_count, usage_object, Parsed};
+use super::reply::{json_kind, reply_model, token_count, usage_object, Parsed};
 use super::{Message, Request, Role};
 
 /// The API version this module speaks.

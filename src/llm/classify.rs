@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::reply::{json_kind, truncate_chars, ParseReply};
+use super::status::is_transient;
 use super::{Failure, Provider, Reply, MAX_BODY_BYTES};
 
 /// Response headers as (lower-case name, value) pairs; values that are not visible ASCII
@@ -26,20 +28,11 @@ const SNIPPET_CHARS: usize = 200;
 /// Retry-After values beyond this are clamped: a day is already "much later".
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// What a provider parser extracts from a 2xx body.
-#[derive(Debug, PartialEq)]
-pub(super) struct Parsed {
-    pub content: String,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    /// `None` when the body names no model.
-    pub model: Option<String>,
-}
-
 /// The whole interpretation of a response. `truncated` means the body was longer than
 /// [`MAX_BODY_BYTES`] and `body` holds only its beginning.
 pub(super) fn interpret(
     provider: Provider,
+    parse_reply: ParseReply,
     requested_model: &str,
     status: u16,
     headers: &Headers,
@@ -64,11 +57,7 @@ pub(super) fn interpret(
         )));
     }
     let value = decode_json(body).map_err(&malformed)?;
-    let parsed = match provider {
-        Provider::OpenAi => super::openai::parse_reply(&value),
-        Provider::Anthropic => super::anthropic::parse_reply(&value),
-    }
-    .map_err(&malformed)?;
+    let parsed = parse_reply(&value).map_err(&malformed)?;
     if parsed.content.contains('\0') {
         return Err(malformed(
             "the reply text contains a NUL character (\\u0000), which PostgreSQL text cannot store"
@@ -102,7 +91,7 @@ pub(super) fn status_failure(
 ) -> Failure {
     let detail = error_detail(body);
     let quota_exhausted = status == 429 && detail.says_quota_exhausted();
-    let permanent = is_permanent(status, quota_exhausted);
+    let permanent = !is_transient(Some(i32::from(status)), quota_exhausted.then_some(true));
 
     let mut message = format!("{provider} returned HTTP {status}");
     if let Some(reason) = reason_phrase(status) {
@@ -146,18 +135,6 @@ pub(super) fn status_failure(
         retry_after: retry_after(headers),
         permanent,
         request_id,
-    }
-}
-
-/// Whether a non-2xx status means "do not retry".
-pub(super) fn is_permanent(status: u16, quota_exhausted: bool) -> bool {
-    match status {
-        429 => quota_exhausted,
-        408 | 409 | 425 => false,
-        400..=499 => true,
-        500..=u16::MAX => false,
-        // 1xx and 3xx (redirects are not followed) will not change on a retry.
-        _ => true,
     }
 }
 
@@ -299,63 +276,6 @@ pub(super) fn decode_json(body: &[u8]) -> Result<serde_json::Map<String, Value>,
     Ok(object)
 }
 
-/// `usage.<field>` as a token count: absent or null counts as 0; anything but a
-/// non-negative integer is an error.
-pub(super) fn token_count(
-    usage: &serde_json::Map<String, Value>,
-    field: &str,
-) -> Result<u64, String> {
-    match usage.get(field) {
-        None | Some(Value::Null) => Ok(0),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .ok_or_else(|| format!("usage.{field} is {n}, expected a non-negative integer")),
-        Some(other) => Err(format!(
-            "usage.{field} is {}, expected a non-negative integer",
-            json_kind(other)
-        )),
-    }
-}
-
-/// The `usage` object of a reply; absent or null means "not reported" (all counts 0).
-pub(super) fn usage_object(
-    reply: &serde_json::Map<String, Value>,
-) -> Result<serde_json::Map<String, Value>, String> {
-    match reply.get("usage") {
-        None | Some(Value::Null) => Ok(serde_json::Map::new()),
-        Some(Value::Object(usage)) => Ok(usage.clone()),
-        Some(other) => Err(format!(
-            "\"usage\" is {}, expected an object",
-            json_kind(other)
-        )),
-    }
-}
-
-/// The `model` of a reply: absent or null is `None`, a non-string is an error.
-pub(super) fn reply_model(
-    reply: &serde_json::Map<String, Value>,
-) -> Result<Option<String>, String> {
-    match reply.get("model") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(model)) => Ok(Some(model.clone())),
-        Some(other) => Err(format!(
-            "\"model\" is {}, expected a string",
-            json_kind(other)
-        )),
-    }
-}
-
-pub(super) fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// A header's value, names compared case-insensitively, surrounding whitespace trimmed.
 pub(super) fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
     headers
@@ -440,14 +360,6 @@ pub(super) fn redact_bytes(body: &[u8], api_key: &str) -> Vec<u8> {
     out
 }
 
-/// At most `max` characters, with "..." appended when something was cut.
-pub(super) fn truncate_chars(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_string(),
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-    }
-}
-
 fn collapse_whitespace(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -464,6 +376,26 @@ pub(super) fn fmt_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `interpret` with the parser `call` chooses for the provider.
+    fn interpret(
+        provider: Provider,
+        requested_model: &str,
+        status: u16,
+        headers: &Headers,
+        body: &[u8],
+        truncated: bool,
+    ) -> Result<Reply, Failure> {
+        super::interpret(
+            provider,
+            provider.protocol().parse_reply,
+            requested_model,
+            status,
+            headers,
+            body,
+            truncated,
+        )
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -585,8 +517,12 @@ mod tests {
             f.message
         );
         assert!(f.message.contains("base_url"), "{}", f.message);
-        assert!(is_permanent(101, false));
-        assert!(is_permanent(304, false));
+        for status in [101, 304] {
+            assert!(
+                fail(Provider::OpenAi, status, &[], "").permanent,
+                "{status}"
+            );
+        }
     }
 
     #[test]
@@ -912,9 +848,6 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert_eq!(truncate_chars("abc", 3), "abc");
-        assert_eq!(truncate_chars("abcd", 3), "abc...");
-        assert_eq!(truncate_chars("", 0), "");
         assert_eq!(fmt_duration(Duration::from_secs(30)), "30s");
         assert_eq!(fmt_duration(Duration::from_millis(500)), "500ms");
         assert_eq!(fmt_duration(Duration::from_millis(1500)), "1500ms");

@@ -3,11 +3,14 @@
 //! Pure Rust (std, serde, serde_json, ureq); nothing here knows about Postgres, so every
 //! piece can be tested with plain `cargo test`. One capability per file:
 //!
-//! * `mod.rs` - the public types and [`call`], which validates, sends and interprets;
+//! * `mod.rs` - the public types and [`call`], which validates, chooses the provider's
+//!   protocol, sends and interprets;
 //! * `openai.rs` / `anthropic.rs` - request body and reply parsing for each protocol;
-//! * `classify.rs` - turning an HTTP status, headers and body into a [`Failure`];
+//! * `reply.rs` - what the two reply parsers share (imports none of the files here);
+//! * `classify.rs` - turning an HTTP status, headers and body into a [`Reply`] or a [`Failure`];
+//! * `status.rs` - the one rule for which failures are worth a retry, also used by `fail_task`;
 //! * `transport.rs` - the HTTP exchange itself (ureq), mapping network errors;
-//! * `prompt.rs` - the user message of a task ([`task_message`]).
+//! * `prompt.rs` - the messages of a call: a task's user message or a conversation's history.
 //!
 //! The api key is never part of a message, a `Debug` output or a log line: `Request`'s
 //! `Debug` prints `<redacted>`, and every [`Failure`] message is scrubbed of the key before
@@ -20,13 +23,26 @@ mod anthropic;
 mod classify;
 mod openai;
 mod prompt;
+mod reply;
+mod status;
 mod transport;
 
 #[cfg(test)]
 mod tests;
 
 pub use allowlist::check_base_url;
-pub use prompt::task_message;
+pub use prompt::messages;
+pub use status::is_transient;
+
+/// A provider's side of a call, chosen once where the provider is known, so that the files
+/// that build and interpret requests never pick a provider themselves.
+struct Protocol {
+    /// Appended to the base URL.
+    path: &'static str,
+    request_body: fn(&Request) -> Result<Vec<u8>, serde_json::Error>,
+    request_headers: fn(Option<&str>) -> Vec<(&'static str, String)>,
+    parse_reply: reply::ParseReply,
+}
 
 /// Which wire protocol to speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,6 +63,24 @@ impl Provider {
             Some(Provider::Anthropic)
         } else {
             None
+        }
+    }
+
+    /// How to speak this provider's protocol.
+    fn protocol(self) -> Protocol {
+        match self {
+            Provider::OpenAi => Protocol {
+                path: "chat/completions",
+                request_body: openai::request_body,
+                request_headers: openai::request_headers,
+                parse_reply: openai::parse_reply,
+            },
+            Provider::Anthropic => Protocol {
+                path: "messages",
+                request_body: anthropic::request_body,
+                request_headers: anthropic::request_headers,
+                parse_reply: anthropic::parse_reply,
+            },
         }
     }
 
@@ -197,25 +231,17 @@ fn call_inner(
     let provider = request.provider;
     validate(request, api_key)?;
     let base = request.base_url.trim().trim_end_matches('/');
-    let (url, body, headers) = match provider {
-        Provider::OpenAi => (
-            format!("{base}/chat/completions"),
-            openai::request_body(request),
-            openai::request_headers(api_key),
-        ),
-        Provider::Anthropic => (
-            format!("{base}/messages"),
-            anthropic::request_body(request),
-            anthropic::request_headers(api_key),
-        ),
-    };
-    let body = body.map_err(|e| {
+    let protocol = provider.protocol();
+    let url = format!("{base}/{}", protocol.path);
+    let headers = (protocol.request_headers)(api_key);
+    let body = (protocol.request_body)(request).map_err(|e| {
         permanent_before_sending(format!("could not encode the {provider} request body: {e}"))
     })?;
     let response = transport::post(provider, &url, &headers, body, timeouts)?;
     let interpret = |body: &[u8]| {
         classify::interpret(
             provider,
+            protocol.parse_reply,
             &request.model,
             response.status,
             &response.headers,

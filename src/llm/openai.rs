@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::classify::{json_kind, reply_model, token_count, usage_object, Parsed};
+use super::reply::{json_kind, reply_model, token_count, usage_object, Parsed};
 use super::Request;
 
 #[derive(Serialize)]
@@ -126,7 +126,7 @@ fn null_content(choice: &Value, message: &serde_json::Map<String, Value>) -> Str
     if let Some(refusal) = message.get("refusal").and_then(Value::as_str) {
         return format!(
             "choices[0].message.content is null; the model refused: {}",
-            super::classify::truncate_chars(refusal, 300)
+            super::reply::truncate_chars(refusal, 300)
         );
     }
     if message.get("tool_calls").is_some_and(|t| !t.is_null()) {

@@ -1,4 +1,4 @@
-//! The user message that presents a task to the model.
+//! The messages of a call: a task's user message, or a conversation's history.
 use serde_json::Value;
 
 /// The user message of a task, in a fixed layout:
@@ -33,6 +33,39 @@ pub fn task_message(title: &str, description: Option<&str>, input: &Value) -> St
         parts.push(format!("Input:\n{pretty}"));
     }
     parts.join("\n\n")
+}
+
+/// A conversation task sends its history; any other task one user message built from it.
+pub fn messages(
+    title: &str,
+    description: Option<&str>,
+    input: &Value,
+    history: Option<Value>,
+) -> Vec<super::Message> {
+    let from_history: Vec<super::Message> = history
+        .and_then(|h| h.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| {
+            let role = match m.get("role")?.as_str()? {
+                "user" => super::Role::User,
+                "assistant" => super::Role::Assistant,
+                _ => return None,
+            };
+            Some(super::Message {
+                role,
+                content: m.get("content")?.as_str()?.to_string(),
+            })
+        })
+        .collect();
+    if from_history.is_empty() {
+        vec![super::Message {
+            role: super::Role::User,
+            content: task_message(title, description, input),
+        }]
+    } else {
+        from_history
+    }
 }
 
 #[cfg(test)]
@@ -91,5 +124,38 @@ mod tests {
             message,
             "Task: Say \"hi\"\n\na\tb\n\nInput:\n{\n  \"q\": \"line\\nbreak \\\"x\\\"\"\n}"
         );
+    }
+}
+
+#[cfg(test)]
+mod messages_tests {
+    use super::*;
+    use crate::llm::Role;
+    use serde_json::json;
+
+    #[test]
+    fn a_conversation_sends_its_user_and_assistant_turns() {
+        let history = json!([
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": "ignored"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user"}
+        ]);
+        let sent = messages("t", None, &Value::Null, Some(history));
+        let sent: Vec<(Role, &str)> = sent.iter().map(|m| (m.role, m.content.as_str())).collect();
+        assert_eq!(sent, [(Role::User, "hi"), (Role::Assistant, "hello")]);
+    }
+
+    #[test]
+    fn any_other_task_sends_one_user_message() {
+        for history in [None, Some(json!([])), Some(json!({"not": "a list"}))] {
+            let sent = messages("Greet", Some("kindly"), &json!({"name": "Ann"}), history);
+            assert_eq!(sent.len(), 1);
+            assert_eq!(sent[0].role, Role::User);
+            assert_eq!(
+                sent[0].content,
+                task_message("Greet", Some("kindly"), &json!({"name": "Ann"}))
+            );
+        }
     }
 }

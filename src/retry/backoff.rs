@@ -1,22 +1,5 @@
-//! Failure classification and retry backoff: plain functions, no Postgres.
+//! Retry backoff: a plain function, no Postgres.
 use std::time::Duration;
-
-/// Whether a failed LLM call is worth retrying. An explicit verdict from the caller wins; a
-/// call that got no HTTP status (timeout, connection refused or reset) is transient; so are
-/// 408 Request Timeout, 409 Conflict, 425 Too Early, 429 Too Many Requests and every 5xx
-/// (including Anthropic's 529 Overloaded). Any other 4xx - bad request, bad key, forbidden,
-/// unknown model - fails the same way every time.
-pub fn is_transient(http_status: Option<i32>, permanent: Option<bool>) -> bool {
-    if let Some(permanent) = permanent {
-        return !permanent;
-    }
-    match http_status {
-        None => true,
-        Some(408 | 409 | 425 | 429) => true,
-        Some(400..=499) => false,
-        Some(_) => true,
-    }
-}
 
 /// Delay before the next attempt after `attempt` attempts failed transiently.
 ///
@@ -48,36 +31,6 @@ mod tests {
 
     const BASE: Duration = Duration::from_secs(10);
     const CAP: Duration = Duration::from_secs(3600);
-
-    #[test]
-    fn status_classification() {
-        for status in [
-            None,
-            Some(408),
-            Some(409),
-            Some(425),
-            Some(429),
-            Some(500),
-            Some(502),
-            Some(503),
-            Some(529),
-        ] {
-            assert!(is_transient(status, None), "{status:?} should be transient");
-        }
-        for status in [400, 401, 403, 404, 422] {
-            assert!(
-                !is_transient(Some(status), None),
-                "{status} should be permanent"
-            );
-        }
-    }
-
-    #[test]
-    fn an_explicit_verdict_wins() {
-        assert!(!is_transient(Some(429), Some(true)));
-        assert!(is_transient(Some(400), Some(false)));
-        assert!(!is_transient(None, Some(true)));
-    }
 
     #[test]
     fn delays_double_within_their_jitter_band() {

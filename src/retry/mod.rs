@@ -1,31 +1,18 @@
-//! The task engine: enqueue, claim, complete, fail, heartbeat, cancel, run-now, pause/resume,
-//! lease rescue and pruning. The statements are in sql/tasks.sql; the decisions that are not
-//! data access (failure classification, backoff) are plain Rust in `retry`.
-mod retry;
+//! Retries, as SQL functions for `fail_task` and callers of their own (sql/idempotent/tasks.sql):
+//! whether a failure is worth a retry (the rule of `llm::is_transient`, shared with the worker)
+//! and how long to wait (`backoff`, with the settings in force).
+mod backoff;
 
 use crate::error::{Error, OrReport};
 use crate::settings::{RETRY_BASE_DELAY_S, RETRY_MAX_DELAY_S};
 use pgrx::prelude::*;
 use std::time::Duration;
 
-pgrx::extension_sql_file!(
-    "../../sql/tasks.sql",
-    name = "tasks",
-    requires = [
-        "schema",
-        "agents",
-        schedule::next_run_time,
-        schedule::validate_schedule,
-        failure_is_transient,
-        retry_delay
-    ]
-);
-
 /// Whether a failure with this HTTP status (NULL: no response at all) should be retried;
 /// `permanent` overrides the verdict when the caller knows better.
 #[pg_extern(immutable, parallel_safe)]
 fn failure_is_transient(http_status: Option<i32>, permanent: Option<bool>) -> bool {
-    retry::is_transient(http_status, permanent)
+    crate::llm::is_transient(http_status, permanent)
 }
 
 /// The delay before the next attempt of a task that has failed `attempt` times, with the
@@ -50,7 +37,7 @@ fn retry_delay(
         .transpose()
         .or_report();
     let seconds = |setting: i32| Duration::from_secs(u64::try_from(setting).unwrap_or(1));
-    let delay = retry::retry_delay(
+    let delay = backoff::retry_delay(
         attempt,
         seconds(RETRY_BASE_DELAY_S.get()),
         seconds(RETRY_MAX_DELAY_S.get()),
