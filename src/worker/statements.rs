@@ -29,24 +29,25 @@ impl Statements {
                 Ok(client.prepare_mut(sql, types)?.keep())
             };
             Ok(Statements {
+                // Decoded by these names in claim.rs.
                 claim: keep(
                     "SELECT task_id::text, fencing_token, provider, model, system_prompt, temperature, \
                             max_tokens, title, description, input, history, agent_id::text, \
                             organization_id::text, base_url \
-                       FROM ai_agents.claim_llm_calls($1, $2, make_interval(secs => $3), $4)",
+                       FROM ai_agents._claim_llm_calls($1, $2, make_interval(secs => $3), $4)",
                     &[text, int4, float8, int4],
                 )?,
                 replies: keep(
                     "SELECT task_id::text, status \
-                       FROM ai_agents.record_llm_replies($1::uuid[], $2, $3, $4, $5, $6, $7, $8)",
+                       FROM ai_agents._record_llm_replies($1::uuid[], $2, $3, $4, $5, $6, $7, $8)",
                     &[texts, int8s, texts, int8s, int8s, texts, texts, int4s],
                 )?,
                 failure: keep(
-                    "SELECT ai_agents.record_llm_failure($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
+                    "SELECT ai_agents._record_llm_failure($1::uuid, $2, $3, $4, $5, $6, $7, $8)",
                     &[text, int8, text, int4, int8, boolean, text, int4],
                 )?,
                 wakeup: keep(
-                    "SELECT extract(epoch FROM ai_agents.next_wakeup() - clock_timestamp())::float8",
+                    "SELECT extract(epoch FROM ai_agents._next_wakeup() - clock_timestamp())::float8",
                     &[],
                 )?,
             })

@@ -149,7 +149,7 @@ fn run_scheduler_once(timeout: default!(pgrx::datum::Interval, "'30 seconds'")) 
 }
 
 /// Wakes the worker when the current transaction commits (used by a trigger on the tasks).
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, name = "_wake_worker_at_commit")]
 fn wake_worker_at_commit() {
     let Some(current) = state() else { return };
     // SAFETY: reading this process's pid.
