@@ -2,25 +2,94 @@
 //! This file only wires the modules together; each capability lives in its own module.
 use pgrx::prelude::*;
 
-mod agents;
 mod error;
+mod guard;
 mod llm;
 mod ratelimit;
 mod reports;
+mod retry;
 mod schedule;
 mod settings;
 mod shmem;
-mod tasks;
 mod worker;
 
 pgrx::pg_module_magic!();
 
-// The tables come first; every other SQL file and function builds on them.
-pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+// The install script, in order (docs/releases.md). Upgrade scripts replay the same files:
+// scripts/upgrade-sql reads this list.
+//
+// Run-once DDL (sql/incremental/), one file per change in release order, never edited once
+// released: tables, indexes, seed rows.
+pgrx::extension_sql_file!(
+    "../sql/incremental/001-tables.sql",
+    name = "incremental_001",
+    bootstrap
+);
+pgrx::extension_sql_file!(
+    "../sql/incremental/002-internal-names.sql",
+    name = "incremental_002",
+    requires = ["incremental_001"]
+);
 
-// Row-level security, grants and the checked entry points for Supabase's roles: last, so that
-// it covers every table and function.
-pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);
+// Replaceable objects (sql/idempotent/): functions, views, triggers, policies and grants,
+// written so that running a file again leaves the same objects. Each file after the tables
+// and the Rust functions its SQL calls; security last, so that it covers every table and
+// function.
+pgrx::extension_sql_file!(
+    "../sql/idempotent/guard.sql",
+    name = "guard",
+    requires = ["incremental_002"]
+);
+pgrx::extension_sql_file!(
+    "../sql/idempotent/agents.sql",
+    name = "agents",
+    requires = ["guard"]
+);
+pgrx::extension_sql_file!(
+    "../sql/idempotent/ratelimit.sql",
+    name = "ratelimit",
+    requires = [
+        "agents",
+        ratelimit::rate_limit_keys,
+        ratelimit::reload_rate_limit_overrides_at_commit,
+        ratelimit::pause_rate_limit,
+        ratelimit::reset_rate_limit
+    ]
+);
+pgrx::extension_sql_file!(
+    "../sql/idempotent/tasks.sql",
+    name = "tasks",
+    requires = [
+        "ratelimit",
+        schedule::next_run_time,
+        schedule::validate_schedule,
+        retry::failure_is_transient,
+        retry::retry_delay
+    ]
+);
+pgrx::extension_sql_file!(
+    "../sql/idempotent/worker.sql",
+    name = "worker",
+    requires = [
+        "tasks",
+        worker::wake::wake_worker_at_commit,
+        worker::wake::run_scheduler_once
+    ]
+);
+pgrx::extension_sql_file!(
+    "../sql/idempotent/reports.sql",
+    name = "reports",
+    requires = [
+        "worker",
+        reports::render_report_markdown,
+        reports::forecast_spend
+    ]
+);
+pgrx::extension_sql_file!(
+    "../sql/idempotent/security.sql",
+    name = "security",
+    finalize
+);
 
 /// The shared-memory segments, allocated when the library is preloaded.
 static SEGMENTS: [&shmem::Segment; 2] = [&ratelimit::SEGMENT, &worker::SEGMENT];

@@ -23,18 +23,6 @@ use table::{Key, Limit, Outcome};
 
 pub use shmem::SEGMENT;
 
-pgrx::extension_sql_file!(
-    "../../sql/ratelimit.sql",
-    name = "ratelimit",
-    requires = [
-        "schema",
-        rate_limit_keys,
-        reload_rate_limit_overrides_at_commit,
-        pause_rate_limit,
-        reset_rate_limit
-    ]
-);
-
 const MINUTE_US: u64 = 60_000_000;
 const TIERS: [&str; 3] = ["global", "organization", "agent"];
 
@@ -303,7 +291,7 @@ fn reset_rate_limit(key: default!(Option<&str>, "NULL")) -> i64 {
 }
 
 /// Every key in the table with its current usage; the view `rate_limit_usage` shows it.
-#[pg_extern(volatile)]
+#[pg_extern(volatile, name = "_rate_limit_keys")]
 fn rate_limit_keys() -> TableIterator<
     'static,
     (
@@ -339,7 +327,7 @@ fn rate_limit_keys() -> TableIterator<
 
 /// Makes every backend reload the override table once this transaction has committed (a
 /// reload before the commit would not see the change).
-#[pg_extern(volatile)]
+#[pg_extern(volatile, name = "_reload_rate_limit_overrides_at_commit")]
 fn reload_rate_limit_overrides_at_commit() {
     shmem::overrides_generation().or_report();
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, || {

@@ -1,5 +1,5 @@
 //! The Markdown a gym owner reads, rendered from a report's JSON data (built by
-//! `ai_agents.report_data` in sql/reports.sql). Absent figures render as "n/a", never as a
+//! `ai_agents._report_data` in sql/reports.sql). Absent figures render as "n/a", never as a
 //! failure: a report of an idle week is a valid report of zeros.
 use serde_json::{Map, Value};
 use std::fmt::Write;

@@ -1,4 +1,4 @@
-//! Reports built from tasks and activity (DESIGN.md section 6). The figures are computed in
+//! Reports built from tasks and activity (docs/reports.md). The figures are computed in
 //! sql/reports.sql; rendering them for people and forecasting spend are plain Rust.
 mod forecast;
 mod markdown;
@@ -7,14 +7,8 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::json;
 
-pgrx::extension_sql_file!(
-    "../../sql/reports.sql",
-    name = "reports",
-    requires = ["schema", "tasks", render_report_markdown, forecast_spend]
-);
-
 /// The Markdown of a report from its data and the state of its narrative.
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, name = "_render_report_markdown")]
 fn render_report_markdown(
     data: JsonB,
     narrative: Option<&str>,
@@ -33,7 +27,7 @@ fn render_report_markdown(
 }
 
 /// Next period's spend from per-period spend, oldest first; see `forecast::next_period`.
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, name = "_forecast_spend")]
 fn forecast_spend(spend: Vec<Option<f64>>, period: default!(&str, "'month'")) -> JsonB {
     let spend: Vec<f64> = spend.into_iter().map(|usd| usd.unwrap_or(0.0)).collect();
     let f = forecast::next_period(&spend, period);

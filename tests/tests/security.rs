@@ -101,7 +101,7 @@ const SERVICE_ONLY_RELATIONS: &[&str] = &["rate_limit_usage"];
 
 /// What a browser may call. Every other function of the extension is the service role's.
 const AUTHENTICATED_FUNCTIONS: &[&str] = &[
-    "ai_agents.request_organization_ids()",
+    "ai_agents._request_organization_ids()",
     "ai_agents.enqueue_task(uuid,text,text,jsonb,text,integer,timestamp with time zone,text,text,text,integer,uuid)",
     "ai_agents.cancel_task(uuid,text)",
     "ai_agents.start_conversation(uuid,text,jsonb)",
@@ -118,8 +118,8 @@ const SECURITY_DEFINER: &[&str] = &[
 ];
 /// SQL helpers left unpinned so they can be inlined; only pinned functions call them.
 const UNPINNED_SQL_HELPERS: &[&str] = &[
-    "ai_agents.current_actor()",
-    "ai_agents.next_run_after_now(text,text)",
+    "ai_agents._current_actor()",
+    "ai_agents._next_run_after_now(text,text)",
 ];
 
 fn strings(c: &mut Client, sql: &str) -> Vec<String> {

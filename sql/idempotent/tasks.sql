@@ -1,4 +1,4 @@
--- The task engine (DESIGN.md section 3): validation, enqueue, claim, complete, fail, heartbeat,
+-- The task engine (docs/task-states.md): validation, enqueue, claim, complete, fail, heartbeat,
 -- cancel, run-now, pause/resume, lease rescue, pruning and the monitoring summary.
 --
 -- States: a task is claimable when next_run_at is set and due, it is not paused, and its status
@@ -22,12 +22,12 @@
 -- search_path: every PL/pgSQL function pins it (SET search_path = pg_catalog, pg_temp), trigger
 -- functions too, which fire with the search_path of whoever writes the table: an object
 -- planted in public must never run inside them (about 0.8 us a call). The two small SQL
--- helpers (current_actor, next_run_after_now) stay unpinned so they can be inlined; only
+-- helpers (_current_actor, _next_run_after_now) stay unpinned so they can be inlined; only
 -- pinned functions call them. sql/security.sql and tests/tests/security.rs check all this.
 
 -- Validates every new row, including plain INSERTs as the deployment guide writes them, and
 -- re-validates when the fields it checks change. Errors name the problem and carry a SQLSTATE.
-CREATE FUNCTION ai_agents.validate_task() RETURNS trigger
+CREATE OR REPLACE FUNCTION ai_agents._validate_task() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -107,13 +107,13 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER ai_agent_tasks_validate
+CREATE OR REPLACE TRIGGER ai_agent_tasks_validate
     BEFORE INSERT OR UPDATE ON ai_agents.ai_agent_tasks
-    FOR EACH ROW EXECUTE FUNCTION ai_agents.validate_task();
+    FOR EACH ROW EXECUTE FUNCTION ai_agents._validate_task();
 
 -- Pausing or deactivating an agent holds all of its tasks; the copy of the flag on each task
 -- keeps held tasks out of the claim index.
-CREATE FUNCTION ai_agents.propagate_agent_pause() RETURNS trigger
+CREATE OR REPLACE FUNCTION ai_agents._propagate_agent_pause() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -125,13 +125,13 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER ai_agents_propagate_pause
+CREATE OR REPLACE TRIGGER ai_agents_propagate_pause
     AFTER UPDATE OF tasks_paused, is_active ON ai_agents.ai_agents
     FOR EACH ROW
     WHEN ((OLD.tasks_paused OR NOT OLD.is_active) IS DISTINCT FROM (NEW.tasks_paused OR NOT NEW.is_active))
-    EXECUTE FUNCTION ai_agents.propagate_agent_pause();
+    EXECUTE FUNCTION ai_agents._propagate_agent_pause();
 
-CREATE FUNCTION ai_agents.enqueue_task(
+CREATE OR REPLACE FUNCTION ai_agents.enqueue_task(
     agent_id        uuid,
     title           text,
     description     text DEFAULT NULL,
@@ -156,7 +156,7 @@ DECLARE
 BEGIN
     SELECT ag.organization_id, ag.is_active INTO org, active
       FROM ai_agents.ai_agents ag WHERE ag.id = enqueue_task.agent_id;
-    PERFORM ai_agents.check_organization(org, format('agent %s', enqueue_task.agent_id));
+    PERFORM ai_agents._check_organization(org, format('agent %s', enqueue_task.agent_id));
     IF org IS NULL THEN
         RAISE EXCEPTION 'agent % does not exist', coalesce(enqueue_task.agent_id::text, 'NULL')
             USING ERRCODE = '23503';
@@ -194,14 +194,14 @@ $$;
 -- The next run of a task whose run starts or ends now: the next fire time after now for a
 -- recurring task (so fire times missed during downtime run once, not once each), none for a
 -- one-shot task.
-CREATE FUNCTION ai_agents.next_run_after_now(schedule_cron text, timezone text) RETURNS timestamptz
+CREATE OR REPLACE FUNCTION ai_agents._next_run_after_now(schedule_cron text, timezone text) RETURNS timestamptz
 LANGUAGE sql STABLE
 AS $$
     SELECT CASE WHEN schedule_cron IS NULL THEN NULL
                 ELSE ai_agents.next_run_time(schedule_cron, timezone, now()) END
 $$;
 
-CREATE FUNCTION ai_agents.claim_due_tasks(worker text, max_tasks integer DEFAULT 1, lease interval DEFAULT '5 minutes')
+CREATE OR REPLACE FUNCTION ai_agents.claim_due_tasks(worker text, max_tasks integer DEFAULT 1, lease interval DEFAULT '5 minutes')
 RETURNS SETOF ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -258,7 +258,7 @@ BEGIN
         UPDATE ai_agents.ai_agent_tasks SET next_run_at = now() + verdict.retry_after
          WHERE id = candidate.id
         RETURNING * INTO deferred;
-        PERFORM ai_agents.log_task_events(ARRAY[deferred], 'rate_limited', false,
+        PERFORM ai_agents._log_task_events(ARRAY[deferred], 'rate_limited', false,
             ARRAY[format('%s rate limit reached; deferred by %s', verdict.refused_tier, verdict.retry_after)],
             ARRAY[jsonb_build_object('tier', verdict.refused_tier,
                                      'retry_after_seconds', extract(epoch FROM verdict.retry_after))]);
@@ -275,7 +275,7 @@ BEGIN
            -- While it runs, a recurring task already shows its next slot and a one-shot
            -- task none, so a manual status change (as the guide's troubleshooting does)
            -- can never make a one-shot task claimable again.
-           next_run_at = ai_agents.next_run_after_now(t.schedule_cron, t.timezone),
+           next_run_at = ai_agents._next_run_after_now(t.schedule_cron, t.timezone),
            locked_by = worker,
            lease_expires_at = now() + lease,
            fencing_token = nextval('ai_agents.fencing_token_seq'),
@@ -286,7 +286,7 @@ END
 $$;
 
 -- Raises the error for a completion, failure or heartbeat that does not hold the task's lease.
-CREATE FUNCTION ai_agents.refuse_stale_token(task_id uuid, fencing_token bigint) RETURNS void
+CREATE OR REPLACE FUNCTION ai_agents._refuse_stale_token(task_id uuid, fencing_token bigint) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -294,13 +294,13 @@ AS $$
 DECLARE
     t ai_agents.ai_agent_tasks;
 BEGIN
-    SELECT * INTO t FROM ai_agents.ai_agent_tasks WHERE id = refuse_stale_token.task_id;
+    SELECT * INTO t FROM ai_agents.ai_agent_tasks WHERE id = _refuse_stale_token.task_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'task % does not exist', coalesce(refuse_stale_token.task_id::text, 'NULL')
+        RAISE EXCEPTION 'task % does not exist', coalesce(_refuse_stale_token.task_id::text, 'NULL')
             USING ERRCODE = 'P0002';
     END IF;
     RAISE EXCEPTION 'stale fencing token % for task %: the task is % with token %',
-        coalesce(refuse_stale_token.fencing_token::text, 'NULL'), t.id, t.status,
+        coalesce(_refuse_stale_token.fencing_token::text, 'NULL'), t.id, t.status,
         coalesce(t.fencing_token::text, 'none')
         USING ERRCODE = '55000',
               HINT = 'The lease expired and the task was rescued or claimed again; this result is discarded.';
@@ -310,7 +310,7 @@ $$;
 -- One activity row per task: an attempt's outcome (with the run's tokens, cost and time) or a
 -- control event, with who caused it. errors and details hold one entry per task (NULL as a
 -- whole for none), so a batch is one INSERT.
-CREATE FUNCTION ai_agents.log_task_events(tasks ai_agents.ai_agent_tasks[], action_type text, success boolean,
+CREATE OR REPLACE FUNCTION ai_agents._log_task_events(tasks ai_agents.ai_agent_tasks[], action_type text, success boolean,
                                           errors text[] DEFAULT NULL, details jsonb[] DEFAULT NULL,
                                           with_usage boolean DEFAULT false)
 RETURNS void
@@ -322,20 +322,20 @@ BEGIN
     INSERT INTO ai_agents.ai_agent_activity_log
         (organization_id, agent_id, task_id, action_type, success, attempt, tokens_used, cost_usd,
          execution_time_ms, error, details)
-    SELECT t.organization_id, t.agent_id, t.id, log_task_events.action_type, log_task_events.success,
+    SELECT t.organization_id, t.agent_id, t.id, _log_task_events.action_type, _log_task_events.success,
            t.attempts,
            CASE WHEN with_usage THEN t.tokens_used END,
            CASE WHEN with_usage THEN t.cost_usd END,
            CASE WHEN with_usage THEN t.execution_time_ms END,
            errors[t.ordinality],
-           coalesce(log_task_events.details[t.ordinality], '{}') || jsonb_build_object('by', ai_agents.current_actor())
+           coalesce(_log_task_events.details[t.ordinality], '{}') || jsonb_build_object('by', ai_agents._current_actor())
       FROM unnest(tasks) WITH ORDINALITY t;
 END
 $$;
 
 -- Tells listeners (LISTEN ai_agents_task_events) that tasks' runs ended, so apps react
 -- without polling. Delivered at commit, like every NOTIFY.
-CREATE FUNCTION ai_agents.notify_task_events(tasks ai_agents.ai_agent_tasks[]) RETURNS void
+CREATE OR REPLACE FUNCTION ai_agents._notify_task_events(tasks ai_agents.ai_agent_tasks[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
@@ -352,7 +352,7 @@ $$;
 -- activity and their notifications: the arrays hold one entry per task (outputs, results,
 -- tokens, costs, times and details may be NULL as a whole). Returns the completed tasks in the
 -- order given. A stale fencing token refuses the whole call (55000) and changes nothing.
-CREATE FUNCTION ai_agents.complete_tasks(
+CREATE OR REPLACE FUNCTION ai_agents.complete_tasks(
     task_ids           uuid[],
     fencing_tokens     bigint[],
     outputs            text[] DEFAULT NULL,
@@ -398,7 +398,7 @@ BEGIN
                error_message = NULL,
                locked_by = NULL,
                lease_expires_at = NULL,
-               next_run_at = ai_agents.next_run_after_now(t.schedule_cron, t.timezone)
+               next_run_at = ai_agents._next_run_after_now(t.schedule_cron, t.timezone)
           FROM given g
          WHERE t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
         RETURNING t, g.i
@@ -409,21 +409,21 @@ BEGIN
           FROM unnest(task_ids, fencing_tokens) WITH ORDINALITY AS g(id, token, i)
          WHERE NOT EXISTS (SELECT FROM unnest(done) d WHERE d.id = g.id)
          ORDER BY g.i LIMIT 1;
-        PERFORM ai_agents.refuse_stale_token(stale.id, stale.token);
+        PERFORM ai_agents._refuse_stale_token(stale.id, stale.token);
     END IF;
     -- done[i] is task_ids[i]'s run from here on.
-    PERFORM ai_agents.log_task_events(done, 'task_completed', true,
+    PERFORM ai_agents._log_task_events(done, 'task_completed', true,
         details => ARRAY(SELECT coalesce(complete_tasks.details[d.ordinality], '{}') || jsonb_build_object(
                                     'fencing_token', d.fencing_token, 'agent_version_id', d.agent_version_id,
                                     'next_run_at', d.next_run_at)
                            FROM unnest(done) WITH ORDINALITY d ORDER BY d.ordinality),
         with_usage => true);
-    PERFORM ai_agents.notify_task_events(done);
+    PERFORM ai_agents._notify_task_events(done);
     RETURN QUERY SELECT * FROM unnest(done);
 END
 $$;
 
-CREATE FUNCTION ai_agents.complete_task(
+CREATE OR REPLACE FUNCTION ai_agents.complete_task(
     task_id           uuid,
     fencing_token     bigint,
     output            text DEFAULT NULL,
@@ -447,7 +447,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION ai_agents.fail_task(
+CREATE OR REPLACE FUNCTION ai_agents.fail_task(
     task_id           uuid,
     fencing_token     bigint,
     error             text,
@@ -474,7 +474,7 @@ BEGIN
      WHERE id = fail_task.task_id AND status = 'running' AND fencing_token = fail_task.fencing_token
        FOR UPDATE;
     IF NOT FOUND THEN
-        PERFORM ai_agents.refuse_stale_token(fail_task.task_id, fail_task.fencing_token);
+        PERFORM ai_agents._refuse_stale_token(fail_task.task_id, fail_task.fencing_token);
     END IF;
     IF transient AND t.attempts < t.max_attempts THEN
         delay := ai_agents.retry_delay(t.attempts, fail_task.retry_after);
@@ -482,7 +482,7 @@ BEGIN
     UPDATE ai_agents.ai_agent_tasks
        SET status = CASE WHEN delay IS NULL THEN 'failed' ELSE 'pending' END,
            completed_at = CASE WHEN delay IS NULL THEN now() END,
-           next_run_at = CASE WHEN delay IS NULL THEN ai_agents.next_run_after_now(schedule_cron, timezone)
+           next_run_at = CASE WHEN delay IS NULL THEN ai_agents._next_run_after_now(schedule_cron, timezone)
                               ELSE now() + delay END,
            error_message = message,
            tokens_used = fail_task.tokens_used,
@@ -493,7 +493,7 @@ BEGIN
            lease_expires_at = NULL
      WHERE id = t.id
     RETURNING * INTO t;
-    PERFORM ai_agents.log_task_events(ARRAY[t], 'task_failed', false, ARRAY[message],
+    PERFORM ai_agents._log_task_events(ARRAY[t], 'task_failed', false, ARRAY[message],
         ARRAY[coalesce(fail_task.details, '{}') || jsonb_build_object(
             'http_status', fail_task.http_status, 'transient', transient,
             'will_retry', delay IS NOT NULL, 'retry_in_seconds', extract(epoch FROM delay),
@@ -501,13 +501,13 @@ BEGIN
             'agent_version_id', t.agent_version_id)],
         with_usage => true);
     IF delay IS NULL THEN
-        PERFORM ai_agents.notify_task_events(ARRAY[t]);
+        PERFORM ai_agents._notify_task_events(ARRAY[t]);
     END IF;
     RETURN t;
 END
 $$;
 
-CREATE FUNCTION ai_agents.heartbeat_task(task_id uuid, fencing_token bigint, lease interval DEFAULT '5 minutes')
+CREATE OR REPLACE FUNCTION ai_agents.heartbeat_task(task_id uuid, fencing_token bigint, lease interval DEFAULT '5 minutes')
 RETURNS timestamptz
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -526,14 +526,14 @@ BEGIN
      WHERE id = heartbeat_task.task_id AND status = 'running' AND fencing_token = heartbeat_task.fencing_token
     RETURNING lease_expires_at INTO expires;
     IF NOT FOUND THEN
-        PERFORM ai_agents.refuse_stale_token(heartbeat_task.task_id, heartbeat_task.fencing_token);
+        PERFORM ai_agents._refuse_stale_token(heartbeat_task.task_id, heartbeat_task.fencing_token);
     END IF;
     RETURN expires;
 END
 $$;
 
 -- Looks a task up for a control function, locked, or raises a clear error.
-CREATE FUNCTION ai_agents.lock_task(task_id uuid) RETURNS ai_agents.ai_agent_tasks
+CREATE OR REPLACE FUNCTION ai_agents._lock_task(task_id uuid) RETURNS ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off
@@ -542,15 +542,15 @@ AS $$
 DECLARE
     t ai_agents.ai_agent_tasks;
 BEGIN
-    SELECT * INTO t FROM ai_agents.ai_agent_tasks WHERE id = lock_task.task_id FOR UPDATE;
+    SELECT * INTO t FROM ai_agents.ai_agent_tasks WHERE id = _lock_task.task_id FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'task % does not exist', coalesce(lock_task.task_id::text, 'NULL') USING ERRCODE = 'P0002';
+        RAISE EXCEPTION 'task % does not exist', coalesce(_lock_task.task_id::text, 'NULL') USING ERRCODE = 'P0002';
     END IF;
     RETURN t;
 END
 $$;
 
-CREATE FUNCTION ai_agents.cancel_task(task_id uuid, reason text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION ai_agents.cancel_task(task_id uuid, reason text DEFAULT NULL)
 RETURNS ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -561,10 +561,10 @@ DECLARE
     t ai_agents.ai_agent_tasks;
     was text;
 BEGIN
-    PERFORM ai_agents.check_organization(
+    PERFORM ai_agents._check_organization(
         (SELECT tt.organization_id FROM ai_agents.ai_agent_tasks tt WHERE tt.id = cancel_task.task_id),
         format('task %s', cancel_task.task_id));
-    t := ai_agents.lock_task(cancel_task.task_id);
+    t := ai_agents._lock_task(cancel_task.task_id);
     was := t.status;
     IF t.status = 'cancelled' THEN
         RETURN t;
@@ -577,23 +577,23 @@ BEGIN
            error_message = coalesce(cancel_task.reason, 'cancelled')
      WHERE id = t.id
     RETURNING * INTO t;
-    PERFORM ai_agents.log_task_events(ARRAY[t], 'task_cancelled', true, ARRAY[cancel_task.reason],
+    PERFORM ai_agents._log_task_events(ARRAY[t], 'task_cancelled', true, ARRAY[cancel_task.reason],
                                       ARRAY[jsonb_build_object('previous_status', was)]);
-    PERFORM ai_agents.notify_task_events(ARRAY[t]);
+    PERFORM ai_agents._notify_task_events(ARRAY[t]);
     RETURN t;
 END
 $$;
 
 -- Runs a task at once: a scheduled or waiting task, a recurring task ahead of its schedule, or a
 -- failed one-shot task again with fresh attempts.
-CREATE FUNCTION ai_agents.run_task_now(task_id uuid)
+CREATE OR REPLACE FUNCTION ai_agents.run_task_now(task_id uuid)
 RETURNS ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    t ai_agents.ai_agent_tasks := ai_agents.lock_task(run_task_now.task_id);
+    t ai_agents.ai_agent_tasks := ai_agents._lock_task(run_task_now.task_id);
 BEGIN
     IF t.status IN ('running', 'cancelled') OR (t.status = 'completed' AND t.next_run_at IS NULL) THEN
         RAISE EXCEPTION 'task % is % and cannot be run now', t.id, t.status USING ERRCODE = '55000',
@@ -606,12 +606,12 @@ BEGIN
            attempts = CASE WHEN status = 'failed' AND next_run_at IS NULL THEN 0 ELSE attempts END
      WHERE id = t.id
     RETURNING * INTO t;
-    PERFORM ai_agents.log_task_events(ARRAY[t], 'task_run_now', true);
+    PERFORM ai_agents._log_task_events(ARRAY[t], 'task_run_now', true);
     RETURN t;
 END
 $$;
 
-CREATE FUNCTION ai_agents.set_agent_tasks_paused(agent_id uuid, paused boolean) RETURNS integer
+CREATE OR REPLACE FUNCTION ai_agents._set_agent_tasks_paused(agent_id uuid, paused boolean) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -619,34 +619,34 @@ AS $$
 DECLARE
     held integer;
 BEGIN
-    UPDATE ai_agents.ai_agents SET tasks_paused = set_agent_tasks_paused.paused
-     WHERE id = set_agent_tasks_paused.agent_id;
+    UPDATE ai_agents.ai_agents SET tasks_paused = _set_agent_tasks_paused.paused
+     WHERE id = _set_agent_tasks_paused.agent_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'agent % does not exist', coalesce(set_agent_tasks_paused.agent_id::text, 'NULL')
+        RAISE EXCEPTION 'agent % does not exist', coalesce(_set_agent_tasks_paused.agent_id::text, 'NULL')
             USING ERRCODE = 'P0002';
     END IF;
     SELECT count(*) INTO held FROM ai_agents.ai_agent_tasks
-     WHERE agent_id = set_agent_tasks_paused.agent_id AND paused;
+     WHERE agent_id = _set_agent_tasks_paused.agent_id AND paused;
     RETURN held;
 END
 $$;
 
 -- Holds every task of an agent (running ones finish; nothing new starts). Returns how many
 -- tasks are held.
-CREATE FUNCTION ai_agents.pause_agent_tasks(agent_id uuid) RETURNS integer
+CREATE OR REPLACE FUNCTION ai_agents.pause_agent_tasks(agent_id uuid) RETURNS integer
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT ai_agents.set_agent_tasks_paused(agent_id, true) $$;
+AS $$ SELECT ai_agents._set_agent_tasks_paused(agent_id, true) $$;
 
 -- Releases an agent's tasks; returns how many are still held (0 unless the agent is inactive).
-CREATE FUNCTION ai_agents.resume_agent_tasks(agent_id uuid) RETURNS integer
+CREATE OR REPLACE FUNCTION ai_agents.resume_agent_tasks(agent_id uuid) RETURNS integer
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT ai_agents.set_agent_tasks_paused(agent_id, false) $$;
+AS $$ SELECT ai_agents._set_agent_tasks_paused(agent_id, false) $$;
 
 -- Expired leases (a worker crashed, the server restarted, a call outlived its lease) go back to
 -- pending at once, or fail when no attempts are left; each rescue is logged.
-CREATE FUNCTION ai_agents.rescue_expired_leases() RETURNS integer
+CREATE OR REPLACE FUNCTION ai_agents.rescue_expired_leases() RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off
@@ -662,7 +662,7 @@ BEGIN
         UPDATE ai_agents.ai_agent_tasks t
            SET status = CASE WHEN t.attempts < t.max_attempts THEN 'pending' ELSE 'failed' END,
                next_run_at = CASE WHEN t.attempts < t.max_attempts THEN now()
-                                  ELSE ai_agents.next_run_after_now(t.schedule_cron, t.timezone) END,
+                                  ELSE ai_agents._next_run_after_now(t.schedule_cron, t.timezone) END,
                completed_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
                error_message = format('lease of worker %s expired at %s on attempt %s of %s%s',
                    t.locked_by, t.lease_expires_at, t.attempts, t.max_attempts,
@@ -687,7 +687,7 @@ $$;
 -- Deletes finished one-shot tasks and activity older than older_than, at most batch_size rows
 -- of each per call, so that no call holds many locks or writes much WAL. Returns the number of
 -- rows deleted; call again until it returns 0.
-CREATE FUNCTION ai_agents.prune_history(older_than interval, batch_size integer DEFAULT 1000)
+CREATE OR REPLACE FUNCTION ai_agents.prune_history(older_than interval, batch_size integer DEFAULT 1000)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -747,7 +747,7 @@ $$;
 
 -- The deployment guide's monitoring query (Step 5.3), for any period and optionally one
 -- organization.
-CREATE FUNCTION ai_agents.task_summary(since interval DEFAULT '24 hours', organization_id uuid DEFAULT NULL)
+CREATE OR REPLACE FUNCTION ai_agents.task_summary(since interval DEFAULT '24 hours', organization_id uuid DEFAULT NULL)
 RETURNS TABLE (total_tasks bigint, completed bigint, failed bigint, pending bigint,
                total_tokens bigint, total_cost_usd numeric, avg_execution_time_ms numeric)
 LANGUAGE sql STABLE

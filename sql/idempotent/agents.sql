@@ -2,14 +2,14 @@
 -- version from the moment it exists; tasks are pinned to the version they ran with.
 
 -- Who made a change: the Supabase user (JWT "sub") when PostgREST set the claims, else the role.
-CREATE FUNCTION ai_agents.current_actor() RETURNS text
+CREATE OR REPLACE FUNCTION ai_agents._current_actor() RETURNS text
 LANGUAGE sql STABLE
 AS $$
     SELECT coalesce(nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub',
                     current_user::text)
 $$;
 
-CREATE FUNCTION ai_agents.create_agent_version_from_current(agent_id uuid, change_note text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION ai_agents.create_agent_version_from_current(agent_id uuid, change_note text DEFAULT NULL)
 RETURNS ai_agents.ai_agent_versions
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -43,7 +43,7 @@ BEGIN
         (a.id, a.organization_id,
          coalesce((SELECT max(v.version_number) FROM ai_agents.ai_agent_versions v WHERE v.agent_id = a.id), 0) + 1,
          a.name, a.agent_type, a.system_prompt, a.provider, a.model, a.temperature, a.max_tokens,
-         a.config, create_agent_version_from_current.change_note, ai_agents.current_actor())
+         a.config, create_agent_version_from_current.change_note, ai_agents._current_actor())
     RETURNING * INTO cur;
     UPDATE ai_agents.ai_agents SET current_version_id = cur.id WHERE id = a.id;
     RETURN cur;
@@ -52,7 +52,7 @@ $$;
 
 -- Roll an agent back (or forward) to one of its versions. The agent's configuration becomes
 -- that version's and no new version is written: the snapshot trigger finds it identical.
-CREATE FUNCTION ai_agents.activate_agent_version(agent_id uuid, version_number integer)
+CREATE OR REPLACE FUNCTION ai_agents.activate_agent_version(agent_id uuid, version_number integer)
 RETURNS ai_agents.ai_agents
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -79,12 +79,12 @@ BEGIN
         (organization_id, agent_id, action_type, success, details)
     VALUES (a.organization_id, a.id, 'agent_version_activated', true,
             jsonb_build_object('version_number', v.version_number, 'version_id', v.id,
-                               'by', ai_agents.current_actor()));
+                               'by', ai_agents._current_actor()));
     RETURN a;
 END
 $$;
 
-CREATE FUNCTION ai_agents.snapshot_agent_version() RETURNS trigger
+CREATE OR REPLACE FUNCTION ai_agents._snapshot_agent_version() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -96,12 +96,12 @@ END
 $$;
 
 -- A row that arrives with its current version (pg_dump restoring both tables) keeps it.
-CREATE TRIGGER ai_agents_version_on_insert
+CREATE OR REPLACE TRIGGER ai_agents_version_on_insert
     AFTER INSERT ON ai_agents.ai_agents
     FOR EACH ROW WHEN (NEW.current_version_id IS NULL)
-    EXECUTE FUNCTION ai_agents.snapshot_agent_version();
+    EXECUTE FUNCTION ai_agents._snapshot_agent_version();
 
-CREATE TRIGGER ai_agents_version_on_change
+CREATE OR REPLACE TRIGGER ai_agents_version_on_change
     AFTER UPDATE OF name, agent_type, system_prompt, provider, model, temperature, max_tokens, config
     ON ai_agents.ai_agents
     FOR EACH ROW
@@ -110,9 +110,9 @@ CREATE TRIGGER ai_agents_version_on_change
           IS DISTINCT FROM
           (NEW.name, NEW.agent_type, NEW.system_prompt, NEW.provider, NEW.model, NEW.temperature,
            NEW.max_tokens, NEW.config))
-    EXECUTE FUNCTION ai_agents.snapshot_agent_version();
+    EXECUTE FUNCTION ai_agents._snapshot_agent_version();
 
-CREATE FUNCTION ai_agents.touch_updated_at() RETURNS trigger
+CREATE OR REPLACE FUNCTION ai_agents._touch_updated_at() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -125,10 +125,10 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER ai_agents_touch BEFORE UPDATE ON ai_agents.ai_agents
-    FOR EACH ROW EXECUTE FUNCTION ai_agents.touch_updated_at();
+CREATE OR REPLACE TRIGGER ai_agents_touch BEFORE UPDATE ON ai_agents.ai_agents
+    FOR EACH ROW EXECUTE FUNCTION ai_agents._touch_updated_at();
 
-CREATE FUNCTION ai_agents.refuse_version_update() RETURNS trigger
+CREATE OR REPLACE FUNCTION ai_agents._refuse_version_update() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -139,5 +139,5 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER ai_agent_versions_immutable BEFORE UPDATE ON ai_agents.ai_agent_versions
-    FOR EACH ROW EXECUTE FUNCTION ai_agents.refuse_version_update();
+CREATE OR REPLACE TRIGGER ai_agent_versions_immutable BEFORE UPDATE ON ai_agents.ai_agent_versions
+    FOR EACH ROW EXECUTE FUNCTION ai_agents._refuse_version_update();

@@ -1,10 +1,10 @@
--- Reports (DESIGN.md section 6): figures computed from tasks and activity for an organization
+-- Reports (docs/reports.md): figures computed from tasks and activity for an organization
 -- and a period, a Markdown rendering a gym owner reads, and a narrative written by the agent's
 -- LLM through the task queue. Every function pins search_path: they are not on the hot path.
 
 -- Templates are checked when written, so that a bad one fails where it is made, not in the
 -- worker at 07:00 on a Monday.
-CREATE FUNCTION ai_agents.validate_report_template() RETURNS trigger
+CREATE OR REPLACE FUNCTION ai_agents._validate_report_template() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -44,14 +44,14 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER ai_agent_report_templates_validate
+CREATE OR REPLACE TRIGGER ai_agent_report_templates_validate
     BEFORE INSERT OR UPDATE ON ai_agents.ai_agent_report_templates
-    FOR EACH ROW EXECUTE FUNCTION ai_agents.validate_report_template();
+    FOR EACH ROW EXECUTE FUNCTION ai_agents._validate_report_template();
 
 -- The period containing `anchor` (back = 0) and the `back` periods before it, as the template's
 -- time zone sees weeks (from Monday) and months: a week of a daylight-saving change is 167 or
 -- 169 hours long.
-CREATE FUNCTION ai_agents.report_periods(period text, timezone text, anchor timestamptz, back integer)
+CREATE OR REPLACE FUNCTION ai_agents._report_periods(period text, timezone text, anchor timestamptz, back integer)
 RETURNS TABLE (periods_back integer, period_start timestamptz, period_end timestamptz)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -63,7 +63,7 @@ AS $$
 $$;
 
 -- Attempts and events of one window, from the activity log: outcomes, latency, failures.
-CREATE FUNCTION ai_agents.report_window(org uuid, agent uuid, from_ts timestamptz, to_ts timestamptz)
+CREATE OR REPLACE FUNCTION ai_agents._report_window(org uuid, agent uuid, from_ts timestamptz, to_ts timestamptz)
 RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -97,7 +97,7 @@ $$;
 
 -- LLM usage of one window per agent and model: the activity log where it is still kept, the
 -- hourly roll-up of what pruning took out of it.
-CREATE FUNCTION ai_agents.report_usage(org uuid, agent uuid, from_ts timestamptz, to_ts timestamptz)
+CREATE OR REPLACE FUNCTION ai_agents._report_usage(org uuid, agent uuid, from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (agent_id uuid, provider text, model text, attempts bigint, succeeded bigint,
                tokens bigint, cost_usd numeric)
 LANGUAGE sql STABLE
@@ -122,21 +122,21 @@ AS $$
      GROUP BY 1, 2, 3
 $$;
 
-CREATE FUNCTION ai_agents.report_usage_totals(org uuid, agent uuid, from_ts timestamptz, to_ts timestamptz)
+CREATE OR REPLACE FUNCTION ai_agents._report_usage_totals(org uuid, agent uuid, from_ts timestamptz, to_ts timestamptz)
 RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT jsonb_build_object('attempts', coalesce(sum(u.attempts), 0), 'succeeded', coalesce(sum(u.succeeded), 0),
                               'tokens', coalesce(sum(u.tokens), 0), 'cost_usd', coalesce(sum(u.cost_usd), 0))
-      FROM ai_agents.report_usage($1, $2, $3, $4) u
+      FROM ai_agents._report_usage($1, $2, $3, $4) u
 $$;
 
 -- Runs the template's own queries with $1 = organization id, $2 = period start, $3 = period
 -- end, each as a sub-select (one statement, no data-modifying WITH) in a read-only
 -- subtransaction. The subtransaction always ends by rolling back - that restores read-write
 -- for storing the report - so the rows are carried out in a variable.
-CREATE FUNCTION ai_agents.run_report_queries(template_name text, queries jsonb, org uuid,
+CREATE OR REPLACE FUNCTION ai_agents._run_report_queries(template_name text, queries jsonb, org uuid,
                                              from_ts timestamptz, to_ts timestamptz)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -171,7 +171,7 @@ END
 $$;
 
 -- The report's figures, section by section, as JSON; the Markdown is rendered from it.
-CREATE FUNCTION ai_agents.report_data(t ai_agents.ai_agent_report_templates, org uuid, agent uuid,
+CREATE OR REPLACE FUNCTION ai_agents._report_data(t ai_agents.ai_agent_report_templates, org uuid, agent uuid,
                                       owner ai_agents.ai_agents, from_ts timestamptz, to_ts timestamptz)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
@@ -200,8 +200,8 @@ BEGIN
                      jsonb_build_object('id', owner.id, 'name', owner.name, 'agent_type', owner.agent_type) END,
         'period', jsonb_build_object('kind', t.period, 'label', label, 'start', from_ts, 'end', to_ts,
                                      'timezone', tz, 'first_day', first_day, 'last_day', last_day),
-        'summary', ai_agents.report_window(org, agent, from_ts, to_ts),
-        'usage', ai_agents.report_usage_totals(org, agent, from_ts, to_ts));
+        'summary', ai_agents._report_window(org, agent, from_ts, to_ts),
+        'usage', ai_agents._report_usage_totals(org, agent, from_ts, to_ts));
     IF 'tasks_by_status' = ANY (t.sections) THEN
         data := data || jsonb_build_object('tasks_by_status', (
             SELECT jsonb_object_agg(s.status, (SELECT count(*) FROM ai_agents.ai_agent_tasks tk
@@ -237,7 +237,7 @@ BEGIN
                                       ORDER BY u.cost_usd DESC, u.tokens DESC, a.name), '[]')
               FROM (SELECT r.agent_id, sum(r.attempts) AS attempts, sum(r.succeeded) AS succeeded,
                            sum(r.tokens) AS tokens, sum(r.cost_usd) AS cost_usd
-                      FROM ai_agents.report_usage(org, agent, from_ts, to_ts) r GROUP BY 1) u
+                      FROM ai_agents._report_usage(org, agent, from_ts, to_ts) r GROUP BY 1) u
               LEFT JOIN ai_agents.ai_agents a ON a.id = u.agent_id));
     END IF;
     IF 'per_model' = ANY (t.sections) THEN
@@ -247,7 +247,7 @@ BEGIN
                                       ORDER BY u.cost_usd DESC, u.tokens DESC, u.provider, u.model), '[]')
               FROM (SELECT r.provider, r.model, sum(r.attempts) AS attempts, sum(r.tokens) AS tokens,
                            sum(r.cost_usd) AS cost_usd
-                      FROM ai_agents.report_usage(org, agent, from_ts, to_ts) r GROUP BY 1, 2) u));
+                      FROM ai_agents._report_usage(org, agent, from_ts, to_ts) r GROUP BY 1, 2) u));
     END IF;
     IF 'previous_period' = ANY (t.sections) THEN
         previous_start := CASE WHEN t.period = 'month'
@@ -255,8 +255,8 @@ BEGIN
                                ELSE from_ts - (to_ts - from_ts) END;
         data := data || jsonb_build_object('previous_period', jsonb_build_object(
             'start', previous_start, 'end', from_ts,
-            'summary', ai_agents.report_window(org, agent, previous_start, from_ts),
-            'usage', ai_agents.report_usage_totals(org, agent, previous_start, from_ts)));
+            'summary', ai_agents._report_window(org, agent, previous_start, from_ts),
+            'usage', ai_agents._report_usage_totals(org, agent, previous_start, from_ts)));
     END IF;
     IF t.sections && ARRAY['trend', 'forecast'] THEN
         -- The report's own period and the five before it, oldest first.
@@ -264,21 +264,21 @@ BEGIN
                                             'label', CASE WHEN t.period = 'month'
                                                           THEN to_char(p.period_start AT TIME ZONE tz, 'FMMonth YYYY')
                                                           ELSE 'week of ' || (p.period_start AT TIME ZONE tz)::date END)
-                         || ai_agents.report_usage_totals(org, agent, p.period_start, p.period_end)
+                         || ai_agents._report_usage_totals(org, agent, p.period_start, p.period_end)
                          ORDER BY p.period_start)
           INTO trend
-          FROM ai_agents.report_periods(t.period, tz, from_ts, 5) p;
+          FROM ai_agents._report_periods(t.period, tz, from_ts, 5) p;
         IF 'trend' = ANY (t.sections) THEN
             data := data || jsonb_build_object('trend', trend);
         END IF;
         IF 'forecast' = ANY (t.sections) THEN
-            data := data || jsonb_build_object('forecast', ai_agents.forecast_spend(
+            data := data || jsonb_build_object('forecast', ai_agents._forecast_spend(
                 ARRAY(SELECT (x.e ->> 'cost_usd')::float8
                         FROM jsonb_array_elements(trend) WITH ORDINALITY x(e, i) ORDER BY x.i), t.period));
         END IF;
     END IF;
     IF t.queries <> '{}' THEN
-        data := data || jsonb_build_object('queries', ai_agents.run_report_queries(t.name, t.queries, org, from_ts, to_ts));
+        data := data || jsonb_build_object('queries', ai_agents._run_report_queries(t.name, t.queries, org, from_ts, to_ts));
     END IF;
     RETURN data;
 END
@@ -289,7 +289,7 @@ $$;
 -- the task queue. `template` is a template's name or id; the organization's own template of
 -- that name wins over the built-in one. With agent_id the report belongs to that agent and,
 -- for a template of scope 'agent', covers only it.
-CREATE FUNCTION ai_agents.build_report(template text, organization_id uuid, period_start timestamptz,
+CREATE OR REPLACE FUNCTION ai_agents.build_report(template text, organization_id uuid, period_start timestamptz,
                                        period_end timestamptz, agent_id uuid DEFAULT NULL)
 RETURNS ai_agents.ai_agent_reports
 LANGUAGE plpgsql
@@ -334,7 +334,7 @@ BEGIN
          ORDER BY a.created_at, a.id
          LIMIT 1;
     END IF;
-    data := ai_agents.report_data(t, org, CASE WHEN t.scope = 'agent' THEN agent_id END, owner,
+    data := ai_agents._report_data(t, org, CASE WHEN t.scope = 'agent' THEN agent_id END, owner,
                                   period_start, period_end);
     SELECT rr.narrative_task_id INTO previous_task FROM ai_agents.ai_agent_reports rr
      WHERE rr.template_id = t.id AND rr.organization_id = org AND rr.agent_id IS NOT DISTINCT FROM build_report.agent_id
@@ -362,7 +362,7 @@ BEGIN
             BEGIN
                 r.narrative_task_id := (ai_agents.enqueue_task(narrator.id, 'Narrative of the report ' || r.title,
                     description => t.narrative_prompt || E'\n\n'
-                                   || ai_agents.render_report_markdown(data, NULL, 'not_requested', NULL),
+                                   || ai_agents._render_report_markdown(data, NULL, 'not_requested', NULL),
                     input => jsonb_build_object('report_id', r.id),
                     task_type => 'report')).id;
             EXCEPTION WHEN OTHERS THEN
@@ -372,7 +372,7 @@ BEGIN
         END IF;
     END IF;
     UPDATE ai_agents.ai_agent_reports rr
-       SET markdown = ai_agents.render_report_markdown(r.data, NULL, r.narrative_status, r.narrative_error),
+       SET markdown = ai_agents._render_report_markdown(r.data, NULL, r.narrative_status, r.narrative_error),
            narrative_status = r.narrative_status, narrative_error = r.narrative_error,
            narrative_task_id = r.narrative_task_id
      WHERE rr.id = r.id
@@ -383,7 +383,7 @@ $$;
 
 -- The narrative task's outcome goes into its report: the text when it completed, the reason
 -- when it failed for good or was cancelled - the report keeps its figures either way.
-CREATE FUNCTION ai_agents.store_report_narrative() RETURNS trigger
+CREATE OR REPLACE FUNCTION ai_agents._store_report_narrative() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -397,19 +397,19 @@ DECLARE
 BEGIN
     UPDATE ai_agents.ai_agent_reports r
        SET narrative = text_written, narrative_status = state, narrative_error = reason,
-           markdown = ai_agents.render_report_markdown(r.data, text_written, state, reason),
+           markdown = ai_agents._render_report_markdown(r.data, text_written, state, reason),
            updated_at = now()
      WHERE r.narrative_task_id = NEW.id;
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER ai_agent_tasks_report_narrative
+CREATE OR REPLACE TRIGGER ai_agent_tasks_report_narrative
     AFTER UPDATE OF status ON ai_agents.ai_agent_tasks
     FOR EACH ROW
     WHEN (NEW.task_type = 'report' AND NEW.status IN ('completed', 'failed', 'cancelled')
           AND OLD.status IS DISTINCT FROM NEW.status)
-    EXECUTE FUNCTION ai_agents.store_report_narrative();
+    EXECUTE FUNCTION ai_agents._store_report_narrative();
 
 -- Scheduled generation, called by the worker: every finished period of a scheduled template
 -- whose build time (the first fire of its cron at or after the period's end) has come gets
@@ -419,7 +419,7 @@ CREATE TRIGGER ai_agent_tasks_report_narrative
 -- builds what is missing, and periods that ended before the schedule or the agent existed are
 -- not back-filled. A failed build is stored as a failed report (with its error) and logged.
 -- Returns when the next build falls due (NULL: no schedule).
-CREATE FUNCTION ai_agents.build_due_reports(now timestamptz DEFAULT now())
+CREATE OR REPLACE FUNCTION ai_agents.build_due_reports(now timestamptz DEFAULT now())
 RETURNS timestamptz
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -435,7 +435,7 @@ BEGIN
              WHERE t.is_active AND t.schedule_cron IS NOT NULL
         ), periods AS (
             SELECT t.id AS template_id, p.period_start, p.period_end
-              FROM scheduled t, ai_agents.report_periods(t.period, t.timezone, now, 12) p
+              FROM scheduled t, ai_agents._report_periods(t.period, t.timezone, now, 12) p
              WHERE p.periods_back > 0 AND p.period_end > t.schedule_starts_at
                AND ai_agents.next_run_time(t.schedule_cron, t.timezone, p.period_end - interval '1 microsecond') <= now
         ), subjects AS (
@@ -477,7 +477,7 @@ BEGIN
     -- the period running now.
     SELECT min(fire) INTO next_due
       FROM (SELECT ai_agents.next_run_time(t.schedule_cron, t.timezone, p.period_end - interval '1 microsecond') AS fire
-              FROM ai_agents.ai_agent_report_templates t, ai_agents.report_periods(t.period, t.timezone, now, 1) p
+              FROM ai_agents.ai_agent_report_templates t, ai_agents._report_periods(t.period, t.timezone, now, 1) p
              WHERE t.is_active AND t.schedule_cron IS NOT NULL) f
      WHERE fire > now;
     RETURN next_due;
@@ -486,7 +486,7 @@ $$;
 
 -- The newest report of an agent (by the period it covers), optionally of one type, as the
 -- deployment guide names it.
-CREATE FUNCTION ai_agents.get_latest_agent_report(agent_id uuid, report_type text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION ai_agents.get_latest_agent_report(agent_id uuid, report_type text DEFAULT NULL)
 RETURNS ai_agents.ai_agent_reports
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -499,4 +499,4 @@ AS $$
 $$;
 
 REVOKE ALL ON FUNCTION ai_agents.build_due_reports(timestamptz) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ai_agents.run_report_queries(text, jsonb, uuid, timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents._run_report_queries(text, jsonb, uuid, timestamptz, timestamptz) FROM PUBLIC;

@@ -1,24 +1,24 @@
--- Rate limits (DESIGN.md section 4). The counting lives in shared memory (src/ratelimit);
+-- Rate limits (docs/rate-limits.md). The counting lives in shared memory (src/ratelimit);
 -- this file has the usage view and keeps every backend's copy of the overrides current.
 
 -- Current usage per key: tier keys 'global', 'organization:<uuid>', 'agent:<uuid>', app keys
 -- 'app:<key>', and paused keys.
-CREATE VIEW ai_agents.rate_limit_usage AS
-    SELECT * FROM ai_agents.rate_limit_keys();
+CREATE OR REPLACE VIEW ai_agents.rate_limit_usage AS
+    SELECT * FROM ai_agents._rate_limit_keys();
 
-CREATE FUNCTION ai_agents.rate_limit_overrides_changed() RETURNS trigger
+CREATE OR REPLACE FUNCTION ai_agents._rate_limit_overrides_changed() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM ai_agents.reload_rate_limit_overrides_at_commit();
+    PERFORM ai_agents._reload_rate_limit_overrides_at_commit();
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER ai_agent_rate_limits_changed
+CREATE OR REPLACE TRIGGER ai_agent_rate_limits_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON ai_agents.ai_agent_rate_limits
-    FOR EACH STATEMENT EXECUTE FUNCTION ai_agents.rate_limit_overrides_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION ai_agents._rate_limit_overrides_changed();
 
 -- Limits are the operator's to change and to spend.
 REVOKE ALL ON FUNCTION ai_agents.pause_rate_limit(text, timestamptz, interval) FROM PUBLIC;
@@ -26,7 +26,7 @@ REVOKE ALL ON FUNCTION ai_agents.reset_rate_limit(text) FROM PUBLIC;
 
 -- The three tiers of one LLM call (C functions in src/ratelimit/verdict.rs, whose result row
 -- is built without a catalog lookup per call: this is the hot path).
-CREATE FUNCTION ai_agents.check_rate_limit(
+CREATE OR REPLACE FUNCTION ai_agents.check_rate_limit(
     organization_id uuid, agent_id uuid, cost integer DEFAULT 1,
     OUT allowed boolean, OUT refused_tier text, OUT retry_after interval,
     OUT remaining_global bigint, OUT remaining_organization bigint, OUT remaining_agent bigint)
@@ -34,7 +34,7 @@ RETURNS record
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'check_rate_limit_fast';
 
-CREATE FUNCTION ai_agents.peek_rate_limit(
+CREATE OR REPLACE FUNCTION ai_agents.peek_rate_limit(
     organization_id uuid, agent_id uuid, cost integer DEFAULT 1,
     OUT allowed boolean, OUT refused_tier text, OUT retry_after interval,
     OUT remaining_global bigint, OUT remaining_organization bigint, OUT remaining_agent bigint)

@@ -1,5 +1,9 @@
--- ai_agents data model (DESIGN.md section 2). Table and column names follow the deployment
--- guide so that its SQL runs unchanged with search_path = ai_agents, public.
+-- ai_agents data model as released in 0.1.0 (docs/sql-api.md, Tables). Table and column
+-- names follow the deployment guide so that its SQL runs unchanged with
+-- search_path = ai_agents, public.
+--
+-- Run-once DDL: released, so never edited. A later change to a table goes into the next
+-- numbered file of sql/incremental/ (docs/releases.md).
 
 -- Fencing tokens: one sequence for all tasks, so a token is never reused, not even after a
 -- task row is deleted and a new one takes its place.
@@ -342,36 +346,3 @@ SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_model_prices', 'W
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.fencing_token_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_messages_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_activity_log_id_seq', '');
-
--- Extension tables may not lose columns, constraints or triggers by hand: the deployment
--- guide's rollback ("ALTER TABLE ai_agent_tasks DROP COLUMN ...") would leave the extension
--- half-installed. Dropping a whole table is already refused by its extension membership;
--- this guard covers what membership does not. The ways out are DROP EXTENSION ai_agents and
--- ALTER EXTENSION ai_agents UPDATE TO a previous version.
-CREATE FUNCTION ai_agents.guard_extension_objects() RETURNS event_trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    dropped record;
-BEGIN
-    IF tg_tag IN ('DROP EXTENSION', 'ALTER EXTENSION')
-       OR EXISTS (SELECT FROM pg_event_trigger_dropped_objects() d
-                   WHERE d.object_type = 'extension' AND d.object_identity = 'ai_agents') THEN
-        RETURN;
-    END IF;
-    FOR dropped IN
-        SELECT d.object_type, d.object_identity FROM pg_event_trigger_dropped_objects() d
-         WHERE d.schema_name = 'ai_agents' AND NOT d.is_temporary
-         LIMIT 1
-    LOOP
-        RAISE EXCEPTION '% % belongs to extension ai_agents and cannot be dropped on its own',
-            dropped.object_type, dropped.object_identity
-            USING ERRCODE = '2BP01',
-                  HINT = 'Use DROP EXTENSION ai_agents to remove the extension, or ALTER EXTENSION ai_agents UPDATE TO a previous version.';
-    END LOOP;
-END
-$$;
-
-CREATE EVENT TRIGGER ai_agents_guard_extension_objects ON sql_drop
-    EXECUTE FUNCTION ai_agents.guard_extension_objects();

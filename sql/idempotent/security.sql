@@ -1,7 +1,7 @@
--- Security (DESIGN.md section 7): who may see and do what, for Supabase's roles.
+-- Security (docs/security.md): who may see and do what, for Supabase's roles.
 --
 -- * Every table has row-level security. Rows are visible to a request of role
---   `authenticated` only when their organization is the request's (request_organization_ids);
+--   `authenticated` only when their organization is the request's (_request_organization_ids);
 --   nobody but a role that bypasses RLS (the owner, superusers, Supabase's service_role)
 --   writes a table directly.
 -- * `authenticated` reads its organization's rows and calls the few functions a browser may
@@ -13,7 +13,7 @@
 
 -- The role a request runs as, also inside a SECURITY DEFINER function (where current_user is
 -- the owner): what SET ROLE chose (PostgREST sets it per request), else the login role.
-CREATE FUNCTION ai_agents.calling_role() RETURNS name
+CREATE OR REPLACE FUNCTION ai_agents._calling_role() RETURNS name
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -22,12 +22,12 @@ AS $$
 $$;
 
 -- Callers that see every organization: superusers and roles that bypass row-level security.
-CREATE FUNCTION ai_agents.caller_sees_all_organizations() RETURNS boolean
+CREATE OR REPLACE FUNCTION ai_agents._caller_sees_all_organizations() RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce((SELECT r.rolsuper OR r.rolbypassrls FROM pg_roles r
-                      WHERE r.rolname = ai_agents.calling_role()), false)
+                      WHERE r.rolname = ai_agents._calling_role()), false)
 $$;
 
 -- The organizations of the current request: the membership hook's answer when
@@ -35,7 +35,7 @@ $$;
 -- called as the requesting role), else the JWT claim that PostgREST put into
 -- request.jwt.claims, at the path ai_agents.jwt_organization_claim (dots for nesting, e.g.
 -- app_metadata.organization_id; a uuid or an array of them). Empty when there is none.
-CREATE FUNCTION ai_agents.request_organization_ids() RETURNS uuid[]
+CREATE OR REPLACE FUNCTION ai_agents._request_organization_ids() RETURNS uuid[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -64,13 +64,13 @@ $$;
 
 -- Refuses a caller who may not act for `org`; `what` names the object in the message, which is
 -- the same whether the object exists elsewhere or not at all, so ids cannot be probed.
-CREATE FUNCTION ai_agents.check_organization(org uuid, what text) RETURNS void
+CREATE OR REPLACE FUNCTION ai_agents._check_organization(org uuid, what text) RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT ai_agents.caller_sees_all_organizations()
-       AND (org IS NULL OR NOT org = ANY (ai_agents.request_organization_ids())) THEN
+    IF NOT ai_agents._caller_sees_all_organizations()
+       AND (org IS NULL OR NOT org = ANY (ai_agents._request_organization_ids())) THEN
         RAISE EXCEPTION '% is not in your organization', what
             USING ERRCODE = '42501',
                   HINT = 'The organization comes from the JWT claim named by ai_agents.jwt_organization_claim.';
@@ -79,7 +79,7 @@ END
 $$;
 
 -- A new conversation with one of the organization's agents.
-CREATE FUNCTION ai_agents.start_conversation(agent_id uuid, title text DEFAULT NULL, metadata jsonb DEFAULT '{}')
+CREATE OR REPLACE FUNCTION ai_agents.start_conversation(agent_id uuid, title text DEFAULT NULL, metadata jsonb DEFAULT '{}')
 RETURNS ai_agents.ai_agent_conversations
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -88,7 +88,7 @@ DECLARE
     org uuid := (SELECT a.organization_id FROM ai_agents.ai_agents a WHERE a.id = start_conversation.agent_id);
     c ai_agents.ai_agent_conversations;
 BEGIN
-    PERFORM ai_agents.check_organization(org, format('agent %s', agent_id));
+    PERFORM ai_agents._check_organization(org, format('agent %s', agent_id));
     IF org IS NULL THEN
         RAISE EXCEPTION 'agent % does not exist', coalesce(agent_id::text, 'NULL') USING ERRCODE = '23503';
     END IF;
@@ -101,7 +101,7 @@ $$;
 
 -- A member's message: stored, and a conversation task enqueued for the agent's reply (which
 -- the worker adds to the conversation).
-CREATE FUNCTION ai_agents.send_message(conversation_id uuid, content text, idempotency_key text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION ai_agents.send_message(conversation_id uuid, content text, idempotency_key text DEFAULT NULL)
 RETURNS ai_agents.ai_agent_tasks
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -110,7 +110,7 @@ DECLARE
     c ai_agents.ai_agent_conversations;
 BEGIN
     SELECT * INTO c FROM ai_agents.ai_agent_conversations cc WHERE cc.id = send_message.conversation_id;
-    PERFORM ai_agents.check_organization(c.organization_id, format('conversation %s', conversation_id));
+    PERFORM ai_agents._check_organization(c.organization_id, format('conversation %s', conversation_id));
     IF c.id IS NULL THEN
         RAISE EXCEPTION 'conversation % does not exist', coalesce(conversation_id::text, 'NULL')
             USING ERRCODE = 'P0002';
@@ -126,7 +126,7 @@ END
 $$;
 
 -- Grants for Supabase's roles that exist now; run again after creating them.
-CREATE FUNCTION ai_agents.apply_role_grants() RETURNS text[]
+CREATE OR REPLACE FUNCTION ai_agents.apply_role_grants() RETURNS text[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -149,7 +149,7 @@ BEGIN
                         ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices
            TO authenticated;
         GRANT EXECUTE ON FUNCTION
-            ai_agents.request_organization_ids(),
+            ai_agents._request_organization_ids(),
             ai_agents.enqueue_task(uuid, text, text, jsonb, text, integer, timestamptz, text, text, text, integer, uuid),
             ai_agents.cancel_task(uuid, text),
             ai_agents.start_conversation(uuid, text, jsonb),
@@ -173,16 +173,19 @@ BEGIN
                                'ai_agent_conversations', 'ai_agent_messages', 'ai_agent_reports',
                                'ai_agent_usage_hourly', 'ai_agent_rate_limits'] LOOP
         EXECUTE format('ALTER TABLE ai_agents.%I ENABLE ROW LEVEL SECURITY', tbl);
+        EXECUTE format('DROP POLICY IF EXISTS organization_rows ON ai_agents.%I', tbl);
         EXECUTE format('CREATE POLICY organization_rows ON ai_agents.%I FOR SELECT
-                          USING (organization_id = ANY ((SELECT ai_agents.request_organization_ids())::uuid[]))', tbl);
+                          USING (organization_id = ANY ((SELECT ai_agents._request_organization_ids())::uuid[]))', tbl);
     END LOOP;
 END
 $$;
 ALTER TABLE ai_agents.ai_agent_report_templates ENABLE ROW LEVEL SECURITY;
 -- Built-in templates (no organization) are everyone's.
+DROP POLICY IF EXISTS organization_rows ON ai_agents.ai_agent_report_templates;
 CREATE POLICY organization_rows ON ai_agents.ai_agent_report_templates FOR SELECT
-    USING (organization_id IS NULL OR organization_id = ANY ((SELECT ai_agents.request_organization_ids())::uuid[]));
+    USING (organization_id IS NULL OR organization_id = ANY ((SELECT ai_agents._request_organization_ids())::uuid[]));
 ALTER TABLE ai_agents.ai_agent_model_prices ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS everyone_reads_prices ON ai_agents.ai_agent_model_prices;
 CREATE POLICY everyone_reads_prices ON ai_agents.ai_agent_model_prices FOR SELECT USING (true);
 
 -- The mutators a browser may call check the organization themselves (they bypass RLS as owner).

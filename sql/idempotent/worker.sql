@@ -1,18 +1,18 @@
--- The background worker's side of the SQL API (DESIGN.md section 5): what it claims, how it
+-- The background worker's side of the SQL API (docs/worker.md): what it claims, how it
 -- records what the LLM answered, when it must wake up next, and how others wake it.
 
 -- USD for a call at the price in force now; NULL for a model without a price.
-CREATE FUNCTION ai_agents.llm_cost_usd(provider text, model text, input_tokens bigint, output_tokens bigint)
+CREATE OR REPLACE FUNCTION ai_agents._llm_cost_usd(provider text, model text, input_tokens bigint, output_tokens bigint)
 RETURNS numeric
 LANGUAGE plpgsql STABLE -- not sql: PL/pgSQL keeps the plan from call to call
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    RETURN (SELECT round((llm_cost_usd.input_tokens * p.input_usd_per_mtok
-                          + llm_cost_usd.output_tokens * p.output_usd_per_mtok) / 1000000, 6)
+    RETURN (SELECT round((_llm_cost_usd.input_tokens * p.input_usd_per_mtok
+                          + _llm_cost_usd.output_tokens * p.output_usd_per_mtok) / 1000000, 6)
               FROM ai_agents.ai_agent_model_prices p
-             WHERE p.provider = llm_cost_usd.provider AND p.model = llm_cost_usd.model
+             WHERE p.provider = _llm_cost_usd.provider AND p.model = _llm_cost_usd.model
                AND p.effective_from <= now()
              ORDER BY p.effective_from DESC
              LIMIT 1);
@@ -21,7 +21,7 @@ $$;
 
 -- Claims due tasks (rate limits applied) and returns what each LLM call needs: the pinned
 -- agent version's settings and, for a conversation task, its newest messages, oldest first.
-CREATE FUNCTION ai_agents.claim_llm_calls(worker text, max_calls integer, lease interval, history_limit integer)
+CREATE OR REPLACE FUNCTION ai_agents._claim_llm_calls(worker text, max_calls integer, lease interval, history_limit integer)
 RETURNS TABLE (task_id uuid, fencing_token bigint, provider text, model text, system_prompt text,
                temperature float8, max_tokens integer, title text, description text, input jsonb,
                history jsonb, agent_id uuid, organization_id uuid, base_url text)
@@ -39,10 +39,10 @@ BEGIN
                   FROM (SELECT * FROM ai_agents.ai_agent_messages mm
                          WHERE mm.conversation_id = t.conversation_id AND mm.role IN ('user', 'assistant')
                          ORDER BY mm.created_at DESC, mm.id DESC
-                         LIMIT claim_llm_calls.history_limit) m)
+                         LIMIT _claim_llm_calls.history_limit) m)
            END,
            t.agent_id, t.organization_id, v.config ->> 'base_url'
-      FROM ai_agents.claim_due_tasks(claim_llm_calls.worker, claim_llm_calls.max_calls, claim_llm_calls.lease) t
+      FROM ai_agents.claim_due_tasks(_claim_llm_calls.worker, _claim_llm_calls.max_calls, _claim_llm_calls.lease) t
       JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
 END
 $$;
@@ -51,7 +51,7 @@ $$;
 -- (one complete_tasks), conversations get the assistant's messages. A reply for a run that is
 -- no longer current (cancelled, or its lease expired and the task was claimed again) is
 -- discarded and logged, not an error. Returns each task's status, or 'discarded'.
-CREATE FUNCTION ai_agents.record_llm_replies(task_ids uuid[], fencing_tokens bigint[], contents text[],
+CREATE OR REPLACE FUNCTION ai_agents._record_llm_replies(task_ids uuid[], fencing_tokens bigint[], contents text[],
                                              input_tokens bigint[], output_tokens bigint[], models text[],
                                              request_ids text[], execution_times_ms integer[])
 RETURNS TABLE (task_id uuid, status text)
@@ -67,31 +67,31 @@ DECLARE
 BEGIN
     -- Locked first (in one order, as every batch is), so that a run found current stays so
     -- until it is completed.
-    PERFORM FROM ai_agents.ai_agent_tasks t WHERE t.id = ANY (record_llm_replies.task_ids) ORDER BY t.id FOR UPDATE OF t;
+    PERFORM FROM ai_agents.ai_agent_tasks t WHERE t.id = ANY (_record_llm_replies.task_ids) ORDER BY t.id FOR UPDATE OF t;
     SELECT array_agg(g.id ORDER BY g.i) AS ids, array_agg(g.token ORDER BY g.i) AS tokens,
            array_agg(g.content ORDER BY g.i) AS contents,
            array_agg(least(g.input + g.output, 2147483647)::integer ORDER BY g.i) AS tokens_used,
-           array_agg(ai_agents.llm_cost_usd(v.provider, g.model, g.input, g.output) ORDER BY g.i) AS costs,
+           array_agg(ai_agents._llm_cost_usd(v.provider, g.model, g.input, g.output) ORDER BY g.i) AS costs,
            array_agg(g.ms ORDER BY g.i) AS times,
            array_agg(jsonb_build_object('request_id', g.request_id, 'model', g.model,
                                         'input_tokens', g.input, 'output_tokens', g.output) ORDER BY g.i) AS details,
            array_agg(least(g.output, 2147483647)::integer ORDER BY g.i) AS output_tokens
       INTO live
-      FROM unnest(record_llm_replies.task_ids, record_llm_replies.fencing_tokens, record_llm_replies.contents,
-                  record_llm_replies.input_tokens, record_llm_replies.output_tokens, record_llm_replies.models,
-                  record_llm_replies.request_ids, record_llm_replies.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, model, request_id, ms, i)
+      FROM unnest(_record_llm_replies.task_ids, _record_llm_replies.fencing_tokens, _record_llm_replies.contents,
+                  _record_llm_replies.input_tokens, _record_llm_replies.output_tokens, _record_llm_replies.models,
+                  _record_llm_replies.request_ids, _record_llm_replies.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, model, request_id, ms, i)
       JOIN ai_agents.ai_agent_tasks t ON t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
       JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
     FOR stale IN
         SELECT g.id, g.token, g.request_id
-          FROM unnest(record_llm_replies.task_ids, record_llm_replies.fencing_tokens,
-                      record_llm_replies.request_ids) AS g(id, token, request_id)
+          FROM unnest(_record_llm_replies.task_ids, _record_llm_replies.fencing_tokens,
+                      _record_llm_replies.request_ids) AS g(id, token, request_id)
          WHERE g.id <> ALL (coalesce(live.ids, '{}'))
     LOOP
         BEGIN
-            PERFORM ai_agents.refuse_stale_token(stale.id, stale.token);
+            PERFORM ai_agents._refuse_stale_token(stale.id, stale.token);
         EXCEPTION WHEN object_not_in_prerequisite_state OR no_data_found THEN
-            PERFORM ai_agents.log_discarded_result(stale.id, stale.token, SQLERRM, stale.request_id);
+            PERFORM ai_agents._log_discarded_result(stale.id, stale.token, SQLERRM, stale.request_id);
         END;
         task_id := stale.id;
         status := 'discarded';
@@ -116,7 +116,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION ai_agents.record_llm_failure(task_id uuid, fencing_token bigint, error text,
+CREATE OR REPLACE FUNCTION ai_agents._record_llm_failure(task_id uuid, fencing_token bigint, error text,
                                              http_status integer, retry_after_ms bigint,
                                              permanent boolean, request_id text,
                                              execution_time_ms integer)
@@ -131,29 +131,29 @@ DECLARE
 BEGIN
     -- A provider that answers 429 with Retry-After is paused for everyone until then: every
     -- claim of a task for it waits (see claim_due_tasks).
-    IF record_llm_failure.http_status = 429 AND record_llm_failure.retry_after_ms > 0
-       AND NOT record_llm_failure.permanent THEN
+    IF _record_llm_failure.http_status = 429 AND _record_llm_failure.retry_after_ms > 0
+       AND NOT _record_llm_failure.permanent THEN
         PERFORM ai_agents.pause_rate_limit('provider:' || v.provider,
-                                           now() + record_llm_failure.retry_after_ms * interval '1 millisecond')
+                                           now() + _record_llm_failure.retry_after_ms * interval '1 millisecond')
            FROM ai_agents.ai_agent_tasks tt JOIN ai_agents.ai_agent_versions v ON v.id = tt.agent_version_id
-          WHERE tt.id = record_llm_failure.task_id;
+          WHERE tt.id = _record_llm_failure.task_id;
     END IF;
-    t := ai_agents.fail_task(record_llm_failure.task_id, record_llm_failure.fencing_token,
-            record_llm_failure.error,
-            http_status => record_llm_failure.http_status,
-            retry_after => record_llm_failure.retry_after_ms * interval '1 millisecond',
-            permanent => record_llm_failure.permanent,
-            execution_time_ms => record_llm_failure.execution_time_ms,
-            details => jsonb_build_object('request_id', record_llm_failure.request_id));
+    t := ai_agents.fail_task(_record_llm_failure.task_id, _record_llm_failure.fencing_token,
+            _record_llm_failure.error,
+            http_status => _record_llm_failure.http_status,
+            retry_after => _record_llm_failure.retry_after_ms * interval '1 millisecond',
+            permanent => _record_llm_failure.permanent,
+            execution_time_ms => _record_llm_failure.execution_time_ms,
+            details => jsonb_build_object('request_id', _record_llm_failure.request_id));
     RETURN t.status;
 EXCEPTION WHEN object_not_in_prerequisite_state THEN
-    PERFORM ai_agents.log_discarded_result(record_llm_failure.task_id, record_llm_failure.fencing_token,
-                                           SQLERRM, record_llm_failure.request_id);
+    PERFORM ai_agents._log_discarded_result(_record_llm_failure.task_id, _record_llm_failure.fencing_token,
+                                           SQLERRM, _record_llm_failure.request_id);
     RETURN 'discarded';
 END
 $$;
 
-CREATE FUNCTION ai_agents.log_discarded_result(task_id uuid, fencing_token bigint, reason text, request_id text)
+CREATE OR REPLACE FUNCTION ai_agents._log_discarded_result(task_id uuid, fencing_token bigint, reason text, request_id text)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -163,17 +163,17 @@ BEGIN
     INSERT INTO ai_agents.ai_agent_activity_log
         (organization_id, agent_id, task_id, action_type, success, attempt, error, details)
     SELECT t.organization_id, t.agent_id, t.id, 'result_discarded', false, t.attempts,
-           log_discarded_result.reason,
-           jsonb_build_object('fencing_token', log_discarded_result.fencing_token,
-                              'request_id', log_discarded_result.request_id)
-      FROM ai_agents.ai_agent_tasks t WHERE t.id = log_discarded_result.task_id;
+           _log_discarded_result.reason,
+           jsonb_build_object('fencing_token', _log_discarded_result.fencing_token,
+                              'request_id', _log_discarded_result.request_id)
+      FROM ai_agents.ai_agent_tasks t WHERE t.id = _log_discarded_result.task_id;
 END
 $$;
 
 -- Runs cut short by a crash or restart of the worker (tasks locked by an earlier incarnation of
 -- it; there is one worker per server) are rescued when it starts, not only when their leases run
 -- out. Returns how many.
-CREATE FUNCTION ai_agents.release_orphaned_runs(current_worker text) RETURNS integer
+CREATE OR REPLACE FUNCTION ai_agents._release_orphaned_runs(current_worker text) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -190,7 +190,7 @@ END
 $$;
 
 -- When the worker must look again without being woken: the next due task or expiring lease.
-CREATE FUNCTION ai_agents.next_wakeup() RETURNS timestamptz
+CREATE OR REPLACE FUNCTION ai_agents._next_wakeup() RETURNS timestamptz
 LANGUAGE plpgsql STABLE -- not sql: PL/pgSQL keeps the plan from call to call
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off -- the kept plan must use the indexes however small the table was (sql/tasks.sql)
@@ -206,22 +206,22 @@ $$;
 
 -- A new or rescheduled task wakes the worker as soon as its transaction commits (before the
 -- commit the worker could not see it).
-CREATE FUNCTION ai_agents.wake_worker_on_change() RETURNS trigger
+CREATE OR REPLACE FUNCTION ai_agents._wake_worker_on_change() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM ai_agents.wake_worker_at_commit();
+    PERFORM ai_agents._wake_worker_at_commit();
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER ai_agent_tasks_wake_worker
+CREATE OR REPLACE TRIGGER ai_agent_tasks_wake_worker
     AFTER INSERT OR UPDATE OF next_run_at, status ON ai_agents.ai_agent_tasks
-    FOR EACH STATEMENT EXECUTE FUNCTION ai_agents.wake_worker_on_change();
+    FOR EACH STATEMENT EXECUTE FUNCTION ai_agents._wake_worker_on_change();
 
-REVOKE ALL ON FUNCTION ai_agents.claim_llm_calls(text, integer, interval, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ai_agents.record_llm_replies(uuid[], bigint[], text[], bigint[], bigint[], text[], text[], integer[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ai_agents.record_llm_failure(uuid, bigint, text, integer, bigint, boolean, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents._claim_llm_calls(text, integer, interval, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents._record_llm_replies(uuid[], bigint[], text[], bigint[], bigint[], text[], text[], integer[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents._record_llm_failure(uuid, bigint, text, integer, bigint, boolean, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.run_scheduler_once(interval) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ai_agents.release_orphaned_runs(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents._release_orphaned_runs(text) FROM PUBLIC;
