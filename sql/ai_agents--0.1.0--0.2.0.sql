@@ -247,18 +247,28 @@ $$;
 CREATE OR REPLACE TRIGGER ai_agents_touch BEFORE UPDATE ON ai_agents.ai_agents
     FOR EACH ROW EXECUTE FUNCTION ai_agents._touch_updated_at();
 
+-- Versions are immutable in deed: no UPDATE, and no DELETE but the cascade from deleting their
+-- agent (a task pins its version when claimed; a deleted one would leave nothing to run).
 CREATE OR REPLACE FUNCTION ai_agents._refuse_version_update() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF NOT EXISTS (SELECT FROM ai_agents.ai_agents a WHERE a.id = OLD.agent_id) THEN
+            RETURN OLD;
+        END IF;
+        RAISE EXCEPTION 'agent versions cannot be deleted (version % of agent %)', OLD.version_number, OLD.agent_id
+            USING ERRCODE = '0A000',
+                  HINT = 'Deleting the agent deletes its versions; activate_agent_version switches versions.';
+    END IF;
     RAISE EXCEPTION 'agent versions are immutable (version % of agent %)', OLD.version_number, OLD.agent_id
         USING ERRCODE = '0A000',
               HINT = 'Change the agent instead: a new version is recorded automatically.';
 END
 $$;
 
-CREATE OR REPLACE TRIGGER ai_agent_versions_immutable BEFORE UPDATE ON ai_agents.ai_agent_versions
+CREATE OR REPLACE TRIGGER ai_agent_versions_immutable BEFORE UPDATE OR DELETE ON ai_agents.ai_agent_versions
     FOR EACH ROW EXECUTE FUNCTION ai_agents._refuse_version_update();
 
 -- ==== sql/idempotent/ratelimit.sql
@@ -540,7 +550,7 @@ BEGIN
     -- anyone running SQL by hand (the lease index makes this a cheap probe).
     PERFORM ai_agents.rescue_expired_leases();
     FOR candidate IN
-        SELECT t.id, t.organization_id, t.agent_id, v.provider, ag.current_version_id
+        SELECT t.id, t.organization_id, t.agent_id, v.provider, v.id AS version_id
           FROM ai_agents.ai_agent_tasks t
           JOIN ai_agents.ai_agents ag ON ag.id = t.agent_id
           LEFT JOIN ai_agents.ai_agent_versions v ON v.id = ag.current_version_id
@@ -551,6 +561,14 @@ BEGIN
          LIMIT max_tasks
            FOR UPDATE OF t SKIP LOCKED
     LOOP
+        -- An agent whose current version is gone (only a superuser bypassing triggers can do
+        -- that) has nothing to run: the task is claimed without a version and fails without a
+        -- call, instead of the pin raising for every claim.
+        IF candidate.version_id IS NULL THEN
+            claimable := claimable || candidate.id;
+            versions := versions || NULL::uuid;
+            CONTINUE;
+        END IF;
         -- Each claim is one LLM call: its provider must not be paused (a 429 with Retry-After)
         -- and it must pass the three rate-limit tiers. A task that would be refused waits for
         -- the moment it would pass; no attempt is used.
@@ -563,7 +581,7 @@ BEGIN
         END IF;
         IF verdict.allowed THEN
             claimable := claimable || candidate.id;
-            versions := versions || candidate.current_version_id;
+            versions := versions || candidate.version_id;
             CONTINUE;
         END IF;
         UPDATE ai_agents.ai_agent_tasks SET next_run_at = now() + verdict.retry_after
@@ -1133,7 +1151,8 @@ BEGIN
            END,
            t.agent_id, t.organization_id, v.config ->> 'base_url'
       FROM ai_agents.claim_due_tasks(_claim_llm_calls.worker, _claim_llm_calls.max_calls, _claim_llm_calls.lease) t
-      JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
+      -- No version (it was deleted behind the extension's back): the worker fails the task.
+      LEFT JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
 END
 $$;
 
@@ -1171,7 +1190,8 @@ BEGIN
                   _record_llm_replies.input_tokens, _record_llm_replies.output_tokens, _record_llm_replies.models,
                   _record_llm_replies.request_ids, _record_llm_replies.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, model, request_id, ms, i)
       JOIN ai_agents.ai_agent_tasks t ON t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
-      JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
+      -- No version (it was deleted behind the extension's back): the worker fails the task.
+      LEFT JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
     FOR stale IN
         SELECT g.id, g.token, g.request_id
           FROM unnest(_record_llm_replies.task_ids, _record_llm_replies.fencing_tokens,

@@ -128,16 +128,26 @@ $$;
 CREATE OR REPLACE TRIGGER ai_agents_touch BEFORE UPDATE ON ai_agents.ai_agents
     FOR EACH ROW EXECUTE FUNCTION ai_agents._touch_updated_at();
 
+-- Versions are immutable in deed: no UPDATE, and no DELETE but the cascade from deleting their
+-- agent (a task pins its version when claimed; a deleted one would leave nothing to run).
 CREATE OR REPLACE FUNCTION ai_agents._refuse_version_update() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF NOT EXISTS (SELECT FROM ai_agents.ai_agents a WHERE a.id = OLD.agent_id) THEN
+            RETURN OLD;
+        END IF;
+        RAISE EXCEPTION 'agent versions cannot be deleted (version % of agent %)', OLD.version_number, OLD.agent_id
+            USING ERRCODE = '0A000',
+                  HINT = 'Deleting the agent deletes its versions; activate_agent_version switches versions.';
+    END IF;
     RAISE EXCEPTION 'agent versions are immutable (version % of agent %)', OLD.version_number, OLD.agent_id
         USING ERRCODE = '0A000',
               HINT = 'Change the agent instead: a new version is recorded automatically.';
 END
 $$;
 
-CREATE OR REPLACE TRIGGER ai_agent_versions_immutable BEFORE UPDATE ON ai_agents.ai_agent_versions
+CREATE OR REPLACE TRIGGER ai_agent_versions_immutable BEFORE UPDATE OR DELETE ON ai_agents.ai_agent_versions
     FOR EACH ROW EXECUTE FUNCTION ai_agents._refuse_version_update();

@@ -229,7 +229,7 @@ BEGIN
     -- anyone running SQL by hand (the lease index makes this a cheap probe).
     PERFORM ai_agents.rescue_expired_leases();
     FOR candidate IN
-        SELECT t.id, t.organization_id, t.agent_id, v.provider, ag.current_version_id
+        SELECT t.id, t.organization_id, t.agent_id, v.provider, v.id AS version_id
           FROM ai_agents.ai_agent_tasks t
           JOIN ai_agents.ai_agents ag ON ag.id = t.agent_id
           LEFT JOIN ai_agents.ai_agent_versions v ON v.id = ag.current_version_id
@@ -240,6 +240,14 @@ BEGIN
          LIMIT max_tasks
            FOR UPDATE OF t SKIP LOCKED
     LOOP
+        -- An agent whose current version is gone (only a superuser bypassing triggers can do
+        -- that) has nothing to run: the task is claimed without a version and fails without a
+        -- call, instead of the pin raising for every claim.
+        IF candidate.version_id IS NULL THEN
+            claimable := claimable || candidate.id;
+            versions := versions || NULL::uuid;
+            CONTINUE;
+        END IF;
         -- Each claim is one LLM call: its provider must not be paused (a 429 with Retry-After)
         -- and it must pass the three rate-limit tiers. A task that would be refused waits for
         -- the moment it would pass; no attempt is used.
@@ -252,7 +260,7 @@ BEGIN
         END IF;
         IF verdict.allowed THEN
             claimable := claimable || candidate.id;
-            versions := versions || candidate.current_version_id;
+            versions := versions || candidate.version_id;
             CONTINUE;
         END IF;
         UPDATE ai_agents.ai_agent_tasks SET next_run_at = now() + verdict.retry_after

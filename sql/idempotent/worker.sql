@@ -43,7 +43,8 @@ BEGIN
            END,
            t.agent_id, t.organization_id, v.config ->> 'base_url'
       FROM ai_agents.claim_due_tasks(_claim_llm_calls.worker, _claim_llm_calls.max_calls, _claim_llm_calls.lease) t
-      JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
+      -- No version (it was deleted behind the extension's back): the worker fails the task.
+      LEFT JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
 END
 $$;
 
@@ -81,7 +82,8 @@ BEGIN
                   _record_llm_replies.input_tokens, _record_llm_replies.output_tokens, _record_llm_replies.models,
                   _record_llm_replies.request_ids, _record_llm_replies.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, model, request_id, ms, i)
       JOIN ai_agents.ai_agent_tasks t ON t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
-      JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
+      -- No version (it was deleted behind the extension's back): the worker fails the task.
+      LEFT JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
     FOR stale IN
         SELECT g.id, g.token, g.request_id
           FROM unnest(_record_llm_replies.task_ids, _record_llm_replies.fencing_tokens,

@@ -1,6 +1,6 @@
 //! Which base URLs the worker may call: a tenant who can edit an agent's config must not be
 //! able to point the worker, and the API key it sends, at an internal service.
-use super::{permanent_before_sending, Failure};
+use super::Failure;
 
 /// `Ok` when `base_url` starts with one of the comma-separated prefixes of `allowlist`
 /// (ai_agents.allowed_base_urls). A prefix ends at a path boundary - `https://api.openai.com`
@@ -17,7 +17,7 @@ pub fn check_base_url(base_url: &str, allowlist: &str) -> Result<(), Failure> {
     if allowed {
         Ok(())
     } else {
-        Err(permanent_before_sending(format!(
+        Err(Failure::not_sent(format!(
             "base URL {} is not allowed: it matches no prefix of ai_agents.allowed_base_urls; no request was sent",
             base_url.trim()
         )))

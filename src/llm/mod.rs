@@ -186,6 +186,19 @@ pub struct Failure {
     pub request_id: Option<String>,
 }
 
+impl Failure {
+    /// A request that is never sent (it is invalid, or not allowed out): retrying cannot help.
+    pub fn not_sent(message: String) -> Failure {
+        Failure {
+            message,
+            http_status: None,
+            retry_after: None,
+            permanent: true,
+            request_id: None,
+        }
+    }
+}
+
 /// Limits for one call.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -235,7 +248,7 @@ fn call_inner(
     let url = format!("{base}/{}", protocol.path);
     let headers = (protocol.request_headers)(api_key);
     let body = (protocol.request_body)(request).map_err(|e| {
-        permanent_before_sending(format!("could not encode the {provider} request body: {e}"))
+        Failure::not_sent(format!("could not encode the {provider} request body: {e}"))
     })?;
     let response = transport::post(provider, &url, &headers, body, timeouts)?;
     let interpret = |body: &[u8]| {
@@ -269,43 +282,31 @@ fn validate(request: &Request, api_key: Option<&str>) -> Result<(), Failure> {
                 .is_some_and(|prefix| prefix.eq_ignore_ascii_case(scheme))
     });
     if !scheme_ok {
-        return Err(permanent_before_sending(format!(
+        return Err(Failure::not_sent(format!(
             "invalid {provider} base_url {base:?}: it must start with http:// or https://"
         )));
     }
     if request.model.trim().is_empty() {
-        return Err(permanent_before_sending(format!(
-            "no model given for {provider}"
-        )));
+        return Err(Failure::not_sent(format!("no model given for {provider}")));
     }
     if request.messages.is_empty() {
-        return Err(permanent_before_sending(format!(
+        return Err(Failure::not_sent(format!(
             "the {provider} request has no messages"
         )));
     }
     if !request.temperature.is_finite() {
-        return Err(permanent_before_sending(format!(
+        return Err(Failure::not_sent(format!(
             "invalid temperature {} for {provider}: it must be a finite number",
             request.temperature
         )));
     }
     if let Some(key) = api_key {
         if !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(permanent_before_sending(format!(
+            return Err(Failure::not_sent(format!(
                 "the {provider} api key contains characters that cannot be sent in an HTTP \
                  header (only printable ASCII without spaces is allowed)"
             )));
         }
     }
     Ok(())
-}
-
-fn permanent_before_sending(message: String) -> Failure {
-    Failure {
-        message,
-        http_status: None,
-        retry_after: None,
-        permanent: true,
-        request_id: None,
-    }
 }

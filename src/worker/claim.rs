@@ -39,46 +39,46 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> Vec<Job> {
             None,
             &[worker.into(), free.into(), lease.into(), history.into()],
         )? {
-            let call = Claimed::decode(&row)?;
-            let Some(provider) = llm::Provider::parse(&call.provider) else {
-                continue; // the schema's CHECK allows only known providers
-            };
-            let setting = match provider {
-                llm::Provider::OpenAi => &settings::OPENAI_BASE_URL,
-                llm::Provider::Anthropic => &settings::ANTHROPIC_BASE_URL,
-            };
-            // An agent may name its own endpoint (config.base_url), within the allowlist.
-            let base_url = call
-                .base_url
-                .filter(|url| !url.trim().is_empty())
-                .unwrap_or_else(|| settings::text(setting));
-            let refused = llm::check_base_url(&base_url, &allowlist).err();
-            let api_key = if refused.is_some() {
-                None
-            } else {
-                keys.get(client, provider, &call.agent_id, &call.organization_id)?
+            let claimed = Claimed::decode(&row)?;
+            // A row that cannot become a call fails alone, as that call's permanent failure.
+            let call = match claimed.provider_and_messages() {
+                Err(failure) => Err(failure),
+                Ok((provider, messages)) => {
+                    let setting = match provider {
+                        llm::Provider::OpenAi => &settings::OPENAI_BASE_URL,
+                        llm::Provider::Anthropic => &settings::ANTHROPIC_BASE_URL,
+                    };
+                    // An agent may name its own endpoint (config.base_url), within the allowlist.
+                    let base_url = claimed
+                        .base_url
+                        .filter(|url| !url.trim().is_empty())
+                        .unwrap_or_else(|| settings::text(setting));
+                    match llm::check_base_url(&base_url, &allowlist) {
+                        Err(refused) => Err(refused),
+                        Ok(()) => Ok(llm::Request {
+                            api_key: keys.get(
+                                client,
+                                provider,
+                                &claimed.agent_id,
+                                &claimed.organization_id,
+                            )?,
+                            provider,
+                            base_url,
+                            model: claimed.model,
+                            system: claimed.system_prompt,
+                            messages,
+                            temperature: claimed.temperature,
+                            max_tokens: claimed.max_tokens,
+                        }),
+                    }
+                }
             };
             jobs.push(Job {
                 pass: None,
-                task_id: call.task_id,
-                fencing_token: call.fencing_token,
-                request: llm::Request {
-                    provider,
-                    base_url,
-                    api_key,
-                    model: call.model,
-                    system: call.system_prompt,
-                    messages: llm::messages(
-                        &call.title,
-                        call.description.as_deref(),
-                        &call.input,
-                        call.history,
-                    ),
-                    temperature: call.temperature,
-                    max_tokens: call.max_tokens,
-                },
+                task_id: claimed.task_id,
+                fencing_token: claimed.fencing_token,
+                call,
                 timeouts: timeouts(),
-                refused,
             });
         }
         Ok::<_, pgrx::spi::Error>(jobs)
@@ -90,16 +90,19 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> Vec<Job> {
 struct Claimed {
     task_id: String,
     fencing_token: i64,
-    provider: String,
+    /// NULL when the task's agent version no longer exists.
+    provider: Option<String>,
     model: String,
     system_prompt: String,
     temperature: f64,
     max_tokens: u32,
     title: String,
     description: Option<String>,
-    input: serde_json::Value,
-    /// A conversation's newest messages, oldest first; NULL for other tasks.
-    history: Option<serde_json::Value>,
+    /// jsonb as text: PostgreSQL accepts documents (deeper nesting, numbers beyond f64) that
+    /// serde_json refuses, and such a task must fail alone, not stop the worker.
+    input: String,
+    /// A conversation's newest messages, oldest first, as text; NULL for other tasks.
+    history: Option<String>,
     agent_id: String,
     organization_id: String,
     base_url: Option<String>,
@@ -110,7 +113,7 @@ impl Claimed {
         Ok(Claimed {
             task_id: row.get_by_name("task_id")?.unwrap_or_default(),
             fencing_token: row.get_by_name("fencing_token")?.unwrap_or_default(),
-            provider: row.get_by_name("provider")?.unwrap_or_default(),
+            provider: row.get_by_name("provider")?,
             model: row.get_by_name("model")?.unwrap_or_default(),
             system_prompt: row.get_by_name("system_prompt")?.unwrap_or_default(),
             temperature: row.get_by_name("temperature")?.unwrap_or(0.7),
@@ -120,13 +123,47 @@ impl Claimed {
                 .unwrap_or(1024),
             title: row.get_by_name("title")?.unwrap_or_default(),
             description: row.get_by_name("description")?,
-            input: row
-                .get_by_name::<pgrx::JsonB, _>("input")?
-                .map_or(serde_json::Value::Null, |j| j.0),
-            history: row.get_by_name::<pgrx::JsonB, _>("history")?.map(|j| j.0),
+            input: row.get_by_name("input")?.unwrap_or_default(),
+            history: row.get_by_name("history")?,
             agent_id: row.get_by_name("agent_id")?.unwrap_or_default(),
             organization_id: row.get_by_name("organization_id")?.unwrap_or_default(),
             base_url: row.get_by_name("base_url")?,
         })
     }
+}
+
+impl Claimed {
+    /// The provider and the messages of the call, or why this row cannot become a call.
+    fn provider_and_messages(&self) -> Result<(llm::Provider, Vec<llm::Message>), llm::Failure> {
+        let Some(name) = self.provider.as_deref() else {
+            return Err(llm::Failure::not_sent(
+                "the task's agent version no longer exists".to_string(),
+            ));
+        };
+        let provider = llm::Provider::parse(name).ok_or_else(|| {
+            llm::Failure::not_sent(format!(
+                "the agent version names an unknown provider {name:?}"
+            ))
+        })?;
+        let input = json("input", &self.input)?;
+        let history = self
+            .history
+            .as_deref()
+            .map(|history| json("conversation history", history))
+            .transpose()?;
+        let messages = llm::messages(&self.title, self.description.as_deref(), &input, history);
+        Ok((provider, messages))
+    }
+}
+
+/// A jsonb value of the claimed row, parsed for the call.
+fn json(what: &str, text: &str) -> Result<serde_json::Value, llm::Failure> {
+    if text.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(text).map_err(|e| {
+        llm::Failure::not_sent(format!(
+            "the task's {what} cannot be sent: the worker cannot read it as JSON ({e})"
+        ))
+    })
 }

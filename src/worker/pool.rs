@@ -12,10 +12,10 @@ pub struct Job {
     pub pass: Option<u64>,
     pub task_id: String,
     pub fencing_token: i64,
-    pub request: llm::Request,
+    /// The request to send, or why none is sent (its row cannot be turned into a call, its
+    /// base URL is not allowed): then that is the outcome.
+    pub call: Result<llm::Request, llm::Failure>,
     pub timeouts: llm::Timeouts,
-    /// Set when the request must not leave (its base URL is not allowed): the outcome.
-    pub refused: Option<llm::Failure>,
 }
 
 pub struct Done {
@@ -128,9 +128,9 @@ fn serve(jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake_write: RawFd) {
             _ => return,
         };
         let started = Instant::now();
-        let outcome = match job.refused {
-            Some(failure) => Err(failure),
-            None => llm::call(&job.request, job.timeouts),
+        let outcome = match &job.call {
+            Ok(request) => llm::call(request, job.timeouts),
+            Err(failure) => Err(failure.clone()),
         };
         let finished = Done {
             pass: job.pass,

@@ -32,7 +32,7 @@ impl Statements {
                 // Decoded by these names in claim.rs.
                 claim: keep(
                     "SELECT task_id::text, fencing_token, provider, model, system_prompt, temperature, \
-                            max_tokens, title, description, input, history, agent_id::text, \
+                            max_tokens, title, description, input::text, history::text, agent_id::text, \
                             organization_id::text, base_url \
                        FROM ai_agents._claim_llm_calls($1, $2, make_interval(secs => $3), $4)",
                     &[text, int4, float8, int4],

@@ -1,0 +1,166 @@
+//! Tenant isolation (issue [isolation]): what one organization writes never stops the worker
+//! for the others. Each test plays a hostile or careless organization while a healthy one
+//! keeps enqueueing, and checks that the healthy tasks run promptly, that the worker process
+//! never restarts (its backend_start is unchanged), and that every hostile task ends with one
+//! recorded outcome and a clear error.
+use ai_agents_tests::postgres::Client;
+use ai_agents_tests::{create_agent, enqueue, error_of, stop_at_exit, wait_for, WorkerEnv};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn env() -> &'static WorkerEnv {
+    static ENV: OnceLock<WorkerEnv> = OnceLock::new();
+    let mut started = false;
+    let env = ENV.get_or_init(|| {
+        started = true;
+        WorkerEnv::start("isolation", &[])
+    });
+    if started {
+        stop_at_exit(&env.cluster);
+    }
+    env
+}
+
+/// When the worker process started: unchanged means it never exited.
+fn worker_started(c: &mut Client) -> String {
+    c.query_one(
+        "SELECT backend_start::text FROM pg_stat_activity WHERE backend_type = 'ai_agents worker'",
+        &[],
+    )
+    .expect("the worker is running")
+    .get(0)
+}
+
+/// Enqueues `n` tasks for a healthy agent and waits for them: all complete, and the slowest
+/// starts within 2 s of its insert.
+fn healthy_tasks_run_promptly(c: &mut Client, agent: &str, n: usize) {
+    let tasks: Vec<String> = (0..n)
+        .map(|i| enqueue(c, agent, &format!("healthy {i}")))
+        .collect();
+    for task in &tasks {
+        wait_for(c, task, "status = 'completed'", Duration::from_secs(30));
+    }
+    let slowest: f64 = c
+        .query_one(
+            "SELECT max(extract(epoch FROM execution_started_at - created_at))::float8
+               FROM ai_agents.ai_agent_tasks WHERE id = ANY ($1::text[]::uuid[])",
+            &[&tasks],
+        )
+        .unwrap()
+        .get(0);
+    println!("isolation: {n} healthy tasks, slowest insert-to-start {slowest:.3} s");
+    assert!(slowest < 2.0, "a healthy task waited {slowest} s to start");
+}
+
+/// Waits for a hostile task to fail, and returns its error; it has exactly one activity row
+/// for its one attempt.
+fn fails_alone(c: &mut Client, task: &str) -> String {
+    wait_for(c, task, "status = 'failed'", Duration::from_secs(30));
+    let row = c
+        .query_one(
+            "SELECT t.error_message, t.attempts,
+                    (SELECT count(*) FROM ai_agents.ai_agent_activity_log l
+                      WHERE l.task_id = t.id AND l.action_type = 'task_failed')
+               FROM ai_agents.ai_agent_tasks t WHERE t.id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap();
+    let (error, attempts, logged): (String, i32, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((attempts, logged), (1, 1), "{task}: {error}");
+    error
+}
+
+#[test]
+fn input_the_worker_cannot_read_fails_its_task_alone() {
+    let env = env();
+    let mut c = env.connect();
+    let (_, hostile) = create_agent(&mut c, "Hostile input");
+    let (_, healthy) = create_agent(&mut c, "Healthy");
+    let started = worker_started(&mut c);
+    // Valid jsonb for PostgreSQL, unreadable for serde_json: nesting beyond its 128 levels,
+    // a number beyond f64, in a member's enqueue_task and in the guide's plain INSERT.
+    let deep_array = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let deep_object = format!("{}1{}", "{\"a\": ".repeat(150), "}".repeat(150));
+    let mut hostile_tasks = vec![];
+    for (title, input) in [
+        ("deep array", deep_array.as_str()),
+        ("deep object", deep_object.as_str()),
+        ("huge number", "{\"n\": 1e400}"),
+    ] {
+        let task: String = c
+            .query_one(
+                "SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, $2, input => $3::text::jsonb)",
+                &[&hostile, &title, &input],
+            )
+            .unwrap()
+            .get(0);
+        hostile_tasks.push(task);
+    }
+    let inserted: String = c
+        .query_one(
+            "INSERT INTO ai_agents.ai_agent_tasks (agent_id, title, input)
+             VALUES ($1::text::uuid, 'inserted huge number', '[-1e999]') RETURNING id::text",
+            &[&hostile],
+        )
+        .unwrap()
+        .get(0);
+    hostile_tasks.push(inserted);
+    healthy_tasks_run_promptly(&mut c, &healthy, 20);
+    for task in &hostile_tasks {
+        let error = fails_alone(&mut c, task);
+        assert!(
+            error.contains("the task's input cannot be sent: the worker cannot read it as JSON"),
+            "{error}"
+        );
+    }
+    assert_eq!(worker_started(&mut c), started, "the worker restarted");
+}
+
+#[test]
+fn a_version_cannot_be_deleted_and_a_missing_one_fails_its_task_alone() {
+    let env = env();
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "Versioned");
+    let (_, healthy) = create_agent(&mut c, "Healthy too");
+    let started = worker_started(&mut c);
+    let (code, message) = error_of(
+        &mut c,
+        &format!("DELETE FROM ai_agents.ai_agent_versions WHERE agent_id = '{agent}'"),
+    );
+    assert_eq!(code, "0A000", "{message}");
+    assert!(
+        message.contains("agent versions cannot be deleted"),
+        "{message}"
+    );
+    // Deleting the agent takes its versions along.
+    let (_, doomed) = create_agent(&mut c, "Doomed");
+    c.batch_execute(&format!(
+        "UPDATE ai_agents.ai_agents SET system_prompt = 'v2' WHERE id = '{doomed}';
+         DELETE FROM ai_agents.ai_agents WHERE id = '{doomed}';"
+    ))
+    .unwrap();
+    let left: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agents.ai_agent_versions WHERE agent_id = $1::text::uuid",
+            &[&doomed],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    // A superuser with triggers off removes a version anyway: the claim pins nothing, and
+    // the task fails without a call instead of the pin raising in every claim.
+    c.batch_execute(&format!(
+        "SET session_replication_role = replica;
+         DELETE FROM ai_agents.ai_agent_versions WHERE agent_id = '{agent}';
+         SET session_replication_role = origin;"
+    ))
+    .unwrap();
+    let orphan = enqueue(&mut c, &agent, "no version to run");
+    healthy_tasks_run_promptly(&mut c, &healthy, 10);
+    let error = fails_alone(&mut c, &orphan);
+    assert!(
+        error.contains("the task's agent version no longer exists"),
+        "{error}"
+    );
+    assert_eq!(worker_started(&mut c), started, "the worker restarted");
+}
