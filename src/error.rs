@@ -13,6 +13,8 @@ pub enum Error {
     DatetimeOutOfRange(String),
     #[error("{0}")]
     NullValue(String),
+    #[error("{0}")]
+    LimitExceeded(String),
     #[error("ai_agents rate limits live in shared memory: add ai_agents to shared_preload_libraries and restart the server")]
     NotPreloaded,
     #[error("the rate-limit key table is full of keys that are still counting (raise ai_agents.rate_limit_max_keys); retry in {0}")]
@@ -27,6 +29,7 @@ impl Error {
             }
             Error::DatetimeOutOfRange(_) => PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
             Error::NullValue(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            Error::LimitExceeded(_) => PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             Error::NotPreloaded => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Error::TableFull(_) => PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
         }

@@ -4,6 +4,7 @@ use pgrx::prelude::*;
 
 mod error;
 mod guard;
+mod limits;
 mod llm;
 mod ratelimit;
 mod reports;
@@ -57,10 +58,15 @@ pgrx::extension_sql_file!(
     ]
 );
 pgrx::extension_sql_file!(
+    "../sql/idempotent/limits.sql",
+    name = "limits",
+    requires = ["ratelimit"]
+);
+pgrx::extension_sql_file!(
     "../sql/idempotent/tasks.sql",
     name = "tasks",
     requires = [
-        "ratelimit",
+        "limits",
         schedule::next_run_time,
         schedule::validate_schedule,
         retry::failure_is_transient,

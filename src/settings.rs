@@ -54,6 +54,10 @@ pub static JWT_ORGANIZATION_CLAIM: GucSetting<Option<CString>> =
 /// A function mapping the requesting user to organizations, instead of the JWT claim.
 pub static ORGANIZATION_HOOK: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
+/// What a task's input and a member's message may hold (src/limits.rs).
+pub static MAX_INPUT_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+pub static MAX_INPUT_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(32);
+pub static MAX_MESSAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 /// Days finished tasks and activity are kept; 0 keeps them forever.
 pub static HISTORY_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
 
@@ -109,6 +113,36 @@ pub fn register() {
         100_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.max_input_bytes",
+        c"Largest task input accepted, in bytes of its JSON text.",
+        c"A larger input is refused with SQLSTATE 54000 when the task is written.",
+        &MAX_INPUT_BYTES,
+        2,
+        256 * 1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.max_input_depth",
+        c"Deepest nesting of arrays and objects accepted in a task input.",
+        c"A deeper input is refused with SQLSTATE 54000; the worker's JSON reader stops at 128.",
+        &MAX_INPUT_DEPTH,
+        1,
+        100,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.max_message_bytes",
+        c"Largest conversation message a member may store, in bytes.",
+        c"A larger one is refused with SQLSTATE 54000; the assistant's replies are not limited.",
+        &MAX_MESSAGE_BYTES,
+        1,
+        256 * 1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
     );
     GucRegistry::define_string_guc(
         c"ai_agents.openai_base_url",

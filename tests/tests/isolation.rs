@@ -77,34 +77,42 @@ fn input_the_worker_cannot_read_fails_its_task_alone() {
     let (_, hostile) = create_agent(&mut c, "Hostile input");
     let (_, healthy) = create_agent(&mut c, "Healthy");
     let started = worker_started(&mut c);
-    // Valid jsonb for PostgreSQL, unreadable for serde_json: nesting beyond its 128 levels,
-    // a number beyond f64, in a member's enqueue_task and in the guide's plain INSERT.
+    // Valid jsonb for PostgreSQL, unreadable for the worker's JSON reader: nesting beyond its
+    // 128 levels, numbers beyond f64. The door refuses them now (see the test below); these
+    // are rows written before it, or by a superuser around it.
     let deep_array = format!("{}{}", "[".repeat(200), "]".repeat(200));
     let deep_object = format!("{}1{}", "{\"a\": ".repeat(150), "}".repeat(150));
+    c.batch_execute(
+        "BEGIN;
+         ALTER TABLE ai_agents.ai_agent_tasks DISABLE TRIGGER ai_agent_tasks_check_input;
+         ALTER TABLE ai_agents.ai_agent_tasks DISABLE TRIGGER ai_agent_tasks_validate;",
+    )
+    .unwrap();
     let mut hostile_tasks = vec![];
     for (title, input) in [
         ("deep array", deep_array.as_str()),
         ("deep object", deep_object.as_str()),
         ("huge number", "{\"n\": 1e400}"),
+        ("huge negative number", "[-1e999]"),
     ] {
         let task: String = c
             .query_one(
-                "SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, $2, input => $3::text::jsonb)",
+                "INSERT INTO ai_agents.ai_agent_tasks (agent_id, organization_id, title, input, next_run_at)
+                 SELECT a.id, a.organization_id, $2, $3::text::jsonb, now()
+                   FROM ai_agents.ai_agents a WHERE a.id = $1::text::uuid
+                 RETURNING id::text",
                 &[&hostile, &title, &input],
             )
             .unwrap()
             .get(0);
         hostile_tasks.push(task);
     }
-    let inserted: String = c
-        .query_one(
-            "INSERT INTO ai_agents.ai_agent_tasks (agent_id, title, input)
-             VALUES ($1::text::uuid, 'inserted huge number', '[-1e999]') RETURNING id::text",
-            &[&hostile],
-        )
-        .unwrap()
-        .get(0);
-    hostile_tasks.push(inserted);
+    c.batch_execute(
+        "ALTER TABLE ai_agents.ai_agent_tasks ENABLE TRIGGER ai_agent_tasks_check_input;
+         ALTER TABLE ai_agents.ai_agent_tasks ENABLE TRIGGER ai_agent_tasks_validate;
+         COMMIT;",
+    )
+    .unwrap();
     healthy_tasks_run_promptly(&mut c, &healthy, 20);
     for task in &hostile_tasks {
         let error = fails_alone(&mut c, task);
@@ -163,4 +171,64 @@ fn a_version_cannot_be_deleted_and_a_missing_one_fails_its_task_alone() {
         "{error}"
     );
     assert_eq!(worker_started(&mut c), started, "the worker restarted");
+}
+
+#[test]
+fn limits_at_the_door_refuse_what_the_worker_could_not_send() {
+    let env = env();
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "Doorkeeper");
+    let enqueue_with =
+        |input: &str| format!("SELECT ai_agents.enqueue_task('{agent}', 'x', input => '{input}')");
+    let deep = format!("{}{}", "[".repeat(33), "]".repeat(33));
+    let big = format!("{{\"text\": \"{}\"}}", "x".repeat(1024 * 1024));
+    let task = enqueue(&mut c, &agent, "kept small");
+    let conversation: String = c
+        .query_one(
+            "SELECT (ai_agents.start_conversation($1::text::uuid)).id::text",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    for (sql, code, says) in [
+        (enqueue_with(&deep), "54000", "nested 33 levels deep; at most 32 are allowed (ai_agents.max_input_depth)"),
+        (enqueue_with(&big), "54000", "bytes of JSON; at most 1048576 are allowed (ai_agents.max_input_bytes)"),
+        (enqueue_with("{\"n\": 1e400}"), "22023", "the task's input cannot be read by the worker"),
+        (
+            format!("INSERT INTO ai_agents.ai_agent_tasks (agent_id, title, input) VALUES ('{agent}', 'x', '[-1e999]')"),
+            "22023",
+            "numbers must lie within",
+        ),
+        (
+            format!("UPDATE ai_agents.ai_agent_tasks SET input = '{deep}' WHERE id = '{task}'"),
+            "54000",
+            "nested 33 levels deep",
+        ),
+        (
+            format!(
+                "SELECT ai_agents.send_message('{conversation}', repeat('m', 70000))"
+            ),
+            "54000",
+            "the message is 70000 bytes long; at most 65536 are allowed (ai_agents.max_message_bytes)",
+        ),
+    ] {
+        let (got, message) = error_of(&mut c, &sql);
+        assert_eq!(got, code, "{message}");
+        assert!(message.contains(says), "{message}");
+    }
+    // An operator may move a limit; the assistant's replies are never cut off by it.
+    c.batch_execute(&format!(
+        "SET ai_agents.max_input_depth = 40; {}; RESET ai_agents.max_input_depth",
+        enqueue_with(&deep)
+    ))
+    .expect("within the raised limit");
+    let stored = c
+        .execute(
+            "INSERT INTO ai_agents.ai_agent_messages (conversation_id, organization_id, role, content)
+             SELECT id, organization_id, 'assistant', repeat('r', 70000)
+               FROM ai_agents.ai_agent_conversations WHERE id = $1::text::uuid",
+            &[&conversation],
+        )
+        .expect("a long reply");
+    assert_eq!(stored, 1);
 }
