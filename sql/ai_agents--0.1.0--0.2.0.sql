@@ -1236,7 +1236,8 @@ BEGIN
                   _record_llm_replies.input_tokens, _record_llm_replies.output_tokens, _record_llm_replies.models,
                   _record_llm_replies.request_ids, _record_llm_replies.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, model, request_id, ms, i)
       JOIN ai_agents.ai_agent_tasks t ON t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
-      -- No version (it was deleted behind the extension's back): the worker fails the task.
+      -- A version deleted behind the extension's back during the call: the reply is kept, at
+      -- no known price.
       LEFT JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
     FOR stale IN
         SELECT g.id, g.token, g.request_id

@@ -6,35 +6,53 @@ use crate::error::{Error, OrReport};
 use crate::settings::{MAX_INPUT_BYTES, MAX_INPUT_DEPTH, MAX_MESSAGE_BYTES};
 use pgrx::prelude::*;
 
+/// Why a value is refused, with the message that names the problem.
+#[derive(Debug, PartialEq)]
+pub enum Refusal {
+    /// Over a size or depth limit (SQLSTATE 54000).
+    LimitExceeded(String),
+    /// Something the worker could not read (SQLSTATE 22023).
+    Unreadable(String),
+}
+
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Error {
+        match refusal {
+            Refusal::LimitExceeded(message) => Error::LimitExceeded(message),
+            Refusal::Unreadable(message) => Error::InvalidParameter(message),
+        }
+    }
+}
+
 /// Whether a task's input, as the JSON text of its jsonb, may be stored: at most `max_bytes`
 /// long, nested at most `max_depth` deep, and readable by the worker (its JSON reader keeps
 /// numbers as doubles, so one beyond their range is refused).
-pub fn check_input(json: &str, max_bytes: usize, max_depth: usize) -> Result<(), Error> {
+pub fn check_input(json: &str, max_bytes: usize, max_depth: usize) -> Result<(), Refusal> {
     if json.len() > max_bytes {
-        return Err(Error::LimitExceeded(format!(
+        return Err(Refusal::LimitExceeded(format!(
             "the task's input is {} bytes of JSON; at most {max_bytes} are allowed (ai_agents.max_input_bytes)",
             json.len()
         )));
     }
     let depth = nesting_depth(json);
     if depth > max_depth {
-        return Err(Error::LimitExceeded(format!(
+        return Err(Refusal::LimitExceeded(format!(
             "the task's input is nested {depth} levels deep; at most {max_depth} are allowed (ai_agents.max_input_depth)"
         )));
     }
     serde_json::from_str::<serde_json::Value>(json)
         .map(|_| ())
         .map_err(|e| {
-            Error::InvalidParameter(format!(
+            Refusal::Unreadable(format!(
                 "the task's input cannot be read by the worker ({e}): numbers must lie within ±1.7976931348623157e308"
             ))
         })
 }
 
 /// Whether a member's message of `bytes` bytes may be stored.
-pub fn check_message(bytes: usize, max_bytes: usize) -> Result<(), Error> {
+pub fn check_message(bytes: usize, max_bytes: usize) -> Result<(), Refusal> {
     if bytes > max_bytes {
-        return Err(Error::LimitExceeded(format!(
+        return Err(Refusal::LimitExceeded(format!(
             "the message is {bytes} bytes long; at most {max_bytes} are allowed (ai_agents.max_message_bytes)"
         )));
     }
@@ -81,13 +99,16 @@ fn check_task_input(input: &str) {
         setting(MAX_INPUT_BYTES.get()),
         setting(MAX_INPUT_DEPTH.get()),
     )
+    .map_err(Error::from)
     .or_report()
 }
 
 /// The messages' validation trigger's check of a member's message.
 #[pg_extern(sql = false)]
 fn check_message_size(bytes: i32) {
-    check_message(setting(bytes), setting(MAX_MESSAGE_BYTES.get())).or_report()
+    check_message(setting(bytes), setting(MAX_MESSAGE_BYTES.get()))
+        .map_err(Error::from)
+        .or_report()
 }
 
 #[cfg(test)]
@@ -109,37 +130,32 @@ mod tests {
         assert!(check_input("{}", 2, 1).is_ok());
     }
 
+    /// The message of a refusal of the expected kind.
+    fn refused(result: Result<(), Refusal>, limit: bool) -> String {
+        match (result, limit) {
+            (Err(Refusal::LimitExceeded(message)), true) => message,
+            (Err(Refusal::Unreadable(message)), false) => message,
+            (other, _) => panic!("unexpected {other:?}"),
+        }
+    }
+
     #[test]
     fn inputs_beyond_a_limit_are_refused_with_the_setting_named() {
-        let too_big = check_input(r#"{"a": 1}"#, 7, 10).unwrap_err();
-        assert!(matches!(too_big, Error::LimitExceeded(_)));
+        let too_big = refused(check_input(r#"{"a": 1}"#, 7, 10), true);
+        assert!(too_big.contains("8 bytes of JSON; at most 7"), "{too_big}");
+        let too_deep = refused(check_input("[[[1]]]", 100, 2), true);
         assert!(
-            too_big.to_string().contains("8 bytes of JSON; at most 7"),
-            "{too_big}"
-        );
-        let too_deep = check_input("[[[1]]]", 100, 2).unwrap_err();
-        assert!(matches!(too_deep, Error::LimitExceeded(_)));
-        assert!(
-            too_deep
-                .to_string()
-                .contains("nested 3 levels deep; at most 2"),
+            too_deep.contains("nested 3 levels deep; at most 2"),
             "{too_deep}"
         );
-        let unreadable = check_input(r#"{"n": 1e400}"#, 100, 10).unwrap_err();
-        assert!(matches!(unreadable, Error::InvalidParameter(_)));
-        assert!(
-            unreadable.to_string().contains("number out of range"),
-            "{unreadable}"
-        );
+        let unreadable = refused(check_input(r#"{"n": 1e400}"#, 100, 10), false);
+        assert!(unreadable.contains("number out of range"), "{unreadable}");
     }
 
     #[test]
     fn messages_beyond_the_limit_are_refused() {
         assert!(check_message(10, 10).is_ok());
-        let refused = check_message(11, 10).unwrap_err();
-        assert!(
-            refused.to_string().contains("11 bytes long; at most 10"),
-            "{refused}"
-        );
+        let message = refused(check_message(11, 10), true);
+        assert!(message.contains("11 bytes long; at most 10"), "{message}");
     }
 }
