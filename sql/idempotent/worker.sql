@@ -1,7 +1,8 @@
 -- The background worker's side of the SQL API (docs/worker.md): what it claims, how it
 -- records what the LLM answered, when it must wake up next, and how others wake it.
 
--- USD for a call at the price in force now; NULL for a model without a price.
+-- USD for a call at the price in force now; NULL for a model without a price. At most what
+-- the cost columns hold (numeric(14, 6)), so that no reported usage can fail its recording.
 CREATE OR REPLACE FUNCTION ai_agents._llm_cost_usd(provider text, model text, input_tokens bigint, output_tokens bigint)
 RETURNS numeric
 LANGUAGE plpgsql STABLE -- not sql: PL/pgSQL keeps the plan from call to call
@@ -9,8 +10,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    RETURN (SELECT round((_llm_cost_usd.input_tokens * p.input_usd_per_mtok
-                          + _llm_cost_usd.output_tokens * p.output_usd_per_mtok) / 1000000, 6)
+    RETURN (SELECT least(round((_llm_cost_usd.input_tokens * p.input_usd_per_mtok
+                                + _llm_cost_usd.output_tokens * p.output_usd_per_mtok) / 1000000, 6),
+                         99999999.999999)
               FROM ai_agents.ai_agent_model_prices p
              WHERE p.provider = _llm_cost_usd.provider AND p.model = _llm_cost_usd.model
                AND p.effective_from <= now()
@@ -48,13 +50,13 @@ BEGIN
 END
 $$;
 
--- Records LLM replies, a batch of them in one call: their tasks complete with tokens and cost
--- (one complete_tasks), conversations get the assistant's messages. A reply for a run that is
--- no longer current (cancelled, or its lease expired and the task was claimed again) is
+-- Records a batch of LLM replies in one call: their tasks complete with tokens and cost (one
+-- complete_tasks), conversations get the assistant's messages. A reply for a run that is no
+-- longer current (cancelled, or its lease expired and the task was claimed again) is
 -- discarded and logged, not an error. Returns each task's status, or 'discarded'.
-CREATE OR REPLACE FUNCTION ai_agents._record_llm_replies(task_ids uuid[], fencing_tokens bigint[], contents text[],
-                                             input_tokens bigint[], output_tokens bigint[], models text[],
-                                             request_ids text[], execution_times_ms integer[])
+CREATE OR REPLACE FUNCTION ai_agents._record_llm_reply_batch(task_ids uuid[], fencing_tokens bigint[], contents text[],
+                                                 input_tokens bigint[], output_tokens bigint[], models text[],
+                                                 request_ids text[], execution_times_ms integer[])
 RETURNS TABLE (task_id uuid, status text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -68,27 +70,27 @@ DECLARE
 BEGIN
     -- Locked first (in one order, as every batch is), so that a run found current stays so
     -- until it is completed.
-    PERFORM FROM ai_agents.ai_agent_tasks t WHERE t.id = ANY (_record_llm_replies.task_ids) ORDER BY t.id FOR UPDATE OF t;
+    PERFORM FROM ai_agents.ai_agent_tasks t WHERE t.id = ANY (_record_llm_reply_batch.task_ids) ORDER BY t.id FOR UPDATE OF t;
     SELECT array_agg(g.id ORDER BY g.i) AS ids, array_agg(g.token ORDER BY g.i) AS tokens,
            array_agg(g.content ORDER BY g.i) AS contents,
-           array_agg(least(g.input + g.output, 2147483647)::integer ORDER BY g.i) AS tokens_used,
+           array_agg(least(g.input::numeric + g.output, 2147483647)::integer ORDER BY g.i) AS tokens_used,
            array_agg(ai_agents._llm_cost_usd(v.provider, g.model, g.input, g.output) ORDER BY g.i) AS costs,
            array_agg(g.ms ORDER BY g.i) AS times,
            array_agg(jsonb_build_object('request_id', g.request_id, 'model', g.model,
                                         'input_tokens', g.input, 'output_tokens', g.output) ORDER BY g.i) AS details,
            array_agg(least(g.output, 2147483647)::integer ORDER BY g.i) AS output_tokens
       INTO live
-      FROM unnest(_record_llm_replies.task_ids, _record_llm_replies.fencing_tokens, _record_llm_replies.contents,
-                  _record_llm_replies.input_tokens, _record_llm_replies.output_tokens, _record_llm_replies.models,
-                  _record_llm_replies.request_ids, _record_llm_replies.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, model, request_id, ms, i)
+      FROM unnest(_record_llm_reply_batch.task_ids, _record_llm_reply_batch.fencing_tokens, _record_llm_reply_batch.contents,
+                  _record_llm_reply_batch.input_tokens, _record_llm_reply_batch.output_tokens, _record_llm_reply_batch.models,
+                  _record_llm_reply_batch.request_ids, _record_llm_reply_batch.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, model, request_id, ms, i)
       JOIN ai_agents.ai_agent_tasks t ON t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
       -- A version deleted behind the extension's back during the call: the reply is kept, at
       -- no known price.
       LEFT JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
     FOR stale IN
         SELECT g.id, g.token, g.request_id
-          FROM unnest(_record_llm_replies.task_ids, _record_llm_replies.fencing_tokens,
-                      _record_llm_replies.request_ids) AS g(id, token, request_id)
+          FROM unnest(_record_llm_reply_batch.task_ids, _record_llm_reply_batch.fencing_tokens,
+                      _record_llm_reply_batch.request_ids) AS g(id, token, request_id)
          WHERE g.id <> ALL (coalesce(live.ids, '{}'))
     LOOP
         BEGIN
@@ -116,6 +118,44 @@ BEGIN
           FROM completed c WHERE c.conversation_id IS NOT NULL
     )
     SELECT c.id, c.status FROM completed c;
+END
+$$;
+
+
+-- What the worker calls with a turn's replies: the batch, or, when the tables refuse one of
+-- its replies (anything about one row), each reply on its own, and a reply that still cannot
+-- be recorded fails its task with the reason. One bad reply never takes the others' recording
+-- (paid for already) down with it, nor the worker.
+CREATE OR REPLACE FUNCTION ai_agents._record_llm_replies(task_ids uuid[], fencing_tokens bigint[], contents text[],
+                                             input_tokens bigint[], output_tokens bigint[], models text[],
+                                             request_ids text[], execution_times_ms integer[])
+RETURNS TABLE (task_id uuid, status text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    i integer;
+BEGIN
+    BEGIN
+        RETURN QUERY SELECT * FROM ai_agents._record_llm_reply_batch(task_ids, fencing_tokens, contents,
+            input_tokens, output_tokens, models, request_ids, execution_times_ms);
+        RETURN;
+    EXCEPTION WHEN OTHERS THEN
+        -- Nothing of the batch is kept (its rows were not returned yet); one by one below.
+    END;
+    FOR i IN 1 .. coalesce(array_length(task_ids, 1), 0) LOOP
+        BEGIN
+            RETURN QUERY SELECT * FROM ai_agents._record_llm_reply_batch(task_ids[i:i], fencing_tokens[i:i],
+                contents[i:i], input_tokens[i:i], output_tokens[i:i], models[i:i], request_ids[i:i],
+                execution_times_ms[i:i]);
+        EXCEPTION WHEN OTHERS THEN
+            task_id := task_ids[i];
+            status := ai_agents._record_llm_failure(task_ids[i], fencing_tokens[i],
+                          'the reply could not be recorded: ' || SQLERRM, NULL, NULL, true,
+                          request_ids[i], execution_times_ms[i]);
+            RETURN NEXT;
+        END;
+    END LOOP;
 END
 $$;
 

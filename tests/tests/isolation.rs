@@ -4,7 +4,9 @@
 //! never restarts (its backend_start is unchanged), and that every hostile task ends with one
 //! recorded outcome and a clear error.
 use ai_agents_tests::postgres::Client;
-use ai_agents_tests::{create_agent, enqueue, error_of, stop_at_exit, wait_for, WorkerEnv};
+use ai_agents_tests::{
+    create_agent, enqueue, error_of, fresh_database, stop_at_exit, wait_for, WorkerEnv,
+};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -231,4 +233,104 @@ fn limits_at_the_door_refuse_what_the_worker_could_not_send() {
         )
         .expect("a long reply");
     assert_eq!(stored, 1);
+}
+
+#[test]
+fn a_reply_the_tables_refuse_fails_its_task_alone_and_the_batch_is_kept() {
+    let env = env();
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "Poisoned replies");
+    let started = worker_started(&mut c);
+    // An operator's trigger (or anything else about one row) that refuses one completion.
+    c.batch_execute(
+        "CREATE FUNCTION public.refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.title = 'poison reply' AND NEW.status = 'completed' THEN
+                 RAISE EXCEPTION 'this reply is refused by the table';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER zz_refuse_poison BEFORE UPDATE ON ai_agents.ai_agent_tasks
+             FOR EACH ROW EXECUTE FUNCTION public.refuse_poison();",
+    )
+    .unwrap();
+    // One transaction: claimed together, their replies recorded together.
+    let tasks: Vec<String> = c
+        .query(
+            "SELECT (ai_agents.enqueue_task($1::text::uuid, t)).id::text
+               FROM unnest(ARRAY['poison reply', 'good 1', 'good 2', 'good 3', 'good 4']) t",
+            &[&agent],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for task in &tasks[1..] {
+        wait_for(
+            &mut c,
+            task,
+            "status = 'completed'",
+            Duration::from_secs(30),
+        );
+    }
+    let error = fails_alone(&mut c, &tasks[0]);
+    c.batch_execute("ALTER TABLE ai_agents.ai_agent_tasks DISABLE TRIGGER zz_refuse_poison")
+        .unwrap();
+    assert!(
+        error.contains("the reply could not be recorded: this reply is refused by the table"),
+        "{error}"
+    );
+    assert_eq!(worker_started(&mut c), started, "the worker restarted");
+}
+
+#[test]
+fn token_counts_and_costs_beyond_the_columns_are_clamped() {
+    // No worker serves this database: the test records the reply itself, as the worker would.
+    let (mut c, _db) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "Absurd usage");
+    c.batch_execute(&format!(
+        "INSERT INTO ai_agents.ai_agent_model_prices (provider, model, input_usd_per_mtok, output_usd_per_mtok)
+         VALUES ('openai', 'absurd', 999999, 999999);
+         SELECT ai_agents.enqueue_task('{agent}', 'a reply that reports 2^63 tokens');"
+    ))
+    .unwrap();
+    let (task, token): (String, i64) = {
+        let row = c
+            .query_one(
+                "SELECT id::text, fencing_token FROM ai_agents.claim_due_tasks('w', 1)",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let status: String = c
+        .query_one(
+            "SELECT status FROM ai_agents._record_llm_replies(
+                 ARRAY[$1::text::uuid], ARRAY[$2::bigint], ARRAY['ok'],
+                 ARRAY[9223372036854775807]::bigint[], ARRAY[9223372036854775807]::bigint[],
+                 ARRAY['absurd'], ARRAY[NULL::text], ARRAY[7])",
+            &[&task, &token],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "completed");
+    let row = c
+        .query_one(
+            "SELECT t.tokens_used, t.cost_usd::text, l.tokens_used, l.cost_usd::text
+               FROM ai_agents.ai_agent_tasks t
+               JOIN ai_agents.ai_agent_activity_log l ON l.task_id = t.id AND l.action_type = 'task_completed'
+              WHERE t.id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap();
+    let clamped: (i32, String, i32, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        clamped,
+        (
+            i32::MAX,
+            "99999999.999999".to_string(),
+            i32::MAX,
+            "99999999.999999".to_string()
+        )
+    );
 }
