@@ -100,7 +100,9 @@ END
 $$;
 
 -- A member's message: stored, and a conversation task enqueued for the agent's reply (which
--- the worker adds to the conversation).
+-- the worker adds to the conversation). An idempotency key belongs to its conversation: sent
+-- again with the same key, the message is not stored again and the same task comes back; the
+-- key never meets task keys of enqueue_task or of other conversations.
 CREATE OR REPLACE FUNCTION ai_agents.send_message(conversation_id uuid, content text, idempotency_key text DEFAULT NULL)
 RETURNS ai_agents.ai_agent_tasks
 LANGUAGE plpgsql SECURITY DEFINER
@@ -108,6 +110,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     c ai_agents.ai_agent_conversations;
+    task_key text;
+    earlier ai_agents.ai_agent_tasks;
 BEGIN
     SELECT * INTO c FROM ai_agents.ai_agent_conversations cc WHERE cc.id = send_message.conversation_id;
     PERFORM ai_agents._check_organization(c.organization_id, format('conversation %s', conversation_id));
@@ -118,10 +122,24 @@ BEGIN
     IF content IS NULL OR btrim(content) = '' THEN
         RAISE EXCEPTION 'a message needs content' USING ERRCODE = '22023';
     END IF;
+    IF send_message.idempotency_key IS NOT NULL THEN
+        IF length(send_message.idempotency_key) > 200 THEN
+            RAISE EXCEPTION 'idempotency_key is % characters long; at most 200 are allowed for a message',
+                length(send_message.idempotency_key) USING ERRCODE = '22001';
+        END IF;
+        task_key := format('message %s %s', c.id, send_message.idempotency_key);
+        -- Concurrent retries of one message wait for each other, so only one stores it.
+        PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(task_key, 0));
+        SELECT * INTO earlier FROM ai_agents.ai_agent_tasks t
+         WHERE t.organization_id = c.organization_id AND t.idempotency_key = task_key;
+        IF FOUND THEN
+            RETURN earlier;
+        END IF;
+    END IF;
     INSERT INTO ai_agents.ai_agent_messages (conversation_id, organization_id, role, content)
     VALUES (c.id, c.organization_id, 'user', content);
     RETURN ai_agents.enqueue_task(c.agent_id, 'Reply in conversation', task_type => 'conversation',
-                                  conversation_id => c.id, idempotency_key => send_message.idempotency_key);
+                                  conversation_id => c.id, idempotency_key => task_key);
 END
 $$;
 

@@ -5,7 +5,8 @@
 //! recorded outcome and a clear error.
 use ai_agents_tests::postgres::Client;
 use ai_agents_tests::{
-    create_agent, enqueue, error_of, fresh_database, stop_at_exit, wait_for, WorkerEnv,
+    create_agent, enqueue, error_of, fresh_database, shared_cluster, stop_at_exit, wait_for,
+    WorkerEnv,
 };
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -333,4 +334,67 @@ fn token_counts_and_costs_beyond_the_columns_are_clamped() {
             "99999999.999999".to_string()
         )
     );
+}
+
+#[test]
+fn send_message_is_idempotent_per_conversation_even_under_concurrent_retries() {
+    let (mut c, db) = fresh_database();
+    let (_, agent) = create_agent(&mut c, "Front desk");
+    let conversation = |c: &mut Client| -> String {
+        c.query_one(
+            "SELECT (ai_agents.start_conversation($1::text::uuid)).id::text",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let (first, second) = (conversation(&mut c), conversation(&mut c));
+    // Eight sessions retry one message at once: one message, one task.
+    let tasks: Vec<String> = std::thread::scope(|scope| {
+        let sessions: Vec<_> = (0..8)
+            .map(|_| {
+                let (db, first) = (&db, &first);
+                scope.spawn(move || {
+                    let mut s = shared_cluster().connect(db);
+                    s.query_one(
+                        "SELECT (ai_agents.send_message($1::text::uuid, 'Can I freeze my plan?', 'retry-1')).id::text",
+                        &[first],
+                    )
+                    .unwrap()
+                    .get::<_, String>(0)
+                })
+            })
+            .collect();
+        sessions.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    assert!(tasks.iter().all(|t| t == &tasks[0]), "{tasks:?}");
+    let count = |c: &mut Client, sql: &str| -> i64 { c.query_one(sql, &[]).unwrap().get(0) };
+    assert_eq!(
+        count(
+            &mut c,
+            &format!("SELECT count(*) FROM ai_agents.ai_agent_messages WHERE conversation_id = '{first}'")
+        ),
+        1
+    );
+    // The same key in another conversation, or for enqueue_task, is another task.
+    let elsewhere: String = c
+        .query_one(
+            "SELECT (ai_agents.send_message($1::text::uuid, 'Hello', 'retry-1')).id::text",
+            &[&second],
+        )
+        .unwrap()
+        .get(0);
+    let enqueued = c
+        .query_one(
+            "SELECT (ai_agents.enqueue_task($1::text::uuid, 'x', idempotency_key => 'retry-1')).id::text",
+            &[&agent],
+        )
+        .unwrap()
+        .get::<_, String>(0);
+    assert!(elsewhere != tasks[0] && enqueued != tasks[0] && enqueued != elsewhere);
+    let (code, message) = error_of(
+        &mut c,
+        &format!("SELECT ai_agents.send_message('{first}', 'x', repeat('k', 201))"),
+    );
+    assert_eq!(code, "22001", "{message}");
 }
