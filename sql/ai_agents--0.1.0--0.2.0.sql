@@ -1429,6 +1429,31 @@ REVOKE ALL ON FUNCTION ai_agents._release_orphaned_runs(text) FROM PUBLIC;
 -- and a period, a Markdown rendering a gym owner reads, and a narrative written by the agent's
 -- LLM through the task queue. Every function pins search_path: they are not on the hot path.
 
+-- Whether a template query is exactly one SELECT, as PostgreSQL's parser reads it
+-- (src/reports/query.rs); a syntax error is raised as such.
+CREATE OR REPLACE FUNCTION ai_agents._is_single_select(sql text) RETURNS boolean
+LANGUAGE c STABLE STRICT
+AS 'MODULE_PATHNAME', 'is_single_select_wrapper';
+
+-- Refuses a template query that is not exactly one SELECT (22023), naming it.
+CREATE OR REPLACE FUNCTION ai_agents._check_report_query(name text, sql text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    single boolean;
+BEGIN
+    BEGIN
+        single := ai_agents._is_single_select(sql);
+    EXCEPTION WHEN syntax_error THEN
+        RAISE EXCEPTION 'report query "%" is not valid SQL: %', name, SQLERRM USING ERRCODE = '22023';
+    END;
+    IF NOT single THEN
+        RAISE EXCEPTION 'report query "%" must be exactly one SELECT statement', name USING ERRCODE = '22023';
+    END IF;
+END
+$$;
+
 -- Templates are checked when written, so that a bad one fails where it is made, not in the
 -- worker at 07:00 on a Monday.
 CREATE OR REPLACE FUNCTION ai_agents._validate_report_template() RETURNS trigger
@@ -1453,6 +1478,7 @@ BEGIN
     IF FOUND THEN
         RAISE EXCEPTION 'report query "%" must be the text of a SELECT', bad_query USING ERRCODE = '22023';
     END IF;
+    PERFORM ai_agents._check_report_query(q.key, q.value #>> '{}') FROM jsonb_each(NEW.queries) q;
     IF NEW.schedule_cron IS NOT NULL THEN
         PERFORM ai_agents.validate_schedule(NEW.schedule_cron, NEW.timezone);
     ELSE
@@ -1560,9 +1586,12 @@ AS $$
 $$;
 
 -- Runs the template's own queries with $1 = organization id, $2 = period start, $3 = period
--- end, each as a sub-select (one statement, no data-modifying WITH) in a read-only
--- subtransaction. The subtransaction always ends by rolling back - that restores read-write
--- for storing the report - so the rows are carried out in a variable.
+-- end, each as a sub-select (exactly one SELECT, checked again here for templates written
+-- before the check) in a read-only subtransaction, as the role ai_agents_report_reader: whoever
+-- builds the report (the worker is a superuser), the queries read only the report
+-- organization's rows of the extension's tables, through row-level security. The
+-- subtransaction always ends by rolling back - that restores the role and read-write for
+-- storing the report - so the rows are carried out in a variable.
 CREATE OR REPLACE FUNCTION ai_agents._run_report_queries(template_name text, queries jsonb, org uuid,
                                              from_ts timestamptz, to_ts timestamptz)
 RETURNS jsonb
@@ -1575,8 +1604,11 @@ DECLARE
     query_rows jsonb;
     running text;
 BEGIN
+    PERFORM ai_agents._check_report_query(q.key, q.value #>> '{}') FROM jsonb_each(queries) q;
     BEGIN
         PERFORM set_config('transaction_read_only', 'on', true);
+        PERFORM set_config('ai_agents_report.organization', org::text, true);
+        PERFORM set_config('role', 'ai_agents_report_reader', true);
         FOR query IN SELECT q.key, q.value #>> '{}' AS sql FROM jsonb_each(queries) q ORDER BY q.key LOOP
             running := query.key;
             EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(q)), ''[]'') FROM (%s) q',
@@ -1590,7 +1622,7 @@ BEGIN
         IF SQLSTATE <> 'AIQ00' THEN
             RAISE EXCEPTION 'report template "%": query "%" failed: %', template_name, running, SQLERRM
                 USING ERRCODE = SQLSTATE,
-                      HINT = 'Template queries are read-only SELECTs; they run with search_path = pg_catalog, so qualify table names.';
+                      HINT = 'Template queries are read-only SELECTs run as ai_agents_report_reader, which reads the report organization''s rows of the ai_agents tables; search_path is pg_catalog, so qualify table names.';
         END IF;
     END;
     RETURN results;
@@ -1979,6 +2011,11 @@ DECLARE
     value jsonb;
     ids uuid[];
 BEGIN
+    -- A report template's query, run as the reader for the report's organization (set by
+    -- _run_report_queries; only roles that see every organization can become the reader).
+    IF current_user = 'ai_agents_report_reader' THEN
+        RETURN ARRAY[current_setting('ai_agents_report.organization')::uuid];
+    END IF;
     IF hook IS NOT NULL THEN
         EXECUTE format('SELECT %s()', hook::regproc) INTO ids;
         RETURN coalesce(ids, '{}');
@@ -2088,6 +2125,8 @@ BEGIN
         GRANT ALL ON ALL TABLES IN SCHEMA ai_agents TO service_role;
         GRANT ALL ON ALL SEQUENCES IN SCHEMA ai_agents TO service_role;
         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA ai_agents TO service_role;
+        -- build_report runs template queries as the reader.
+        GRANT ai_agents_report_reader TO service_role;
         applied := applied || 'service_role'::text;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
@@ -2143,5 +2182,24 @@ ALTER FUNCTION ai_agents.enqueue_task(uuid, text, text, jsonb, text, integer, ti
     SECURITY DEFINER;
 ALTER FUNCTION ai_agents.cancel_task(uuid, text) SECURITY DEFINER;
 
+-- Report template queries run as this role (_run_report_queries): it reads the extension's
+-- tables through their row-level security, for the report's organization, and nothing else.
+-- A cluster-wide role, so created once and kept by DROP EXTENSION.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ai_agents_report_reader') THEN
+        CREATE ROLE ai_agents_report_reader NOLOGIN NOINHERIT;
+    END IF;
+END
+$$;
+GRANT USAGE ON SCHEMA ai_agents TO ai_agents_report_reader;
+GRANT SELECT ON ai_agents.ai_agents, ai_agents.ai_agent_versions, ai_agents.ai_agent_tasks,
+                ai_agents.ai_agent_activity_log, ai_agents.ai_agent_conversations,
+                ai_agents.ai_agent_messages, ai_agents.ai_agent_reports,
+                ai_agents.ai_agent_report_templates, ai_agents.ai_agent_usage_hourly,
+                ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices
+   TO ai_agents_report_reader;
+
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA ai_agents FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ai_agents._request_organization_ids() TO ai_agents_report_reader;
 SELECT ai_agents.apply_role_grants();

@@ -2,6 +2,31 @@
 -- and a period, a Markdown rendering a gym owner reads, and a narrative written by the agent's
 -- LLM through the task queue. Every function pins search_path: they are not on the hot path.
 
+-- Whether a template query is exactly one SELECT, as PostgreSQL's parser reads it
+-- (src/reports/query.rs); a syntax error is raised as such.
+CREATE OR REPLACE FUNCTION ai_agents._is_single_select(sql text) RETURNS boolean
+LANGUAGE c STABLE STRICT
+AS 'MODULE_PATHNAME', 'is_single_select_wrapper';
+
+-- Refuses a template query that is not exactly one SELECT (22023), naming it.
+CREATE OR REPLACE FUNCTION ai_agents._check_report_query(name text, sql text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    single boolean;
+BEGIN
+    BEGIN
+        single := ai_agents._is_single_select(sql);
+    EXCEPTION WHEN syntax_error THEN
+        RAISE EXCEPTION 'report query "%" is not valid SQL: %', name, SQLERRM USING ERRCODE = '22023';
+    END;
+    IF NOT single THEN
+        RAISE EXCEPTION 'report query "%" must be exactly one SELECT statement', name USING ERRCODE = '22023';
+    END IF;
+END
+$$;
+
 -- Templates are checked when written, so that a bad one fails where it is made, not in the
 -- worker at 07:00 on a Monday.
 CREATE OR REPLACE FUNCTION ai_agents._validate_report_template() RETURNS trigger
@@ -26,6 +51,7 @@ BEGIN
     IF FOUND THEN
         RAISE EXCEPTION 'report query "%" must be the text of a SELECT', bad_query USING ERRCODE = '22023';
     END IF;
+    PERFORM ai_agents._check_report_query(q.key, q.value #>> '{}') FROM jsonb_each(NEW.queries) q;
     IF NEW.schedule_cron IS NOT NULL THEN
         PERFORM ai_agents.validate_schedule(NEW.schedule_cron, NEW.timezone);
     ELSE
@@ -133,9 +159,12 @@ AS $$
 $$;
 
 -- Runs the template's own queries with $1 = organization id, $2 = period start, $3 = period
--- end, each as a sub-select (one statement, no data-modifying WITH) in a read-only
--- subtransaction. The subtransaction always ends by rolling back - that restores read-write
--- for storing the report - so the rows are carried out in a variable.
+-- end, each as a sub-select (exactly one SELECT, checked again here for templates written
+-- before the check) in a read-only subtransaction, as the role ai_agents_report_reader: whoever
+-- builds the report (the worker is a superuser), the queries read only the report
+-- organization's rows of the extension's tables, through row-level security. The
+-- subtransaction always ends by rolling back - that restores the role and read-write for
+-- storing the report - so the rows are carried out in a variable.
 CREATE OR REPLACE FUNCTION ai_agents._run_report_queries(template_name text, queries jsonb, org uuid,
                                              from_ts timestamptz, to_ts timestamptz)
 RETURNS jsonb
@@ -148,8 +177,11 @@ DECLARE
     query_rows jsonb;
     running text;
 BEGIN
+    PERFORM ai_agents._check_report_query(q.key, q.value #>> '{}') FROM jsonb_each(queries) q;
     BEGIN
         PERFORM set_config('transaction_read_only', 'on', true);
+        PERFORM set_config('ai_agents_report.organization', org::text, true);
+        PERFORM set_config('role', 'ai_agents_report_reader', true);
         FOR query IN SELECT q.key, q.value #>> '{}' AS sql FROM jsonb_each(queries) q ORDER BY q.key LOOP
             running := query.key;
             EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(q)), ''[]'') FROM (%s) q',
@@ -163,7 +195,7 @@ BEGIN
         IF SQLSTATE <> 'AIQ00' THEN
             RAISE EXCEPTION 'report template "%": query "%" failed: %', template_name, running, SQLERRM
                 USING ERRCODE = SQLSTATE,
-                      HINT = 'Template queries are read-only SELECTs; they run with search_path = pg_catalog, so qualify table names.';
+                      HINT = 'Template queries are read-only SELECTs run as ai_agents_report_reader, which reads the report organization''s rows of the ai_agents tables; search_path is pg_catalog, so qualify table names.';
         END IF;
     END;
     RETURN results;

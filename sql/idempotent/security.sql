@@ -47,6 +47,11 @@ DECLARE
     value jsonb;
     ids uuid[];
 BEGIN
+    -- A report template's query, run as the reader for the report's organization (set by
+    -- _run_report_queries; only roles that see every organization can become the reader).
+    IF current_user = 'ai_agents_report_reader' THEN
+        RETURN ARRAY[current_setting('ai_agents_report.organization')::uuid];
+    END IF;
     IF hook IS NOT NULL THEN
         EXECUTE format('SELECT %s()', hook::regproc) INTO ids;
         RETURN coalesce(ids, '{}');
@@ -156,6 +161,8 @@ BEGIN
         GRANT ALL ON ALL TABLES IN SCHEMA ai_agents TO service_role;
         GRANT ALL ON ALL SEQUENCES IN SCHEMA ai_agents TO service_role;
         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA ai_agents TO service_role;
+        -- build_report runs template queries as the reader.
+        GRANT ai_agents_report_reader TO service_role;
         applied := applied || 'service_role'::text;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
@@ -211,5 +218,24 @@ ALTER FUNCTION ai_agents.enqueue_task(uuid, text, text, jsonb, text, integer, ti
     SECURITY DEFINER;
 ALTER FUNCTION ai_agents.cancel_task(uuid, text) SECURITY DEFINER;
 
+-- Report template queries run as this role (_run_report_queries): it reads the extension's
+-- tables through their row-level security, for the report's organization, and nothing else.
+-- A cluster-wide role, so created once and kept by DROP EXTENSION.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ai_agents_report_reader') THEN
+        CREATE ROLE ai_agents_report_reader NOLOGIN NOINHERIT;
+    END IF;
+END
+$$;
+GRANT USAGE ON SCHEMA ai_agents TO ai_agents_report_reader;
+GRANT SELECT ON ai_agents.ai_agents, ai_agents.ai_agent_versions, ai_agents.ai_agent_tasks,
+                ai_agents.ai_agent_activity_log, ai_agents.ai_agent_conversations,
+                ai_agents.ai_agent_messages, ai_agents.ai_agent_reports,
+                ai_agents.ai_agent_report_templates, ai_agents.ai_agent_usage_hourly,
+                ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices
+   TO ai_agents_report_reader;
+
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA ai_agents FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ai_agents._request_organization_ids() TO ai_agents_report_reader;
 SELECT ai_agents.apply_role_grants();

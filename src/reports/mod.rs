@@ -1,7 +1,9 @@
 //! Reports built from tasks and activity (docs/reports.md). The figures are computed in
-//! sql/reports.sql; rendering them for people and forecasting spend are plain Rust.
+//! sql/idempotent/reports.sql; rendering them for people and forecasting spend are plain Rust,
+//! and `query` checks a template's own queries with PostgreSQL's parser.
 mod forecast;
 mod markdown;
+mod query;
 
 use pgrx::prelude::*;
 use pgrx::JsonB;

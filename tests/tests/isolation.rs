@@ -398,3 +398,100 @@ fn send_message_is_idempotent_per_conversation_even_under_concurrent_retries() {
     );
     assert_eq!(code, "22001", "{message}");
 }
+
+#[test]
+fn template_queries_read_only_their_organizations_rows_and_never_run_as_a_superuser() {
+    let env = env();
+    // A superuser's session, as the worker's is when it builds scheduled reports.
+    let mut c = env.connect();
+    let (org, agent) = create_agent(&mut c, "Reported");
+    let (other_org, other_agent) = create_agent(&mut c, "Someone else");
+    for a in [&agent, &other_agent] {
+        enqueue(&mut c, a, "counted");
+    }
+    let template = |c: &mut Client, name: &str, query: &str| {
+        c.execute(
+            "INSERT INTO ai_agents.ai_agent_report_templates (organization_id, name, report_type, period, queries)
+             VALUES ($1::text::uuid, $2, 'custom', 'week', jsonb_build_object('q', $3::text))",
+            &[&org, &name, &query],
+        )
+    };
+    let build = |c: &mut Client, name: &str| {
+        error_of(
+            c,
+            &format!("SELECT ai_agents.build_report('{name}', '{org}', now() - interval '1 week', now())"),
+        )
+    };
+    // Only the report organization's rows, whoever builds it.
+    template(
+        &mut c,
+        "tasks seen",
+        "SELECT count(*) AS n, count(DISTINCT organization_id) AS orgs FROM ai_agents.ai_agent_tasks",
+    )
+    .unwrap();
+    let seen: String = c
+        .query_one(
+            &format!(
+                "SELECT ((ai_agents.build_report('tasks seen', '{org}', now() - interval '1 week', now())).data -> 'queries' -> 'q')::text"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, r#"[{"n": 1, "orgs": 1}]"#, "{other_org} leaked");
+    // A superuser-only setting (the API key) and the catalog's secrets are out of reach, so
+    // the report fails and stores nothing of them.
+    for (name, query) in [
+        (
+            "key",
+            "SELECT current_setting('ai_agents.openai_api_key') AS k",
+        ),
+        (
+            "passwords",
+            "SELECT rolname, rolpassword FROM pg_catalog.pg_authid",
+        ),
+    ] {
+        template(&mut c, name, query).unwrap();
+        let (code, message) = build(&mut c, name);
+        assert_eq!(code, "42501", "{name}: {message}");
+    }
+    let leaked: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agents.ai_agent_reports WHERE data::text LIKE '%' || $1 || '%'",
+            &[&ai_agents_tests::PLANTED_KEY],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(leaked, 0);
+    // A text that closes the sub-select it runs in and adds statements is refused when the
+    // template is written, and, written before the check, when the report is built.
+    let escape =
+        "SELECT 1) q; COPY (SELECT 1) TO PROGRAM 'touch /tmp/ai_agents_escaped'; SELECT (1";
+    let marker = std::path::Path::new("/tmp/ai_agents_escaped");
+    let _ = std::fs::remove_file(marker);
+    let refused = template(&mut c, "escape", escape).unwrap_err();
+    let refused = refused.as_db_error().expect("a database error");
+    assert_eq!(refused.code().code(), "22023", "{}", refused.message());
+    assert!(
+        refused
+            .message()
+            .contains("report query \"q\" is not valid SQL"),
+        "{}",
+        refused.message()
+    );
+    for (name, query) in [("escape", escape), ("two statements", "SELECT 1; SELECT 2")] {
+        c.batch_execute(
+            "ALTER TABLE ai_agents.ai_agent_report_templates DISABLE TRIGGER ai_agent_report_templates_validate",
+        )
+        .unwrap();
+        let written = template(&mut c, name, query);
+        c.batch_execute(
+            "ALTER TABLE ai_agents.ai_agent_report_templates ENABLE TRIGGER ai_agent_report_templates_validate",
+        )
+        .unwrap();
+        written.unwrap();
+        let (code, message) = build(&mut c, name);
+        assert_eq!(code, "22023", "{name}: {message}");
+    }
+    assert!(!marker.exists(), "a template query ran a program");
+}

@@ -1,6 +1,7 @@
 -- Every object of the extension, one row each: (kind, name, definition). Two databases whose
 -- rows are equal hold the same extension, object by object. Names and definitions are text
--- (no oids), so that they compare across databases.
+-- (no oids), so that they compare across databases; privileges are sorted, since the order of
+-- an ACL's entries (the order the grants were made in) means nothing.
 WITH ext AS (
     SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'ai_agents'
 ), ns AS (
@@ -20,12 +21,12 @@ SELECT kind, name, definition FROM (
     UNION ALL
     SELECT 'relation', c.relname::text,
            concat_ws(' ', c.relkind::text, c.relpersistence::text, c.relrowsecurity, c.relforcerowsecurity,
-                     c.reloptions::text, c.relacl::text, pg_catalog.pg_get_userbyid(c.relowner))
+                     c.reloptions::text, (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(c.relacl) x)::text, pg_catalog.pg_get_userbyid(c.relowner))
       FROM pg_catalog.pg_class c, ns WHERE c.relnamespace = ns.oid
     UNION ALL
     SELECT 'column', c.relname || '.' || a.attname,
            concat_ws(' ', a.attnum, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                     a.attidentity::text, a.attgenerated::text, a.attacl::text,
+                     a.attidentity::text, a.attgenerated::text, (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(a.attacl) x)::text,
                      pg_catalog.pg_get_expr(ad.adbin, ad.adrelid))
       FROM pg_catalog.pg_attribute a
       JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
@@ -50,7 +51,7 @@ SELECT kind, name, definition FROM (
       FROM pg_catalog.pg_class c, ns WHERE c.relnamespace = ns.oid AND c.relkind IN ('v', 'm')
     UNION ALL
     SELECT 'function', p.oid::regprocedure::text,
-           concat_ws(E'\n', pg_catalog.pg_get_functiondef(p.oid), 'acl: ' || p.proacl::text,
+           concat_ws(E'\n', pg_catalog.pg_get_functiondef(p.oid), 'acl: ' || (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(p.proacl) x)::text,
                      'owner: ' || pg_catalog.pg_get_userbyid(p.proowner))
       FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace = ns.oid AND p.prokind IN ('f', 'p', 'w')
     UNION ALL
@@ -71,7 +72,7 @@ SELECT kind, name, definition FROM (
     SELECT 'type', t.typname::text, concat_ws(' ', t.typtype::text, t.typrelid::regclass)
       FROM pg_catalog.pg_type t, ns WHERE t.typnamespace = ns.oid
     UNION ALL
-    SELECT 'schema', n.nspname::text, concat_ws(' ', n.nspacl::text, pg_catalog.pg_get_userbyid(n.nspowner))
+    SELECT 'schema', n.nspname::text, concat_ws(' ', (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(n.nspacl) x)::text, pg_catalog.pg_get_userbyid(n.nspowner))
       FROM pg_catalog.pg_namespace n, ns WHERE n.oid = ns.oid
     UNION ALL
     SELECT 'comment', pg_catalog.pg_describe_object(d.classoid, d.objoid, d.objsubid), d.description
