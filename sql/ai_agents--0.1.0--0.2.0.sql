@@ -1176,7 +1176,9 @@ END
 $$;
 
 -- Claims due tasks (rate limits applied) and returns what each LLM call needs: the pinned
--- agent version's settings and, for a conversation task, its newest messages, oldest first.
+-- agent version's settings and, for a conversation task, its newest messages, oldest first:
+-- at most history_limit of them and ai_agents.history_max_bytes of content (the newest one
+-- always), so that no conversation can grow a call beyond what a request may hold.
 CREATE OR REPLACE FUNCTION ai_agents._claim_llm_calls(worker text, max_calls integer, lease interval, history_limit integer)
 RETURNS TABLE (task_id uuid, fencing_token bigint, provider text, model text, system_prompt text,
                temperature float8, max_tokens integer, title text, description text, input jsonb,
@@ -1185,6 +1187,8 @@ LANGUAGE plpgsql -- not sql: PL/pgSQL keeps the plan from call to call
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+    max_bytes bigint := pg_catalog.pg_size_bytes(current_setting('ai_agents.history_max_bytes'));
 BEGIN
     RETURN QUERY
     SELECT t.id, t.fencing_token, v.provider, v.model, v.system_prompt, v.temperature::float8,
@@ -1192,10 +1196,15 @@ BEGIN
            CASE WHEN t.conversation_id IS NOT NULL THEN
                (SELECT coalesce(jsonb_agg(jsonb_build_object('role', m.role, 'content', m.content)
                                           ORDER BY m.created_at, m.id), '[]')
-                  FROM (SELECT * FROM ai_agents.ai_agent_messages mm
-                         WHERE mm.conversation_id = t.conversation_id AND mm.role IN ('user', 'assistant')
-                         ORDER BY mm.created_at DESC, mm.id DESC
-                         LIMIT _claim_llm_calls.history_limit) m)
+                  FROM (SELECT newest.*,
+                               sum(octet_length(newest.content)) OVER w AS bytes,
+                               row_number() OVER w AS n
+                          FROM (SELECT * FROM ai_agents.ai_agent_messages mm
+                                 WHERE mm.conversation_id = t.conversation_id AND mm.role IN ('user', 'assistant')
+                                 ORDER BY mm.created_at DESC, mm.id DESC
+                                 LIMIT _claim_llm_calls.history_limit) newest
+                        WINDOW w AS (ORDER BY newest.created_at DESC, newest.id DESC)) m
+                 WHERE m.bytes <= max_bytes OR m.n = 1)
            END,
            t.agent_id, t.organization_id, v.config ->> 'base_url'
       FROM ai_agents.claim_due_tasks(_claim_llm_calls.worker, _claim_llm_calls.max_calls, _claim_llm_calls.lease) t

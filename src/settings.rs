@@ -28,8 +28,10 @@ pub static MAX_CONCURRENT_CALLS: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static HTTP_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(60);
 /// How long a claimed task is the worker's; must exceed the HTTP timeout.
 pub static LEASE_S: GucSetting<i32> = GucSetting::<i32>::new(300);
-/// Messages of a conversation sent with a conversation task.
+/// Messages of a conversation sent with a conversation task, and their bytes at most (read by
+/// _claim_llm_calls).
 pub static HISTORY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static HISTORY_MAX_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 pub static OPENAI_BASE_URL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"https://api.openai.com/v1"));
 pub static ANTHROPIC_BASE_URL: GucSetting<Option<CString>> =
@@ -113,6 +115,16 @@ pub fn register() {
         100_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.history_max_bytes",
+        c"Most bytes of conversation history sent with a conversation task.",
+        c"The newest messages that fit; the newest one is always sent.",
+        &HISTORY_MAX_BYTES,
+        1,
+        256 * 1024 * 1024,
+        GucContext::Sighup,
+        GucFlags::UNIT_BYTE,
     );
     GucRegistry::define_int_guc(
         c"ai_agents.max_input_bytes",

@@ -16,7 +16,7 @@ fn env() -> &'static WorkerEnv {
     let mut started = false;
     let env = ENV.get_or_init(|| {
         started = true;
-        WorkerEnv::start("isolation", &[])
+        WorkerEnv::start("isolation", &["ai_agents.history_max_bytes = '100kB'"])
     });
     if started {
         stop_at_exit(&env.cluster);
@@ -494,4 +494,56 @@ fn template_queries_read_only_their_organizations_rows_and_never_run_as_a_superu
         assert_eq!(code, "22023", "{name}: {message}");
     }
     assert!(!marker.exists(), "a template query ran a program");
+}
+
+#[test]
+fn a_conversation_sends_only_the_newest_history_that_fits() {
+    let env = env();
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "Chatty");
+    let conversation: String = c
+        .query_one(
+            "SELECT (ai_agents.start_conversation($1::text::uuid)).id::text",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    // Three earlier messages of 40 kB each; this cluster sends at most 100 kB of history.
+    c.execute(
+        "INSERT INTO ai_agents.ai_agent_messages (conversation_id, organization_id, role, content, created_at)
+         SELECT cv.id, cv.organization_id, 'user', 'marker-' || i || ' ' || repeat('x', 40000),
+                now() - (4 - i) * interval '1 minute'
+           FROM ai_agents.ai_agent_conversations cv, generate_series(1, 3) i
+          WHERE cv.id = $1::text::uuid",
+        &[&conversation],
+    )
+    .unwrap();
+    let question = format!("newest question of {agent}");
+    let task: String = c
+        .query_one(
+            "SELECT (ai_agents.send_message($1::text::uuid, $2)).id::text",
+            &[&conversation, &question],
+        )
+        .unwrap()
+        .get(0);
+    wait_for(
+        &mut c,
+        &task,
+        "status = 'completed'",
+        Duration::from_secs(30),
+    );
+    let sent: Vec<String> = env
+        .stub
+        .requests()
+        .into_iter()
+        .map(|r| r["body"].to_string())
+        .filter(|body| body.contains(&question))
+        .collect();
+    assert_eq!(sent.len(), 1);
+    let has = |marker: &str| sent[0].contains(&format!("{marker} xxx"));
+    assert_eq!(
+        (has("marker-1"), has("marker-2"), has("marker-3")),
+        (false, true, true),
+        "the newest messages within 100 kB, the oldest left out"
+    );
 }
