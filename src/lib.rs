@@ -31,6 +31,11 @@ pgrx::extension_sql_file!(
     name = "incremental_002",
     requires = ["incremental_001"]
 );
+pgrx::extension_sql_file!(
+    "../sql/incremental/003-organization-limits.sql",
+    name = "incremental_003",
+    requires = ["incremental_002"]
+);
 
 // Replaceable objects (sql/idempotent/): functions, views, triggers, policies and grants,
 // written so that running a file again leaves the same objects. Each file after the tables
@@ -39,7 +44,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/idempotent/guard.sql",
     name = "guard",
-    requires = ["incremental_002"]
+    requires = ["incremental_003"]
 );
 pgrx::extension_sql_file!(
     "../sql/idempotent/agents.sql",

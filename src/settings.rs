@@ -60,6 +60,8 @@ pub static ORGANIZATION_HOOK: GucSetting<Option<CString>> =
 pub static MAX_INPUT_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 pub static MAX_INPUT_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static MAX_MESSAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+/// Tasks an organization's members may have waiting at once (read by enqueue_task).
+pub static MAX_WAITING_TASKS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// Days finished tasks and activity are kept; 0 keeps them forever.
 pub static HISTORY_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
 
@@ -155,6 +157,16 @@ pub fn register() {
         256 * 1024 * 1024,
         GucContext::Suset,
         GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.max_waiting_tasks",
+        c"Tasks an organization's members may have waiting (pending or queued) at once.",
+        c"More are refused with SQLSTATE 54000; ai_agent_organization_limits overrides it.",
+        &MAX_WAITING_TASKS,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"ai_agents.openai_base_url",

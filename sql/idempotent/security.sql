@@ -171,7 +171,8 @@ BEGIN
                         ai_agents.ai_agent_activity_log, ai_agents.ai_agent_conversations,
                         ai_agents.ai_agent_messages, ai_agents.ai_agent_reports,
                         ai_agents.ai_agent_report_templates, ai_agents.ai_agent_usage_hourly,
-                        ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices
+                        ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices,
+                        ai_agents.ai_agent_organization_limits
            TO authenticated;
         GRANT EXECUTE ON FUNCTION
             ai_agents._request_organization_ids(),
@@ -196,7 +197,8 @@ DECLARE
 BEGIN
     FOREACH tbl IN ARRAY ARRAY['ai_agents', 'ai_agent_versions', 'ai_agent_tasks', 'ai_agent_activity_log',
                                'ai_agent_conversations', 'ai_agent_messages', 'ai_agent_reports',
-                               'ai_agent_usage_hourly', 'ai_agent_rate_limits'] LOOP
+                               'ai_agent_usage_hourly', 'ai_agent_rate_limits',
+                               'ai_agent_organization_limits'] LOOP
         EXECUTE format('ALTER TABLE ai_agents.%I ENABLE ROW LEVEL SECURITY', tbl);
         EXECUTE format('DROP POLICY IF EXISTS organization_rows ON ai_agents.%I', tbl);
         EXECUTE format('CREATE POLICY organization_rows ON ai_agents.%I FOR SELECT
@@ -233,7 +235,8 @@ GRANT SELECT ON ai_agents.ai_agents, ai_agents.ai_agent_versions, ai_agents.ai_a
                 ai_agents.ai_agent_activity_log, ai_agents.ai_agent_conversations,
                 ai_agents.ai_agent_messages, ai_agents.ai_agent_reports,
                 ai_agents.ai_agent_report_templates, ai_agents.ai_agent_usage_hourly,
-                ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices
+                ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices,
+                ai_agents.ai_agent_organization_limits
    TO ai_agents_report_reader;
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA ai_agents FROM PUBLIC;

@@ -131,6 +131,31 @@ CREATE OR REPLACE TRIGGER ai_agents_propagate_pause
     WHEN ((OLD.tasks_paused OR NOT OLD.is_active) IS DISTINCT FROM (NEW.tasks_paused OR NOT NEW.is_active))
     EXECUTE FUNCTION ai_agents._propagate_agent_pause();
 
+-- Refuses a member's task when the organization already has as many waiting (pending or
+-- queued) tasks as it may: its ai_agent_organization_limits row, else
+-- ai_agents.max_waiting_tasks. Counts at most limit + 1 rows of the waiting index.
+CREATE OR REPLACE FUNCTION ai_agents._check_waiting_tasks(org uuid) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    allowed integer := coalesce((SELECT l.max_waiting_tasks FROM ai_agents.ai_agent_organization_limits l
+                                  WHERE l.organization_id = org),
+                                current_setting('ai_agents.max_waiting_tasks')::integer);
+    waiting bigint;
+BEGIN
+    SELECT count(*) INTO waiting
+      FROM (SELECT FROM ai_agents.ai_agent_tasks t
+             WHERE t.organization_id = org AND t.status IN ('pending', 'queued')
+             LIMIT allowed) w;
+    IF waiting >= allowed THEN
+        RAISE EXCEPTION 'organization % has % tasks waiting; at most % may wait', org, waiting, allowed
+            USING ERRCODE = '54000',
+                  HINT = 'Wait for tasks to run, or raise ai_agents.max_waiting_tasks or the organization''s ai_agent_organization_limits row.';
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION ai_agents.enqueue_task(
     agent_id        uuid,
     title           text,
@@ -171,6 +196,17 @@ BEGIN
     IF NOT active THEN
         RAISE EXCEPTION 'agent % is not active', enqueue_task.agent_id USING ERRCODE = '55000',
             HINT = 'Activate the agent (is_active = true) before giving it tasks.';
+    END IF;
+    -- A member (a caller bounded by row-level security) gets a bounded queue: a priority in
+    -- [-10, 10], a due time from now to a year ahead, and no more waiting tasks than the
+    -- organization's limit, so that one organization cannot jump ahead of the others or
+    -- fill the queue.
+    IF NOT ai_agents._caller_sees_all_organizations() THEN
+        enqueue_task.priority := least(greatest(coalesce(enqueue_task.priority, 0), -10), 10);
+        IF enqueue_task.run_at IS NOT NULL THEN
+            enqueue_task.run_at := least(greatest(enqueue_task.run_at, now()), now() + interval '1 year');
+        END IF;
+        PERFORM ai_agents._check_waiting_tasks(org);
     END IF;
     INSERT INTO ai_agents.ai_agent_tasks
         (agent_id, organization_id, title, description, input, task_type, priority, next_run_at,

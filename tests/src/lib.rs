@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 
 pub use postgres;
 pub mod stub;
@@ -441,4 +441,46 @@ pub fn clear_of_slot(minutes: u64, margin: std::time::Duration) {
     if left < margin {
         std::thread::sleep(left + std::time::Duration::from_millis(100));
     }
+}
+
+/// Supabase's roles in the shared cluster, as Supabase creates them: PostgREST logs in as
+/// `authenticator` and switches to `anon`, `authenticated` or `service_role` (which bypasses
+/// RLS) per request. Databases created before need `apply_role_grants()`.
+pub fn supabase_roles() {
+    static ROLES: Once = Once::new();
+    ROLES.call_once(|| {
+        shared_cluster()
+            .connect("postgres")
+            .batch_execute(
+                "CREATE ROLE anon NOLOGIN; CREATE ROLE authenticated NOLOGIN;
+                 CREATE ROLE service_role NOLOGIN BYPASSRLS;
+                 CREATE ROLE authenticator LOGIN NOINHERIT;
+                 GRANT anon, authenticated, service_role TO authenticator;
+                 CREATE ROLE nobody NOLOGIN;",
+            )
+            .expect("roles");
+    });
+}
+
+/// A PostgREST-like session on the shared cluster: `authenticator` switched to `role`, with
+/// the JWT claims set.
+pub fn as_role(db: &str, role: &str, claims: Option<&str>) -> Client {
+    let conninfo = shared_cluster()
+        .conninfo(db)
+        .replace("user=postgres", "user=authenticator");
+    let mut c = Client::connect(&conninfo, NoTls).expect("connect as authenticator");
+    c.batch_execute(&format!("SET ROLE {role}")).unwrap();
+    if let Some(claims) = claims {
+        c.query(
+            "SELECT set_config('request.jwt.claims', $1, false)",
+            &[&claims],
+        )
+        .unwrap();
+    }
+    c
+}
+
+/// A member's JWT claims for `org`.
+pub fn claims(org: &str) -> String {
+    format!(r#"{{"sub": "user-of-{org}", "role": "authenticated", "organization_id": "{org}"}}"#)
 }

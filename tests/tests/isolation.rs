@@ -5,8 +5,8 @@
 //! recorded outcome and a clear error.
 use ai_agents_tests::postgres::Client;
 use ai_agents_tests::{
-    create_agent, enqueue, error_of, fresh_database, shared_cluster, stop_at_exit, wait_for,
-    WorkerEnv,
+    as_role, claims, create_agent, enqueue, error_of, fresh_database, shared_cluster, stop_at_exit,
+    supabase_roles, wait_for, WorkerEnv,
 };
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -546,4 +546,77 @@ fn a_conversation_sends_only_the_newest_history_that_fits() {
         (false, true, true),
         "the newest messages within 100 kB, the oldest left out"
     );
+}
+
+#[test]
+fn a_members_queue_is_bounded_in_priority_due_time_and_length() {
+    supabase_roles();
+    let (mut c, db) = fresh_database();
+    c.batch_execute("SELECT ai_agents.apply_role_grants()")
+        .unwrap();
+    let (org, agent) = create_agent(&mut c, "Flooded");
+    let mut member = as_role(&db, "authenticated", Some(&claims(&org)));
+    let enqueue_as = |s: &mut Client, extra: &str| -> Result<(i32, f64), String> {
+        s.query_one(
+            &format!(
+                "SELECT t.priority, extract(epoch FROM t.next_run_at - now())::float8
+                   FROM ai_agents.enqueue_task('{agent}', 'x'{extra}) t"
+            ),
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .map_err(|e| {
+            e.as_db_error()
+                .map(|d| format!("{} {}", d.code().code(), d.message()))
+                .unwrap_or_default()
+        })
+    };
+    // A member's priority stays in [-10, 10], the due time between now and a year ahead.
+    let day = 86_400.0;
+    for (extra, priority, due_in_days) in [
+        (
+            ", priority => 1000, run_at => now() - interval '1 year'",
+            10,
+            0.0,
+        ),
+        (
+            ", priority => -1000, run_at => now() + interval '5 years'",
+            -10,
+            365.0,
+        ),
+        (
+            ", priority => 3, run_at => now() + interval '2 days'",
+            3,
+            2.0,
+        ),
+    ] {
+        let (got, due) = enqueue_as(&mut member, extra).unwrap();
+        assert_eq!(got, priority, "{extra}");
+        assert!(
+            (due / day - due_in_days).abs() < 0.01,
+            "{extra}: due in {due} s"
+        );
+    }
+    // The service role is not bounded.
+    assert_eq!(enqueue_as(&mut c, ", priority => 1000").unwrap().0, 1000);
+    // At most this many waiting tasks for the organization's members (its override row).
+    c.execute(
+        "INSERT INTO ai_agents.ai_agent_organization_limits (organization_id, max_waiting_tasks)
+         VALUES ($1::text::uuid, 6)",
+        &[&org],
+    )
+    .unwrap();
+    enqueue_as(&mut member, "").unwrap();
+    enqueue_as(&mut member, "").unwrap();
+    let refused = enqueue_as(&mut member, "").unwrap_err();
+    assert!(
+        refused.starts_with(&format!(
+            "54000 organization {org} has 6 tasks waiting; at most 6 may wait"
+        )),
+        "{refused}"
+    );
+    // A task that runs makes room.
+    c.batch_execute("SELECT count(*) FROM ai_agents.claim_due_tasks('w', 1)")
+        .unwrap();
+    enqueue_as(&mut member, "").expect("room again");
 }

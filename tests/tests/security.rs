@@ -1,36 +1,19 @@
 //! Security (issue [security]): the permission matrix generated from the catalog, tenants kept
 //! apart by row-level security and checked entry points, a hostile public schema, secrets that
 //! appear nowhere, and the outbound URL allowlist.
-use ai_agents_tests::postgres::{Client, NoTls};
+use ai_agents_tests::postgres::Client;
 use ai_agents_tests::{
-    create_agent, enqueue, error_of, shared_cluster, stop_at_exit, wait_for, WorkerEnv, PLANTED_KEY,
+    as_role, claims, create_agent, enqueue, error_of, shared_cluster, stop_at_exit, supabase_roles,
+    wait_for, WorkerEnv, PLANTED_KEY,
 };
 use std::collections::BTreeMap;
-use std::sync::{Once, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 const ORG_A: &str = "0000000a-0000-4000-8000-00000000000a";
 const ORG_B: &str = "0000000b-0000-4000-8000-00000000000b";
 const AGENT_A: &str = "a0000000-0000-4000-8000-00000000000a";
 const AGENT_B: &str = "b0000000-0000-4000-8000-00000000000b";
-
-/// Supabase's roles as Supabase creates them: PostgREST logs in as `authenticator` and switches
-/// to `anon`, `authenticated` or `service_role` (which bypasses RLS) per request.
-fn supabase_roles() {
-    static ROLES: Once = Once::new();
-    ROLES.call_once(|| {
-        shared_cluster()
-            .connect("postgres")
-            .batch_execute(
-                "CREATE ROLE anon NOLOGIN; CREATE ROLE authenticated NOLOGIN;
-                 CREATE ROLE service_role NOLOGIN BYPASSRLS;
-                 CREATE ROLE authenticator LOGIN NOINHERIT;
-                 GRANT anon, authenticated, service_role TO authenticator;
-                 CREATE ROLE nobody NOLOGIN;",
-            )
-            .expect("roles");
-    });
-}
 
 /// A database with the extension, Supabase's grants applied after it was installed (the roles
 /// came later), and two organizations with an agent, a task, a conversation and a report each.
@@ -50,6 +33,7 @@ fn tenant_database() -> (Client, String) {
              SELECT ai_agents.send_message((ai_agents.start_conversation('{agent}')).id, 'hello from {org}');
              SELECT ai_agents.build_report('Customer Care Weekly Summary', '{org}', '2026-11-16', '2026-11-23', '{agent}');
              INSERT INTO ai_agents.ai_agent_rate_limits (organization_id, max_per_minute) VALUES ('{org}', 10);
+             INSERT INTO ai_agents.ai_agent_organization_limits (organization_id, max_waiting_tasks) VALUES ('{org}', 100);
              INSERT INTO ai_agents.ai_agent_activity_log (organization_id, agent_id, action_type, success)
              VALUES ('{org}', '{agent}', 'task_completed', true);
              INSERT INTO ai_agents.ai_agent_usage_hourly
@@ -59,27 +43,6 @@ fn tenant_database() -> (Client, String) {
         .expect("tenant fixture");
     }
     (c, db)
-}
-
-/// A PostgREST-like session: `authenticator` switched to `role`, with the JWT claims set.
-fn as_role(db: &str, role: &str, claims: Option<&str>) -> Client {
-    let conninfo = shared_cluster()
-        .conninfo(db)
-        .replace("user=postgres", "user=authenticator");
-    let mut c = Client::connect(&conninfo, NoTls).expect("connect as authenticator");
-    c.batch_execute(&format!("SET ROLE {role}")).unwrap();
-    if let Some(claims) = claims {
-        c.query(
-            "SELECT set_config('request.jwt.claims', $1, false)",
-            &[&claims],
-        )
-        .unwrap();
-    }
-    c
-}
-
-fn claims(org: &str) -> String {
-    format!(r#"{{"sub": "user-of-{org}", "role": "authenticated", "organization_id": "{org}"}}"#)
 }
 
 /// Tables an organization's members read (their rows only); every other relation is for the
@@ -96,6 +59,7 @@ const TENANT_TABLES: &[&str] = &[
     "ai_agent_usage_hourly",
     "ai_agent_rate_limits",
     "ai_agent_model_prices",
+    "ai_agent_organization_limits",
 ];
 const SERVICE_ONLY_RELATIONS: &[&str] = &["rate_limit_usage"];
 
