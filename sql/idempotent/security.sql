@@ -148,14 +148,28 @@ BEGIN
 END
 $$;
 
--- Grants for Supabase's roles that exist now; run again after creating them.
+-- Grants for the report reader and for Supabase's roles that exist now; run again after
+-- creating them. Returns the Supabase roles it found.
 CREATE OR REPLACE FUNCTION ai_agents.apply_role_grants() RETURNS text[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     applied text[] := '{}';
+    -- What members read, through row-level security; the report reader reads the same.
+    tenant_tables constant text :=
+        'ai_agents.ai_agents, ai_agents.ai_agent_versions, ai_agents.ai_agent_tasks,
+         ai_agents.ai_agent_activity_log, ai_agents.ai_agent_conversations,
+         ai_agents.ai_agent_messages, ai_agents.ai_agent_reports,
+         ai_agents.ai_agent_report_templates, ai_agents.ai_agent_usage_hourly,
+         ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices,
+         ai_agents.ai_agent_organization_limits';
 BEGIN
+    -- Template queries run as the reader (see _run_report_queries); the policies call
+    -- _request_organization_ids.
+    GRANT USAGE ON SCHEMA ai_agents TO ai_agents_report_reader;
+    EXECUTE format('GRANT SELECT ON %s TO ai_agents_report_reader', tenant_tables);
+    GRANT EXECUTE ON FUNCTION ai_agents._request_organization_ids() TO ai_agents_report_reader;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
         GRANT USAGE ON SCHEMA ai_agents TO service_role;
         GRANT ALL ON ALL TABLES IN SCHEMA ai_agents TO service_role;
@@ -167,13 +181,7 @@ BEGIN
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
         GRANT USAGE ON SCHEMA ai_agents TO authenticated;
-        GRANT SELECT ON ai_agents.ai_agents, ai_agents.ai_agent_versions, ai_agents.ai_agent_tasks,
-                        ai_agents.ai_agent_activity_log, ai_agents.ai_agent_conversations,
-                        ai_agents.ai_agent_messages, ai_agents.ai_agent_reports,
-                        ai_agents.ai_agent_report_templates, ai_agents.ai_agent_usage_hourly,
-                        ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices,
-                        ai_agents.ai_agent_organization_limits
-           TO authenticated;
+        EXECUTE format('GRANT SELECT ON %s TO authenticated', tenant_tables);
         GRANT EXECUTE ON FUNCTION
             ai_agents._request_organization_ids(),
             ai_agents.enqueue_task(uuid, text, text, jsonb, text, integer, timestamptz, text, text, text, integer, uuid),
@@ -221,8 +229,9 @@ ALTER FUNCTION ai_agents.enqueue_task(uuid, text, text, jsonb, text, integer, ti
 ALTER FUNCTION ai_agents.cancel_task(uuid, text) SECURITY DEFINER;
 
 -- Report template queries run as this role (_run_report_queries): it reads the extension's
--- tables through their row-level security, for the report's organization, and nothing else.
--- A cluster-wide role, so created once and kept by DROP EXTENSION.
+-- tables through their row-level security, for the report's organization, and nothing else
+-- (its grants are apply_role_grants'). A cluster-wide role, so created once and kept by DROP
+-- EXTENSION.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ai_agents_report_reader') THEN
@@ -230,15 +239,6 @@ BEGIN
     END IF;
 END
 $$;
-GRANT USAGE ON SCHEMA ai_agents TO ai_agents_report_reader;
-GRANT SELECT ON ai_agents.ai_agents, ai_agents.ai_agent_versions, ai_agents.ai_agent_tasks,
-                ai_agents.ai_agent_activity_log, ai_agents.ai_agent_conversations,
-                ai_agents.ai_agent_messages, ai_agents.ai_agent_reports,
-                ai_agents.ai_agent_report_templates, ai_agents.ai_agent_usage_hourly,
-                ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices,
-                ai_agents.ai_agent_organization_limits
-   TO ai_agents_report_reader;
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA ai_agents FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION ai_agents._request_organization_ids() TO ai_agents_report_reader;
 SELECT ai_agents.apply_role_grants();

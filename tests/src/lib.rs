@@ -329,6 +329,17 @@ pub fn create_agent(client: &mut Client, name: &str) -> (String, String) {
     (row.get(0), row.get(1))
 }
 
+/// Starts a conversation with an agent; returns its id.
+pub fn start_conversation(client: &mut Client, agent: &str) -> String {
+    client
+        .query_one(
+            "SELECT (ai_agents.start_conversation($1::text::uuid)).id::text",
+            &[&agent],
+        )
+        .expect("cannot start a conversation")
+        .get(0)
+}
+
 /// Enqueues a task for an agent; returns the task's id.
 pub fn enqueue(client: &mut Client, agent: &str, title: &str) -> String {
     client

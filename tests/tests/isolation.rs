@@ -5,8 +5,8 @@
 //! recorded outcome and a clear error.
 use ai_agents_tests::postgres::Client;
 use ai_agents_tests::{
-    as_role, claims, create_agent, enqueue, error_of, fresh_database, shared_cluster, stop_at_exit,
-    supabase_roles, wait_for, WorkerEnv,
+    as_role, claims, create_agent, enqueue, error_of, fresh_database, shared_cluster,
+    start_conversation, stop_at_exit, supabase_roles, wait_for, WorkerEnv,
 };
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -186,13 +186,7 @@ fn limits_at_the_door_refuse_what_the_worker_could_not_send() {
     let deep = format!("{}{}", "[".repeat(33), "]".repeat(33));
     let big = format!("{{\"text\": \"{}\"}}", "x".repeat(1024 * 1024));
     let task = enqueue(&mut c, &agent, "kept small");
-    let conversation: String = c
-        .query_one(
-            "SELECT (ai_agents.start_conversation($1::text::uuid)).id::text",
-            &[&agent],
-        )
-        .unwrap()
-        .get(0);
+    let conversation = start_conversation(&mut c, &agent);
     for (sql, code, says) in [
         (enqueue_with(&deep), "54000", "nested 33 levels deep; at most 32 are allowed (ai_agents.max_input_depth)"),
         (enqueue_with(&big), "54000", "bytes of JSON; at most 1048576 are allowed (ai_agents.max_input_bytes)"),
@@ -340,15 +334,10 @@ fn token_counts_and_costs_beyond_the_columns_are_clamped() {
 fn send_message_is_idempotent_per_conversation_even_under_concurrent_retries() {
     let (mut c, db) = fresh_database();
     let (_, agent) = create_agent(&mut c, "Front desk");
-    let conversation = |c: &mut Client| -> String {
-        c.query_one(
-            "SELECT (ai_agents.start_conversation($1::text::uuid)).id::text",
-            &[&agent],
-        )
-        .unwrap()
-        .get(0)
-    };
-    let (first, second) = (conversation(&mut c), conversation(&mut c));
+    let (first, second) = (
+        start_conversation(&mut c, &agent),
+        start_conversation(&mut c, &agent),
+    );
     // Eight sessions retry one message at once: one message, one task.
     let tasks: Vec<String> = std::thread::scope(|scope| {
         let sessions: Vec<_> = (0..8)
@@ -501,13 +490,7 @@ fn a_conversation_sends_only_the_newest_history_that_fits() {
     let env = env();
     let mut c = env.connect();
     let (_, agent) = create_agent(&mut c, "Chatty");
-    let conversation: String = c
-        .query_one(
-            "SELECT (ai_agents.start_conversation($1::text::uuid)).id::text",
-            &[&agent],
-        )
-        .unwrap()
-        .get(0);
+    let conversation = start_conversation(&mut c, &agent);
     // Three earlier messages of 40 kB each; this cluster sends at most 100 kB of history.
     c.execute(
         "INSERT INTO ai_agents.ai_agent_messages (conversation_id, organization_id, role, content, created_at)
