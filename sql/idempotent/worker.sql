@@ -79,7 +79,9 @@ DECLARE
 BEGIN
     -- Locked first (in one order, as every batch is), so that a run found current stays so
     -- until it is completed.
-    PERFORM FROM ai_agents.ai_agent_tasks t WHERE t.id = ANY (_record_llm_reply_batch.task_ids) ORDER BY t.id FOR UPDATE OF t;
+    -- NOWAIT: a row another session holds makes the batch fail at once (55P03), and
+    -- _record_llm_replies reports that reply 'busy' instead of the worker waiting on it.
+    PERFORM FROM ai_agents.ai_agent_tasks t WHERE t.id = ANY (_record_llm_reply_batch.task_ids) ORDER BY t.id FOR UPDATE OF t NOWAIT;
     SELECT array_agg(g.id ORDER BY g.i) AS ids, array_agg(g.token ORDER BY g.i) AS tokens,
            array_agg(g.content ORDER BY g.i) AS contents,
            array_agg(least(g.input::numeric + g.output, 2147483647)::integer ORDER BY g.i) AS tokens_used,
@@ -134,7 +136,8 @@ $$;
 -- What the worker calls with a turn's replies: the batch, or, when the tables refuse one of
 -- its replies (anything about one row), each reply on its own, and a reply that still cannot
 -- be recorded fails its task with the reason. One bad reply never takes the others' recording
--- (paid for already) down with it, nor the worker.
+-- (paid for already) down with it, nor the worker. A reply whose task row another session
+-- holds locked is 'busy': not recorded now, the worker offers it again next turn.
 CREATE OR REPLACE FUNCTION ai_agents._record_llm_replies(task_ids uuid[], fencing_tokens bigint[], contents text[],
                                              input_tokens bigint[], output_tokens bigint[], models text[],
                                              request_ids text[], execution_times_ms integer[])
@@ -157,12 +160,17 @@ BEGIN
             RETURN QUERY SELECT * FROM ai_agents._record_llm_reply_batch(task_ids[i:i], fencing_tokens[i:i],
                 contents[i:i], input_tokens[i:i], output_tokens[i:i], models[i:i], request_ids[i:i],
                 execution_times_ms[i:i]);
-        EXCEPTION WHEN OTHERS THEN
-            task_id := task_ids[i];
-            status := ai_agents._record_llm_failure(task_ids[i], fencing_tokens[i],
-                          'the reply could not be recorded: ' || SQLERRM, NULL, NULL, true,
-                          request_ids[i], execution_times_ms[i]);
-            RETURN NEXT;
+        EXCEPTION
+            WHEN lock_not_available THEN
+                task_id := task_ids[i];
+                status := 'busy';
+                RETURN NEXT;
+            WHEN OTHERS THEN
+                task_id := task_ids[i];
+                status := ai_agents._record_llm_failure(task_ids[i], fencing_tokens[i],
+                              'the reply could not be recorded: ' || SQLERRM, NULL, NULL, true,
+                              request_ids[i], execution_times_ms[i]);
+                RETURN NEXT;
         END;
     END LOOP;
 END
@@ -181,6 +189,8 @@ AS $$
 DECLARE
     t ai_agents.ai_agent_tasks;
 BEGIN
+    -- As for replies: a task row another session holds is 'busy', offered again next turn.
+    PERFORM FROM ai_agents.ai_agent_tasks tt WHERE tt.id = _record_llm_failure.task_id FOR UPDATE NOWAIT;
     -- A provider that answers 429 with Retry-After is paused for everyone until then: every
     -- claim of a task for it waits (see claim_due_tasks).
     IF _record_llm_failure.http_status = 429 AND _record_llm_failure.retry_after_ms > 0
@@ -198,10 +208,14 @@ BEGIN
             execution_time_ms => _record_llm_failure.execution_time_ms,
             details => jsonb_build_object('request_id', _record_llm_failure.request_id));
     RETURN t.status;
-EXCEPTION WHEN object_not_in_prerequisite_state THEN
-    PERFORM ai_agents._log_discarded_result(_record_llm_failure.task_id, _record_llm_failure.fencing_token,
-                                           SQLERRM, _record_llm_failure.request_id);
-    RETURN 'discarded';
+EXCEPTION
+    WHEN lock_not_available THEN
+        RETURN 'busy';
+    -- A run no longer current, or a task deleted during its call.
+    WHEN object_not_in_prerequisite_state OR no_data_found THEN
+        PERFORM ai_agents._log_discarded_result(_record_llm_failure.task_id, _record_llm_failure.fencing_token,
+                                               SQLERRM, _record_llm_failure.request_id);
+        RETURN 'discarded';
 END
 $$;
 

@@ -33,6 +33,8 @@ const IDLE_WAIT: Duration = Duration::from_secs(60);
 const MIN_WAIT: Duration = Duration::from_millis(5);
 /// How often an idle worker looks again while the extension is absent or the server is a standby.
 const ABSENT_WAIT: Duration = Duration::from_secs(5);
+/// How soon a call whose task row was locked is offered for recording again.
+const BUSY_WAIT: Duration = Duration::from_secs(1);
 
 /// Registers the worker; called from `_PG_init` while the library is preloaded.
 pub fn register() {
@@ -80,6 +82,8 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
     let mut pass: Option<Pass> = None;
     let mut last_pass = 0;
     let mut installed = false;
+    // Finished calls whose task rows another session held locked: recorded in a later turn.
+    let mut unrecorded = vec![];
     let mut waiting_for_update = false;
     let mut statements: Option<Statements> = None;
     let mut next_prune = Instant::now();
@@ -103,7 +107,8 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
             installed = true;
             release_orphaned_runs(&name);
         }
-        let finished = pool.finished();
+        let mut finished = std::mem::take(&mut unrecorded);
+        finished.extend(pool.finished());
         let requested = if pass.is_none() {
             wake::pass_requested(last_pass)
         } else {
@@ -125,8 +130,8 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
                 }),
             ),
         };
-        let (outcomes, jobs, wait) = BackgroundWorker::transaction(|| {
-            let outcomes = record::record(st, &finished);
+        let (recorded, jobs, wait) = BackgroundWorker::transaction(|| {
+            let recorded = record::record(st, finished);
             let jobs = if want > 0 {
                 claim::claim(st, &name, want)
             } else {
@@ -138,14 +143,15 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
             } else {
                 IDLE_WAIT
             };
-            (outcomes, jobs, wait)
+            (recorded, jobs, wait)
         });
+        unrecorded = recorded.busy;
         // A pass asked for by run_scheduler_once looks at the report schedules too, before
         // the pass is reported done.
         if requested.is_some() || Instant::now() >= next_reports {
             next_reports = scheduled_reports::run_once();
         }
-        for (job_pass, succeeded) in outcomes {
+        for (job_pass, succeeded) in recorded.outcomes {
             if let Some(current) = pass.as_mut().filter(|p| Some(p.id) == job_pass) {
                 current.count(succeeded);
             }
@@ -172,6 +178,11 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
             next_prune = prune::run_once();
         }
         let now = Instant::now();
+        let wait = if unrecorded.is_empty() {
+            wait
+        } else {
+            wait.min(BUSY_WAIT)
+        };
         sleep(
             &pool,
             wait.min(next_prune.saturating_duration_since(now))
@@ -179,10 +190,17 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
         );
     }
     let grace = Duration::from_secs(u64::try_from(HTTP_TIMEOUT_S.get()).unwrap_or(60));
-    let finished = pool.drain(grace);
+    unrecorded.extend(pool.drain(grace));
     // Calls are only ever submitted after the statements were planned.
-    if let (false, Some(st)) = (finished.is_empty(), &statements) {
-        BackgroundWorker::transaction(|| record::record(st, &finished));
+    if let (false, Some(st)) = (unrecorded.is_empty(), &statements) {
+        let busy = BackgroundWorker::transaction(|| record::record(st, unrecorded).busy);
+        if !busy.is_empty() {
+            // Their leases expire and the tasks are rescued and run again.
+            log(&format!(
+                "{} results left unrecorded: their task rows stay locked",
+                busy.len()
+            ));
+        }
     }
     wake::withdraw_my_latch();
     log("stopped");

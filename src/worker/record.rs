@@ -1,19 +1,28 @@
 //! Recording what the HTTP threads finished: replies in one statement, failures one by one,
-//! in the turn's transaction.
+//! in the turn's transaction. A call whose task row another session holds locked is not
+//! waited on: it comes back to be recorded next turn.
 use super::pool::Done;
 use super::statements::Statements;
 use crate::llm;
 use pgrx::prelude::*;
 
-/// Records the finished calls; returns, per call, its pass and whether the task completed.
-/// The replies are recorded together, in one statement (see record_llm_replies); the failures,
-/// rarer and each with its own retry decision, one by one.
-pub fn record(st: &Statements, finished: &[Done]) -> Vec<(Option<u64>, bool)> {
+/// What recording a turn's finished calls came to.
+pub struct Recorded {
+    /// Per recorded call: its pass and whether its task completed.
+    pub outcomes: Vec<(Option<u64>, bool)>,
+    /// The calls whose task rows were locked: to be recorded again next turn.
+    pub busy: Vec<Done>,
+}
+
+/// Records the finished calls. The replies are recorded together, in one statement (see
+/// _record_llm_replies); the failures, rarer and each with its own retry decision, one by one.
+pub fn record(st: &Statements, finished: Vec<Done>) -> Recorded {
     let replies: Vec<(&Done, &llm::Reply)> = finished
         .iter()
         .filter_map(|done| done.outcome.as_ref().ok().map(|reply| (done, reply)))
         .collect();
     let mut completed = std::collections::HashSet::new();
+    let mut busy = std::collections::HashSet::new();
     if !replies.is_empty() {
         let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         Spi::connect(|client| {
@@ -32,9 +41,12 @@ pub fn record(st: &Statements, finished: &[Done]) -> Vec<(Option<u64>, bool)> {
                 ],
             )?;
             for row in rows {
-                if row.get::<String>(2)?.as_deref() == Some("completed") {
-                    completed.extend(row.get::<String>(1)?);
-                }
+                let task = row.get::<String>(1)?.unwrap_or_default();
+                match row.get::<String>(2)?.as_deref() {
+                    Some("completed") => completed.insert(task),
+                    Some("busy") => busy.insert(task),
+                    _ => false,
+                };
             }
             Ok::<_, pgrx::spi::SpiError>(())
         })
@@ -45,11 +57,11 @@ pub fn record(st: &Statements, finished: &[Done]) -> Vec<(Option<u64>, bool)> {
             )
         });
     }
-    for done in finished {
+    for done in &finished {
         let Err(failure) = &done.outcome else {
             continue;
         };
-        Spi::connect(|client| {
+        let status = Spi::connect(|client| {
             client
                 .select(
                     &st.failure,
@@ -77,11 +89,20 @@ pub fn record(st: &Statements, finished: &[Done]) -> Vec<(Option<u64>, bool)> {
                 done.task_id
             )
         });
+        if status.as_deref() == Some("busy") {
+            busy.insert(done.task_id.clone());
+        }
     }
-    finished
-        .iter()
-        .map(|done| (done.pass, completed.contains(&done.task_id)))
-        .collect()
+    let (busy, recorded): (Vec<Done>, Vec<Done>) = finished
+        .into_iter()
+        .partition(|done| busy.contains(&done.task_id));
+    Recorded {
+        outcomes: recorded
+            .iter()
+            .map(|done| (done.pass, completed.contains(&done.task_id)))
+            .collect(),
+        busy,
+    }
 }
 
 /// One array argument of record_llm_replies: a field of every reply.

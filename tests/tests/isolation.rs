@@ -603,3 +603,60 @@ fn a_members_queue_is_bounded_in_priority_due_time_and_length() {
         .unwrap();
     enqueue_as(&mut member, "").expect("room again");
 }
+
+#[test]
+fn a_task_row_locked_for_a_minute_delays_only_that_task() {
+    // A cluster of its own: its stub answers each call after a second, so that a person's
+    // session can take the task row while the call is in flight.
+    static LOCKED: OnceLock<WorkerEnv> = OnceLock::new();
+    let env = LOCKED.get_or_init(|| WorkerEnv::start("isolation-lock", &[]));
+    stop_at_exit(&env.cluster);
+    env.stub.set_default_delay_ms(1000);
+    let mut c = env.connect();
+    let (_, held_agent) = create_agent(&mut c, "Held");
+    let (_, healthy) = create_agent(&mut c, "Healthy");
+    let started = worker_started(&mut c);
+    let task = enqueue(&mut c, &held_agent, "held by a person");
+    wait_for(&mut c, &task, "status = 'running'", Duration::from_secs(10));
+    let mut person = env.connect();
+    person
+        .batch_execute(&format!(
+            "BEGIN; SELECT FROM ai_agents.ai_agent_tasks WHERE id = '{task}' FOR UPDATE"
+        ))
+        .unwrap();
+    let held = std::time::Instant::now();
+    while held.elapsed() < Duration::from_secs(60) {
+        healthy_tasks_run_promptly(&mut c, &healthy, 5);
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let status: String = c
+        .query_one(
+            "SELECT status FROM ai_agents.ai_agent_tasks WHERE id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "running", "its reply waits for the row");
+    person.batch_execute("COMMIT").unwrap();
+    wait_for(
+        &mut c,
+        &task,
+        "status = 'completed'",
+        Duration::from_secs(10),
+    );
+    let logged: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agents.ai_agent_activity_log WHERE task_id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap()
+        .get(0);
+    let called = env
+        .stub
+        .requests()
+        .iter()
+        .filter(|r| r["body"].to_string().contains("held by a person"))
+        .count();
+    assert_eq!((logged, called), (1, 1), "one call, one recorded outcome");
+    assert_eq!(worker_started(&mut c), started, "the worker restarted");
+}
