@@ -400,6 +400,24 @@ impl WorkerEnv {
         WorkerEnv { cluster, stub }
     }
 
+    /// The cluster kept in `cell` for a test binary: started on first use, stopped when the
+    /// binary exits.
+    pub fn kept(
+        cell: &'static OnceLock<WorkerEnv>,
+        name: &str,
+        settings: &[&str],
+    ) -> &'static WorkerEnv {
+        let mut started = false;
+        let env = cell.get_or_init(|| {
+            started = true;
+            WorkerEnv::start(name, settings)
+        });
+        if started {
+            stop_at_exit(&env.cluster);
+        }
+        env
+    }
+
     /// A connection to the worker's database with the guide's search_path.
     pub fn connect(&self) -> Client {
         let mut c = self.cluster.connect("postgres");

@@ -1,13 +1,12 @@
 //! The README's worked example, scripts/demo.sql, run with psql as `scripts/run` runs it,
 //! against a cluster whose worker calls the LLM stub: it must keep working as written.
-use ai_agents_tests::{stop_at_exit, WorkerEnv};
+use ai_agents_tests::WorkerEnv;
 use std::sync::OnceLock;
 
 #[test]
 fn the_worked_example_runs_and_its_worker_finishes_every_task_and_report() {
     static ENV: OnceLock<WorkerEnv> = OnceLock::new();
-    let env = ENV.get_or_init(|| WorkerEnv::start("demo", &[]));
-    stop_at_exit(&env.cluster);
+    let env = WorkerEnv::kept(&ENV, "demo", &[]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/demo.sql");
     let output = env
         .cluster

@@ -6,22 +6,18 @@
 use ai_agents_tests::postgres::Client;
 use ai_agents_tests::{
     as_role, claims, create_agent, enqueue, error_of, fresh_database, shared_cluster,
-    start_conversation, stop_at_exit, supabase_roles, wait_for, WorkerEnv,
+    start_conversation, supabase_roles, wait_for, WorkerEnv,
 };
 use std::sync::OnceLock;
 use std::time::Duration;
 
 fn env() -> &'static WorkerEnv {
     static ENV: OnceLock<WorkerEnv> = OnceLock::new();
-    let mut started = false;
-    let env = ENV.get_or_init(|| {
-        started = true;
-        WorkerEnv::start("isolation", &["ai_agents.history_max_bytes = '100kB'"])
-    });
-    if started {
-        stop_at_exit(&env.cluster);
-    }
-    env
+    WorkerEnv::kept(
+        &ENV,
+        "isolation",
+        &["ai_agents.history_max_bytes = '100kB'"],
+    )
 }
 
 /// When the worker process started: unchanged means it never exited.
@@ -609,8 +605,7 @@ fn a_task_row_locked_for_a_minute_delays_only_that_task() {
     // A cluster of its own: its stub answers each call after a second, so that a person's
     // session can take the task row while the call is in flight.
     static LOCKED: OnceLock<WorkerEnv> = OnceLock::new();
-    let env = LOCKED.get_or_init(|| WorkerEnv::start("isolation-lock", &[]));
-    stop_at_exit(&env.cluster);
+    let env = WorkerEnv::kept(&LOCKED, "isolation-lock", &[]);
     env.stub.set_default_delay_ms(1000);
     let mut c = env.connect();
     let (_, held_agent) = create_agent(&mut c, "Held");

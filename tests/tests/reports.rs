@@ -2,7 +2,7 @@
 //! data, read-only template queries, scheduled generation exactly once per period, narratives
 //! from the stub LLM, and bad input.
 use ai_agents_tests::postgres::Client;
-use ai_agents_tests::{error_of, fresh_database, stop_at_exit, WorkerEnv};
+use ai_agents_tests::{error_of, fresh_database, WorkerEnv};
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 use std::thread::sleep;
@@ -612,23 +612,6 @@ fn scheduled_generation_builds_each_period_once_including_missed_ones() {
     assert_eq!(owner, BOOKS);
 }
 
-/// A worker cluster per test that needs one: the restart test must not cut the others off.
-fn worker_env(
-    env: &'static OnceLock<WorkerEnv>,
-    name: &str,
-    settings: &[&str],
-) -> &'static WorkerEnv {
-    let mut started = false;
-    let env = env.get_or_init(|| {
-        started = true;
-        WorkerEnv::start(name, settings)
-    });
-    if started {
-        stop_at_exit(&env.cluster);
-    }
-    env
-}
-
 fn wait_for_report(c: &mut Client, report: &str, condition: &str) -> Value {
     let started = Instant::now();
     loop {
@@ -655,7 +638,7 @@ fn wait_for_report(c: &mut Client, report: &str, condition: &str) -> Value {
 #[test]
 fn the_narrative_is_written_by_the_agents_llm_or_reported_missing() {
     static ENV: OnceLock<WorkerEnv> = OnceLock::new();
-    let env = worker_env(&ENV, "reports-narrative", &[]);
+    let env = WorkerEnv::kept(&ENV, "reports-narrative", &[]);
     let mut c = env.connect();
     c.batch_execute(&format!(
         "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model)
@@ -792,7 +775,7 @@ fn scheduled_reports_are_due_once_whatever_the_weekday_and_hour() {
 #[test]
 fn the_worker_builds_scheduled_reports_once_across_a_restart() {
     static ENV: OnceLock<WorkerEnv> = OnceLock::new();
-    let env = worker_env(&ENV, "reports-restart", &["synchronous_commit = on"]);
+    let env = WorkerEnv::kept(&ENV, "reports-restart", &["synchronous_commit = on"]);
     let mut c = env.connect();
     let org = "0000000d-0000-4000-8000-000000000001";
     every_minute_weekly(&mut c, org, "now()");

@@ -3,8 +3,8 @@
 //! appear nowhere, and the outbound URL allowlist.
 use ai_agents_tests::postgres::Client;
 use ai_agents_tests::{
-    as_role, claims, create_agent, enqueue, error_of, shared_cluster, stop_at_exit, supabase_roles,
-    wait_for, WorkerEnv, PLANTED_KEY,
+    as_role, claims, create_agent, enqueue, error_of, shared_cluster, supabase_roles, wait_for,
+    WorkerEnv, PLANTED_KEY,
 };
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -582,15 +582,7 @@ fn a_hostile_public_schema_never_runs_inside_the_extension() {
 
 fn worker_env() -> &'static WorkerEnv {
     static ENV: OnceLock<WorkerEnv> = OnceLock::new();
-    let mut started = false;
-    let env = ENV.get_or_init(|| {
-        started = true;
-        WorkerEnv::start("security", &["synchronous_commit = on"])
-    });
-    if started {
-        stop_at_exit(&env.cluster);
-    }
-    env
+    WorkerEnv::kept(&ENV, "security", &["synchronous_commit = on"])
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! and its worker runs tasks afterwards. The 0.1.0 install script is the one released, frozen
 //! in sql/ai_agents--0.1.0.sql (scripts/test puts it beside the installed extension).
 use ai_agents_tests::postgres::Client;
-use ai_agents_tests::{stop_at_exit, wait_for, WorkerEnv};
+use ai_agents_tests::{wait_for, WorkerEnv};
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -118,8 +118,7 @@ fn assert_same(upgraded: &Catalog, fresh: &Catalog) {
 #[test]
 fn an_upgraded_0_1_0_equals_a_fresh_install_keeps_every_row_and_runs_tasks() {
     static ENV: OnceLock<WorkerEnv> = OnceLock::new();
-    let env = ENV.get_or_init(|| WorkerEnv::start("upgrade", &[]));
-    stop_at_exit(&env.cluster);
+    let env = WorkerEnv::kept(&ENV, "upgrade", &[]);
     let mut admin = env.cluster.connect("postgres");
     // Supabase's roles exist before either install, so both get the same grants.
     admin

@@ -2,9 +2,7 @@
 //! pointed at the LLM stub (tests/src/bin/llm_stub.rs) for both providers.
 use ai_agents_tests::postgres::fallible_iterator::FallibleIterator;
 use ai_agents_tests::postgres::Client;
-use ai_agents_tests::{
-    clear_of_slot, create_agent, enqueue, stop_at_exit, wait_for, WorkerEnv, PLANTED_KEY,
-};
+use ai_agents_tests::{clear_of_slot, create_agent, enqueue, wait_for, WorkerEnv, PLANTED_KEY};
 use serde_json::json;
 use std::sync::OnceLock;
 use std::thread::sleep;
@@ -12,15 +10,7 @@ use std::time::{Duration, Instant};
 
 fn env() -> &'static WorkerEnv {
     static ENV: OnceLock<WorkerEnv> = OnceLock::new();
-    let mut started = false;
-    let env = ENV.get_or_init(|| {
-        started = true;
-        WorkerEnv::start("worker", &[])
-    });
-    if started {
-        stop_at_exit(&env.cluster);
-    }
-    env
+    WorkerEnv::kept(&ENV, "worker", &[])
 }
 
 fn connect() -> Client {
