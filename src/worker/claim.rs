@@ -130,9 +130,7 @@ impl Claimed {
             base_url: row.get_by_name("base_url")?,
         })
     }
-}
 
-impl Claimed {
     /// The provider and the messages of the call, or why this row cannot become a call.
     fn provider_and_messages(&self) -> Result<(llm::Provider, Vec<llm::Message>), llm::Failure> {
         let Some(name) = self.provider.as_deref() else {
