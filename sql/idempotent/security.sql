@@ -31,31 +31,39 @@ AS $$
 $$;
 
 -- The organizations of the current request: the membership hook's answer when
--- ai_agents.organization_hook names one (a function without arguments returning uuid[],
--- called as the requesting role), else the JWT claim that PostgREST put into
--- request.jwt.claims, at the path ai_agents.jwt_organization_claim (dots for nesting, e.g.
--- app_metadata.organization_id; a uuid or an array of them). Empty when there is none.
+-- ai_agents.organization_hook names one (a function without arguments returning uuid[], run
+-- as the requesting role by _hook_organization_ids, src/membership.rs), else the JWT claim
+-- that PostgREST put into request.jwt.claims, at the path ai_agents.jwt_organization_claim
+-- (dots for nesting, e.g. app_metadata.organization_id; a uuid or an array of them). Empty
+-- when there is none.
+CREATE OR REPLACE FUNCTION ai_agents._hook_organization_ids() RETURNS uuid[]
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'hook_organization_ids_wrapper';
+
 CREATE OR REPLACE FUNCTION ai_agents._request_organization_ids() RETURNS uuid[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    hook text := nullif(current_setting('ai_agents.organization_hook', true), '');
-    claim text := coalesce(nullif(current_setting('ai_agents.jwt_organization_claim', true), ''),
-                           'organization_id');
-    claims jsonb := nullif(current_setting('request.jwt.claims', true), '')::jsonb;
+    claim text;
+    claims jsonb;
     value jsonb;
     ids uuid[];
 BEGIN
-    -- A report template's query, run as the reader for the report's organization (set by
-    -- _run_report_queries; only roles that see every organization can become the reader).
+    -- A report template's query, run as the reader for the report's organization (only
+    -- _run_report_query becomes the reader, after _run_report_queries set the organization).
     IF current_user = 'ai_agents_report_reader' THEN
         RETURN ARRAY[current_setting('ai_agents_report.organization')::uuid];
     END IF;
-    IF hook IS NOT NULL THEN
-        EXECUTE format('SELECT %s()', hook::regproc) INTO ids;
-        RETURN coalesce(ids, '{}');
+    -- Asked first: the call loads the library, so the superuser-only settings read below hold
+    -- their real values, never one a member set before the library was loaded.
+    ids := ai_agents._hook_organization_ids();
+    IF ids IS NOT NULL THEN
+        RETURN ids;
     END IF;
+    claim := coalesce(nullif(current_setting('ai_agents.jwt_organization_claim', true), ''),
+                      'organization_id');
+    claims := nullif(current_setting('request.jwt.claims', true), '')::jsonb;
     value := claims #> string_to_array(claim, '.');
     RETURN CASE jsonb_typeof(value)
         WHEN 'string' THEN ARRAY[(value #>> '{}')::uuid]
@@ -175,8 +183,11 @@ BEGIN
         GRANT ALL ON ALL TABLES IN SCHEMA ai_agents TO service_role;
         GRANT ALL ON ALL SEQUENCES IN SCHEMA ai_agents TO service_role;
         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA ai_agents TO service_role;
-        -- build_report runs template queries as the reader.
-        GRANT ai_agents_report_reader TO service_role;
+        -- Nobody needs to become the reader: _run_report_query switches to it. 0.1.0 made
+        -- service_role a member, so that its build_report could.
+        IF pg_has_role('service_role', 'ai_agents_report_reader', 'MEMBER') THEN
+            REVOKE ai_agents_report_reader FROM service_role;
+        END IF;
         applied := applied || 'service_role'::text;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
@@ -184,6 +195,7 @@ BEGIN
         EXECUTE format('GRANT SELECT ON %s TO authenticated', tenant_tables);
         GRANT EXECUTE ON FUNCTION
             ai_agents._request_organization_ids(),
+            ai_agents._hook_organization_ids(),
             ai_agents.enqueue_task(uuid, text, text, jsonb, text, integer, timestamptz, text, text, text, integer, uuid),
             ai_agents.cancel_task(uuid, text),
             ai_agents.start_conversation(uuid, text, jsonb),

@@ -1,0 +1,32 @@
+//! The organizations of a request, from the membership hook (ai_agents.organization_hook).
+//! _request_organization_ids (sql/idempotent/security.sql) asks here first.
+use crate::run_as::run_as;
+use crate::settings::{self, ORGANIZATION_HOOK};
+use pgrx::prelude::*;
+use pgrx::Uuid;
+
+/// What the membership hook answers for the role of the request (NULL without a hook). The
+/// hook runs as that role, also inside the SECURITY DEFINER entry points, so a hook that
+/// reads a membership table through its row-level security sees the member's rows only.
+/// Being a C function, calling it loads the library first: a value a member set for a
+/// superuser-only setting before the library was loaded is then discarded, never read.
+#[pg_extern(sql = false)]
+fn hook_organization_ids() -> Option<Vec<Option<Uuid>>> {
+    let hook = settings::text(&ORGANIZATION_HOOK);
+    if hook.trim().is_empty() {
+        return None;
+    }
+    // The name is resolved (and quoted) as the function's owner; the hook then runs as the
+    // request's role: what SET ROLE chose (PostgREST sets it per request), else the login.
+    let call = Spi::get_one_with_args::<String>(
+        "SELECT format('SELECT %s()::uuid[]', $1::regproc)",
+        &[hook.as_str().into()],
+    )
+    .unwrap_or_else(|e| error!("ai_agents.organization_hook: {e}"))
+    .unwrap_or_default();
+    // SAFETY: reading this backend's role of the request.
+    let requester = unsafe { pg_sys::GetOuterUserId() };
+    let ids = run_as(requester, || Spi::get_one::<Vec<Option<Uuid>>>(&call))
+        .unwrap_or_else(|e| error!("ai_agents.organization_hook {hook}: {e}"));
+    Some(ids.unwrap_or_default())
+}
