@@ -237,6 +237,14 @@ AS $$
                 ELSE ai_agents.next_run_time(schedule_cron, timezone, now()) END
 $$;
 
+-- How much longer the credential (provider, base URL, API key) a task of this agent would be
+-- called with is paused by a 429 (src/worker/credential.rs); NULL: not paused.
+CREATE OR REPLACE FUNCTION ai_agents._credential_paused_for(provider text, agent_id text, organization_id text,
+                                                           base_url text)
+RETURNS interval
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'credential_paused_for_wrapper';
+
 CREATE OR REPLACE FUNCTION ai_agents.claim_due_tasks(worker text, max_tasks integer DEFAULT 1, lease interval DEFAULT '5 minutes')
 RETURNS SETOF ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
@@ -265,7 +273,8 @@ BEGIN
     -- anyone running SQL by hand (the lease index makes this a cheap probe).
     PERFORM ai_agents.rescue_expired_leases();
     FOR candidate IN
-        SELECT t.id, t.organization_id, t.agent_id, v.provider, v.id AS version_id
+        SELECT t.id, t.organization_id, t.agent_id, v.provider, v.id AS version_id,
+               v.config ->> 'base_url' AS base_url
           FROM ai_agents.ai_agent_tasks t
           JOIN ai_agents.ai_agents ag ON ag.id = t.agent_id
           LEFT JOIN ai_agents.ai_agent_versions v ON v.id = ag.current_version_id
@@ -284,13 +293,19 @@ BEGIN
             versions := versions || NULL::uuid;
             CONTINUE;
         END IF;
-        -- Each claim is one LLM call: its provider must not be paused (a 429 with Retry-After)
-        -- and it must pass the three rate-limit tiers. A task that would be refused waits for
-        -- the moment it would pass; no attempt is used.
+        -- Each claim is one LLM call: neither its provider (paused by hand with
+        -- pause_rate_limit) nor the credential it would be made with (paused by a 429 with
+        -- Retry-After) may be paused, and it must pass the three rate-limit tiers. A task
+        -- that would be refused waits for the moment it would pass; no attempt is used.
         verdict := NULL;
-        SELECT false AS allowed, 'provider' AS refused_tier, p.paused_for AS retry_after INTO verdict
-          FROM ai_agents.rate_limit_paused_for('provider:' || candidate.provider) p(paused_for)
-         WHERE p.paused_for IS NOT NULL;
+        SELECT false AS allowed,
+               CASE WHEN p.credential >= coalesce(p.provider, interval '0') THEN 'credential' ELSE 'provider' END AS refused_tier,
+               greatest(p.provider, p.credential) AS retry_after
+          INTO verdict
+          FROM (SELECT ai_agents.rate_limit_paused_for('provider:' || candidate.provider) AS provider,
+                       ai_agents._credential_paused_for(candidate.provider, candidate.agent_id::text,
+                                                        candidate.organization_id::text, candidate.base_url) AS credential) p
+         WHERE p.provider IS NOT NULL OR p.credential IS NOT NULL;
         IF verdict IS NULL THEN
             SELECT * INTO verdict FROM ai_agents.check_rate_limit(candidate.organization_id, candidate.agent_id);
         END IF;

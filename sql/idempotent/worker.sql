@@ -191,15 +191,8 @@ DECLARE
 BEGIN
     -- As for replies: a task row another session holds is 'busy', offered again next turn.
     PERFORM FROM ai_agents.ai_agent_tasks tt WHERE tt.id = _record_llm_failure.task_id FOR UPDATE NOWAIT;
-    -- A provider that answers 429 with Retry-After is paused for everyone until then: every
-    -- claim of a task for it waits (see claim_due_tasks).
-    IF _record_llm_failure.http_status = 429 AND _record_llm_failure.retry_after_ms > 0
-       AND NOT _record_llm_failure.permanent THEN
-        PERFORM ai_agents.pause_rate_limit('provider:' || v.provider,
-                                           now() + _record_llm_failure.retry_after_ms * interval '1 millisecond')
-           FROM ai_agents.ai_agent_tasks tt JOIN ai_agents.ai_agent_versions v ON v.id = tt.agent_version_id
-          WHERE tt.id = _record_llm_failure.task_id;
-    END IF;
+    -- A 429 with Retry-After has paused the credential that was refused before this runs
+    -- (src/worker/credential.rs): claim_due_tasks holds back the tasks that would use it.
     t := ai_agents.fail_task(_record_llm_failure.task_id, _record_llm_failure.fencing_token,
             _record_llm_failure.error,
             http_status => _record_llm_failure.http_status,

@@ -111,7 +111,7 @@ fn uuid_key(prefix: &str, id: &Uuid) -> String {
     key
 }
 
-fn interval_us(us: u64) -> Interval {
+pub fn interval_us(us: u64) -> Interval {
     Interval::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
 }
 
@@ -254,33 +254,32 @@ fn pause_rate_limit(
     let result = (|| {
         let name = required("key", key)?;
         let until = required("until", until)?;
-        let window_us = window_us(window)?;
         // SAFETY: GetCurrentTimestamp only reads the clock.
         let now_wall = unsafe { pg_sys::GetCurrentTimestamp() };
         let ahead_us =
             u64::try_from(pg_sys::TimestampTz::from(until).saturating_sub(now_wall)).unwrap_or(0);
-        let key = Key { name, window_us };
-        shmem::with_table(|table, now| table.pause(key, now.saturating_add(ahead_us), now))?
-            .map_err(|retry_after_us| Error::TableFull(interval_us(retry_after_us)))
+        pause(name, window_us(window)?, ahead_us)
     })();
     result.or_report()
+}
+
+/// Pauses `name` (over `window_us`) for `ahead_us` from now; a pause already longer stays.
+pub fn pause(name: &str, window_us: u64, ahead_us: u64) -> Result<(), Error> {
+    let key = Key { name, window_us };
+    shmem::with_table(|table, now| table.pause(key, now.saturating_add(ahead_us), now))?
+        .map_err(|retry_after_us| Error::TableFull(interval_us(retry_after_us)))
+}
+
+/// How much longer `name` (over `window_us`) is paused, in microseconds (0: not paused).
+pub fn paused_us(name: &str, window_us: u64) -> Result<u64, Error> {
+    shmem::with_table(|table, now| table.paused_for(Key { name, window_us }, now))
 }
 
 /// How much longer a key is paused by pause_rate_limit (NULL: not paused). Cheap enough for
 /// every claim: claim_due_tasks asks it for the provider of each task.
 #[pg_extern(volatile)]
 fn rate_limit_paused_for(key: &str, window: default!(Interval, "'1 minute'")) -> Option<Interval> {
-    let window_us = window_us(Some(window)).or_report();
-    let paused_us = shmem::with_table(|table, now| {
-        table.paused_for(
-            Key {
-                name: key,
-                window_us,
-            },
-            now,
-        )
-    })
-    .or_report();
+    let paused_us = paused_us(key, window_us(Some(window)).or_report()).or_report();
     (paused_us > 0).then(|| interval_us(paused_us))
 }
 

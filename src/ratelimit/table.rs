@@ -278,7 +278,8 @@ impl<'a> Table<'a> {
             .map_or(0, |i| self.slots[i].paused_until_us.saturating_sub(now_us))
     }
 
-    /// Refuses every call on `key` until `until_us` (a provider's Retry-After).
+    /// Refuses every call on `key` until `until_us` (a provider's Retry-After), or longer when
+    /// it is paused longer already.
     pub fn pause(&mut self, key: Key, until_us: u64, now_us: u64) -> Result<(), u64> {
         let pinned = Limit::new(key, 0);
         if self.find(pinned.hash).is_err() {
@@ -291,7 +292,8 @@ impl<'a> Table<'a> {
                 empty
             }
         };
-        self.slots[i].paused_until_us = until_us;
+        // Of two pauses, the longer wins: a shorter Retry-After never shortens one in force.
+        self.slots[i].paused_until_us = self.slots[i].paused_until_us.max(until_us);
         self.slots[i].last_used_us = now_us;
         Ok(())
     }
@@ -467,6 +469,17 @@ mod tests {
             Outcome::Admitted { .. }
         ));
         assert_eq!(t.paused_for(key("provider:openai"), 5_000_000), 0);
+    }
+
+    #[test]
+    fn of_two_pauses_the_longer_wins() {
+        let mut store = Store::new(4);
+        let mut t = store.table();
+        t.pause(key("credential:a"), 9_000_000, 0).unwrap();
+        t.pause(key("credential:a"), 2_000_000, 1_000_000).unwrap();
+        assert_eq!(t.paused_for(key("credential:a"), 1_000_000), 8_000_000);
+        t.pause(key("credential:a"), 12_000_000, 1_000_000).unwrap();
+        assert_eq!(t.paused_for(key("credential:a"), 1_000_000), 11_000_000);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Claiming: due tasks (rate limits applied, by claim_llm_calls) turned into jobs for the HTTP
 //! threads. A claimed row is decoded by the names of its columns, which are listed once,
 //! in `Statements::claim` (statements.rs).
+use super::credential;
 use super::pool::Job;
 use super::secrets::Keys;
 use super::statements::Statements;
@@ -44,15 +45,8 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> Vec<Job> {
             let call = match claimed.provider_and_messages() {
                 Err(failure) => Err(failure),
                 Ok((provider, messages)) => {
-                    let setting = match provider {
-                        llm::Provider::OpenAi => &settings::OPENAI_BASE_URL,
-                        llm::Provider::Anthropic => &settings::ANTHROPIC_BASE_URL,
-                    };
                     // An agent may name its own endpoint (config.base_url), within the allowlist.
-                    let base_url = claimed
-                        .base_url
-                        .filter(|url| !url.trim().is_empty())
-                        .unwrap_or_else(|| settings::text(setting));
+                    let base_url = credential::base_url(provider, claimed.base_url);
                     match llm::check_base_url(&base_url, &allowlist) {
                         Err(refused) => Err(refused),
                         Ok(()) => Ok(llm::Request {
@@ -83,7 +77,7 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> Vec<Job> {
         }
         Ok::<_, pgrx::spi::Error>(jobs)
     })
-    .unwrap_or_else(|e| error!("ai_agents worker: claiming failed: {e}"))
+    .unwrap_or_else(|e| error!("{e}"))
 }
 
 /// One row of claim_llm_calls, read by column name.

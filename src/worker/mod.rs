@@ -7,6 +7,7 @@
 //! `scheduled_reports` (housekeeping with their own intervals), `statements` (the SQL the
 //! worker keeps planned) and `wake` (latch, wake-ups and run_scheduler_once).
 mod claim;
+mod credential;
 mod pool;
 mod prune;
 mod record;
@@ -15,13 +16,19 @@ mod secrets;
 mod statements;
 mod wake;
 
-use crate::settings::{self, HTTP_TIMEOUT_S, MAX_CONCURRENT_CALLS, WORKER_ENABLED};
+use crate::settings::{
+    self, HTTP_TIMEOUT_S, MAX_CONCURRENT_CALLS, WORKER_ENABLED, WORKER_LOCK_TIMEOUT_MS,
+    WORKER_STATEMENT_TIMEOUT_MS,
+};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
-use pool::Pool;
+use pgrx::PgTryBuilder;
+use pool::{Done, Pool};
 use statements::Statements;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 use wake::PassFigures;
 
@@ -35,6 +42,8 @@ const MIN_WAIT: Duration = Duration::from_millis(5);
 const ABSENT_WAIT: Duration = Duration::from_secs(5);
 /// How soon a call whose task row was locked is offered for recording again.
 const BUSY_WAIT: Duration = Duration::from_secs(1);
+/// How soon a step that failed (a lock or statement timeout, say) is tried again.
+const FAILED_WAIT: Duration = Duration::from_secs(1);
 
 /// Registers the worker; called from `_PG_init` while the library is preloaded.
 pub fn register() {
@@ -66,6 +75,7 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
     // so an object planted in public never runs with its rights.
     BackgroundWorker::transaction(|| Spi::run("SET search_path TO pg_catalog, pg_temp"))
         .unwrap_or_else(|e| error!("ai_agents worker: setting its search_path failed: {e}"));
+    apply_session_settings();
     wake::publish_my_latch();
     // SAFETY: reading this process's pid.
     let name = format!("ai_agents-worker-{}", unsafe { pg_sys::MyProcPid });
@@ -95,6 +105,7 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way for a background worker to reload its settings.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            apply_session_settings();
         }
         // SAFETY: a plain read of the recovery state.
         if unsafe { pg_sys::RecoveryInProgress() }
@@ -104,8 +115,11 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
             continue;
         }
         if !installed {
+            if !release_orphaned_runs(&name) {
+                sleep(&pool, FAILED_WAIT);
+                continue;
+            }
             installed = true;
-            release_orphaned_runs(&name);
         }
         let mut finished = std::mem::take(&mut unrecorded);
         finished.extend(pool.finished());
@@ -120,18 +134,26 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
         } else {
             0
         };
-        // One short transaction a turn: record what finished, claim what fits, and find out
-        // when to look again. An ERROR here ends the worker, which starts again in 5 s.
         let st: &Statements = match &statements {
             Some(st) => st,
-            None => statements.insert(
-                BackgroundWorker::transaction(Statements::prepare).unwrap_or_else(|e| {
-                    error!("ai_agents worker: planning its statements failed: {e}")
-                }),
-            ),
+            None => match step("planning its statements", Statements::prepare) {
+                Some(Ok(planned)) => statements.insert(planned),
+                failed => {
+                    if let Some(Err(e)) = failed {
+                        log(&format!("planning its statements failed: {e}"));
+                    }
+                    unrecorded = finished;
+                    sleep(&pool, FAILED_WAIT);
+                    continue;
+                }
+            },
         };
-        let (recorded, jobs, wait) = BackgroundWorker::transaction(|| {
-            let recorded = record::record(st, finished);
+        // Two short transactions a turn: record what finished, then claim what fits and find
+        // out when to look again. A step that fails is logged and tried again: nothing in a
+        // row, and no lock another session holds, ends the worker.
+        let (outcomes, busy) = record_finished(st, finished);
+        unrecorded = busy;
+        let claimed = step("claiming", || {
             let jobs = if want > 0 {
                 claim::claim(st, &name, want)
             } else {
@@ -143,15 +165,15 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
             } else {
                 IDLE_WAIT
             };
-            (recorded, jobs, wait)
+            (jobs, wait)
         });
-        unrecorded = recorded.busy;
+        let (jobs, wait) = claimed.unwrap_or((vec![], FAILED_WAIT));
         // A pass asked for by run_scheduler_once looks at the report schedules too, before
         // the pass is reported done.
         if requested.is_some() || Instant::now() >= next_reports {
             next_reports = scheduled_reports::run_once();
         }
-        for (job_pass, succeeded) in recorded.outcomes {
+        for (job_pass, succeeded) in outcomes {
             if let Some(current) = pass.as_mut().filter(|p| Some(p.id) == job_pass) {
                 current.count(succeeded);
             }
@@ -193,7 +215,7 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
     unrecorded.extend(pool.drain(grace));
     // Calls are only ever submitted after the statements were planned.
     if let (false, Some(st)) = (unrecorded.is_empty(), &statements) {
-        let busy = BackgroundWorker::transaction(|| record::record(st, unrecorded).busy);
+        let (_, busy) = record_finished(st, unrecorded);
         if !busy.is_empty() {
             // Their leases expire and the tasks are rescued and run again.
             log(&format!(
@@ -240,18 +262,104 @@ impl Pass {
     }
 }
 
-/// Rescues the runs an earlier incarnation of the worker left behind.
-fn release_orphaned_runs(worker: &str) {
-    let released = BackgroundWorker::transaction(|| {
+/// Rescues the runs an earlier incarnation of the worker left behind; false when that failed
+/// (to be tried again before anything is claimed).
+fn release_orphaned_runs(worker: &str) -> bool {
+    let released = step("rescuing interrupted runs", || {
         Spi::get_one_with_args::<i32>(
             "SELECT ai_agents._release_orphaned_runs($1)",
             &[worker.into()],
         )
-    })
-    .unwrap_or_else(|e| error!("ai_agents worker: rescuing interrupted runs failed: {e}"));
-    if let Some(count) = released.filter(|&n| n > 0) {
-        log(&format!("rescued {count} runs interrupted by a restart"));
+    });
+    match released {
+        Some(Ok(count)) => {
+            if let Some(count) = count.filter(|&n| n > 0) {
+                log(&format!("rescued {count} runs interrupted by a restart"));
+            }
+            true
+        }
+        Some(Err(e)) => {
+            log(&format!("rescuing interrupted runs failed: {e}"));
+            false
+        }
+        None => false,
     }
+}
+
+/// Runs `body` in a transaction of its own, cut off after ai_agents.worker_statement_timeout.
+/// An ERROR inside (a timeout, a lock wait over ai_agents.worker_lock_timeout, anything a row
+/// holds) rolls the transaction back and is logged, and None comes back: the worker goes on.
+fn step<R>(what: &str, body: impl FnOnce() -> R) -> Option<R> {
+    let limit =
+        Duration::from_millis(u64::try_from(WORKER_STATEMENT_TIMEOUT_MS.get()).unwrap_or(0));
+    PgTryBuilder::new(AssertUnwindSafe(|| {
+        Some(crate::deadline::within(limit, || {
+            BackgroundWorker::transaction(AssertUnwindSafe(body))
+        }))
+    }))
+    .catch_others(|caught| {
+        // SAFETY: the documented way out of a failed transaction in a background worker
+        // (as autovacuum's error path does); the error state was flushed by pgrx's guard.
+        unsafe { pg_sys::AbortOutOfAnyTransaction() };
+        let report = match &caught {
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+            CaughtError::RustPanic { ereport, .. } => ereport,
+        };
+        warning!(
+            "ai_agents worker: {what} failed and is tried again: {} ({:?})",
+            report.message(),
+            report.sql_error_code()
+        );
+        None
+    })
+    .execute()
+}
+
+/// The worker's session settings: lock_timeout from ai_agents.worker_lock_timeout, so that a
+/// lock someone holds delays one step, never the whole worker; and no JIT, whose compiling
+/// costs seconds where the worker's statements take milliseconds (the disabled plan types of
+/// the claim's functions make their estimated costs look huge).
+fn apply_session_settings() {
+    let lock_timeout = WORKER_LOCK_TIMEOUT_MS.get().to_string();
+    for (name, value) in [(c"lock_timeout", lock_timeout.as_str()), (c"jit", "off")] {
+        let value = std::ffi::CString::new(value).unwrap_or_default();
+        // SAFETY: setting a built-in setting of this session from its main thread, with valid
+        // NUL-terminated strings.
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+            );
+        }
+    }
+}
+
+/// Records the finished calls in one transaction. When that fails, each call is recorded in a
+/// transaction of its own, so that one which cannot be recorded waits alone; the calls not
+/// recorded (their task row was locked, or recording failed) come back for the next turn.
+fn record_finished(st: &Statements, finished: Vec<Done>) -> (Vec<(Option<u64>, bool)>, Vec<Done>) {
+    if finished.is_empty() {
+        return (vec![], vec![]);
+    }
+    if let Some(recorded) = step("recording results", || record::record(st, &finished)) {
+        return recorded.split(finished);
+    }
+    let mut outcomes = vec![];
+    let mut left = vec![];
+    for done in finished {
+        let one = std::slice::from_ref(&done);
+        match step("recording one result", || record::record(st, one)) {
+            Some(recorded) => {
+                let (o, l) = recorded.split(vec![done]);
+                outcomes.extend(o);
+                left.extend(l);
+            }
+            None => left.push(done),
+        }
+    }
+    (outcomes, left)
 }
 
 /// Whether the extension is installed in this database at this library's version. A library
@@ -259,13 +367,14 @@ fn release_orphaned_runs(worker: &str) {
 /// run yet) waits for the update instead of running statements the old schema lacks; it says
 /// so once in the log.
 fn extension_ready(waiting_for_update: &mut bool) -> bool {
-    let installed = BackgroundWorker::transaction(|| {
+    let installed = step("looking for the extension", || {
         statements::value::<String>(
             "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'ai_agents'",
         )
         .ok()
         .flatten()
-    });
+    })
+    .flatten();
     match installed {
         Some(version) if version == env!("CARGO_PKG_VERSION") => true,
         Some(version) => {

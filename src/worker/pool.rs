@@ -1,6 +1,7 @@
 //! The worker's pool of HTTP threads. They call the LLM and nothing else: no Postgres call, no
 //! signal (all are blocked in them). Each finished call goes back through a channel, and a
 //! byte on a pipe wakes the worker's latch wait.
+use super::credential::Credential;
 use crate::llm;
 use std::os::fd::RawFd;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -24,6 +25,8 @@ pub struct Done {
     pub fencing_token: i64,
     pub outcome: Result<llm::Reply, llm::Failure>,
     pub elapsed: Duration,
+    /// What the call was made with (None: no call was made); a 429 pauses it.
+    pub credential: Option<Credential>,
 }
 
 pub struct Pool {
@@ -138,6 +141,7 @@ fn serve(jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake_write: RawFd) {
             fencing_token: job.fencing_token,
             outcome,
             elapsed: started.elapsed(),
+            credential: job.call.as_ref().ok().map(Credential::of),
         };
         if done.send(finished).is_err() {
             return;

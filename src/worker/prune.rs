@@ -2,8 +2,6 @@
 //! so that a big backlog never holds a long transaction.
 use super::statements;
 use crate::settings::HISTORY_RETENTION_DAYS;
-use pgrx::bgworkers::BackgroundWorker;
-use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
 /// How often the worker prunes history: one batch each time, the next one at once while
@@ -18,16 +16,13 @@ pub fn run_once() -> Instant {
     if days <= 0 {
         return Instant::now() + EVERY;
     }
-    let deleted = BackgroundWorker::transaction(|| {
+    let deleted = super::step("pruning history", || {
         statements::value::<i64>(&format!(
             "SELECT ai_agents.prune_history(make_interval(days => {days}), {BATCH})"
         ))
-    })
-    .unwrap_or_else(|e| error!("ai_agents worker: pruning history failed: {e}"))
-    .unwrap_or(0);
-    if deleted >= BATCH {
-        Instant::now()
-    } else {
-        Instant::now() + EVERY
+    });
+    match deleted {
+        Some(Ok(Some(n))) if n >= BATCH => Instant::now(),
+        _ => Instant::now() + EVERY,
     }
 }

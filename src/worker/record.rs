@@ -1,28 +1,44 @@
 //! Recording what the HTTP threads finished: replies in one statement, failures one by one,
-//! in the turn's transaction. A call whose task row another session holds locked is not
-//! waited on: it comes back to be recorded next turn.
+//! in a transaction of the caller's (mod.rs `record_finished`). A call whose task row another
+//! session holds locked is not waited on: it comes back to be recorded next turn.
 use super::pool::Done;
 use super::statements::Statements;
 use crate::llm;
 use pgrx::prelude::*;
+use std::collections::HashSet;
 
-/// What recording a turn's finished calls came to.
+/// What recording some finished calls came to, by task id.
 pub struct Recorded {
-    /// Per recorded call: its pass and whether its task completed.
-    pub outcomes: Vec<(Option<u64>, bool)>,
+    completed: HashSet<String>,
     /// The calls whose task rows were locked: to be recorded again next turn.
-    pub busy: Vec<Done>,
+    busy: HashSet<String>,
+}
+
+impl Recorded {
+    /// Per recorded call its pass and whether its task completed; and the calls to record
+    /// again next turn.
+    pub fn split(self, finished: Vec<Done>) -> (Vec<(Option<u64>, bool)>, Vec<Done>) {
+        let (busy, recorded): (Vec<Done>, Vec<Done>) = finished
+            .into_iter()
+            .partition(|done| self.busy.contains(&done.task_id));
+        let outcomes = recorded
+            .iter()
+            .map(|done| (done.pass, self.completed.contains(&done.task_id)))
+            .collect();
+        (outcomes, busy)
+    }
 }
 
 /// Records the finished calls. The replies are recorded together, in one statement (see
 /// _record_llm_replies); the failures, rarer and each with its own retry decision, one by one.
-pub fn record(st: &Statements, finished: Vec<Done>) -> Recorded {
+/// An ERROR ends the caller's transaction, and nothing of it is kept.
+pub fn record(st: &Statements, finished: &[Done]) -> Recorded {
     let replies: Vec<(&Done, &llm::Reply)> = finished
         .iter()
         .filter_map(|done| done.outcome.as_ref().ok().map(|reply| (done, reply)))
         .collect();
-    let mut completed = std::collections::HashSet::new();
-    let mut busy = std::collections::HashSet::new();
+    let mut completed = HashSet::new();
+    let mut busy = HashSet::new();
     if !replies.is_empty() {
         let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         Spi::connect(|client| {
@@ -50,17 +66,25 @@ pub fn record(st: &Statements, finished: Vec<Done>) -> Recorded {
             }
             Ok::<_, pgrx::spi::SpiError>(())
         })
-        .unwrap_or_else(|e| {
-            error!(
-                "ai_agents worker: recording {} replies failed: {e}",
-                replies.len()
-            )
-        });
+        .unwrap_or_else(|e| error!("recording {} replies failed: {e}", replies.len()));
     }
-    for done in &finished {
+    for done in finished {
         let Err(failure) = &done.outcome else {
             continue;
         };
+        // A 429 with Retry-After pauses the credential that was refused (credential.rs): every
+        // claim of a task that would use it waits until then. Shared memory, not the table,
+        // so it holds even if this transaction does not commit.
+        if let (Some(429), Some(ahead), false, Some(credential)) = (
+            failure.http_status,
+            failure.retry_after,
+            failure.permanent,
+            &done.credential,
+        ) {
+            if let Err(e) = credential.pause(ahead) {
+                warning!("ai_agents worker: a credential could not be paused: {e}");
+            }
+        }
         let status = Spi::connect(|client| {
             client
                 .select(
@@ -83,26 +107,12 @@ pub fn record(st: &Statements, finished: Vec<Done>) -> Recorded {
                 .first()
                 .get_one::<String>()
         })
-        .unwrap_or_else(|e| {
-            error!(
-                "ai_agents worker: recording task {} failed: {e}",
-                done.task_id
-            )
-        });
+        .unwrap_or_else(|e| error!("recording task {} failed: {e}", done.task_id));
         if status.as_deref() == Some("busy") {
             busy.insert(done.task_id.clone());
         }
     }
-    let (busy, recorded): (Vec<Done>, Vec<Done>) = finished
-        .into_iter()
-        .partition(|done| busy.contains(&done.task_id));
-    Recorded {
-        outcomes: recorded
-            .iter()
-            .map(|done| (done.pass, completed.contains(&done.task_id)))
-            .collect(),
-        busy,
-    }
+    Recorded { completed, busy }
 }
 
 /// One array argument of record_llm_replies: a field of every reply.

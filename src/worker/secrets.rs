@@ -59,16 +59,17 @@ impl Keys {
                 format!("ai_agents.{name}.organization.{organization}"),
                 settings::text(secret),
             ];
-            key = client
-                .select(
-                    "SELECT s.decrypted_secret FROM vault.decrypted_secrets s \
-                      WHERE s.name = ANY($1) AND s.name <> '' \
-                      ORDER BY array_position($1, s.name::text) LIMIT 1",
-                    Some(1),
-                    &[names.into()],
-                )?
-                .first()
-                .get_one::<String>()?;
+            let found = client.select(
+                "SELECT s.decrypted_secret FROM vault.decrypted_secrets s \
+                  WHERE s.name = ANY($1) AND s.name <> '' \
+                  ORDER BY array_position($1, s.name::text) LIMIT 1",
+                Some(1),
+                &[names.into()],
+            )?;
+            // No secret of these names: the setting below.
+            if !found.is_empty() {
+                key = found.first().get_one::<String>()?;
+            }
         }
         let key = key.or_else(|| Some(settings::text(setting)).filter(|k| !k.is_empty()));
         self.found
