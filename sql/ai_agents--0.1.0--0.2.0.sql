@@ -80,6 +80,12 @@ SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_organization_limi
 CREATE INDEX ai_agent_tasks_waiting_idx ON ai_agents.ai_agent_tasks (organization_id)
     WHERE status IN ('pending', 'queued');
 
+-- ==== sql/incremental/004-build-due-reports-batch.sql
+
+-- 0.2.0: build_due_reports takes max_reports, so that the worker builds a bounded batch per
+-- turn (sql/idempotent/reports.sql creates it). The one-argument form goes.
+DROP FUNCTION IF EXISTS ai_agents.build_due_reports(timestamptz);
+
 -- ==== sql/idempotent/guard.sql
 
 -- Extension tables may not lose columns, constraints or triggers by hand: the deployment
@@ -621,6 +627,14 @@ AS $$
                 ELSE ai_agents.next_run_time(schedule_cron, timezone, now()) END
 $$;
 
+-- How much longer the credential (provider, base URL, API key) a task of this agent would be
+-- called with is paused by a 429 (src/worker/credential.rs); NULL: not paused.
+CREATE OR REPLACE FUNCTION ai_agents._credential_paused_for(provider text, agent_id text, organization_id text,
+                                                           base_url text)
+RETURNS interval
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'credential_paused_for_wrapper';
+
 CREATE OR REPLACE FUNCTION ai_agents.claim_due_tasks(worker text, max_tasks integer DEFAULT 1, lease interval DEFAULT '5 minutes')
 RETURNS SETOF ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
@@ -649,7 +663,8 @@ BEGIN
     -- anyone running SQL by hand (the lease index makes this a cheap probe).
     PERFORM ai_agents.rescue_expired_leases();
     FOR candidate IN
-        SELECT t.id, t.organization_id, t.agent_id, v.provider, v.id AS version_id
+        SELECT t.id, t.organization_id, t.agent_id, v.provider, v.id AS version_id,
+               v.config ->> 'base_url' AS base_url
           FROM ai_agents.ai_agent_tasks t
           JOIN ai_agents.ai_agents ag ON ag.id = t.agent_id
           LEFT JOIN ai_agents.ai_agent_versions v ON v.id = ag.current_version_id
@@ -668,13 +683,19 @@ BEGIN
             versions := versions || NULL::uuid;
             CONTINUE;
         END IF;
-        -- Each claim is one LLM call: its provider must not be paused (a 429 with Retry-After)
-        -- and it must pass the three rate-limit tiers. A task that would be refused waits for
-        -- the moment it would pass; no attempt is used.
+        -- Each claim is one LLM call: neither its provider (paused by hand with
+        -- pause_rate_limit) nor the credential it would be made with (paused by a 429 with
+        -- Retry-After) may be paused, and it must pass the three rate-limit tiers. A task
+        -- that would be refused waits for the moment it would pass; no attempt is used.
         verdict := NULL;
-        SELECT false AS allowed, 'provider' AS refused_tier, p.paused_for AS retry_after INTO verdict
-          FROM ai_agents.rate_limit_paused_for('provider:' || candidate.provider) p(paused_for)
-         WHERE p.paused_for IS NOT NULL;
+        SELECT false AS allowed,
+               CASE WHEN p.credential >= coalesce(p.provider, interval '0') THEN 'credential' ELSE 'provider' END AS refused_tier,
+               greatest(p.provider, p.credential) AS retry_after
+          INTO verdict
+          FROM (SELECT ai_agents.rate_limit_paused_for('provider:' || candidate.provider) AS provider,
+                       ai_agents._credential_paused_for(candidate.provider, candidate.agent_id::text,
+                                                        candidate.organization_id::text, candidate.base_url) AS credential) p
+         WHERE p.provider IS NOT NULL OR p.credential IS NOT NULL;
         IF verdict IS NULL THEN
             SELECT * INTO verdict FROM ai_agents.check_rate_limit(candidate.organization_id, candidate.agent_id);
         END IF;
@@ -1398,15 +1419,8 @@ DECLARE
 BEGIN
     -- As for replies: a task row another session holds is 'busy', offered again next turn.
     PERFORM FROM ai_agents.ai_agent_tasks tt WHERE tt.id = _record_llm_failure.task_id FOR UPDATE NOWAIT;
-    -- A provider that answers 429 with Retry-After is paused for everyone until then: every
-    -- claim of a task for it waits (see claim_due_tasks).
-    IF _record_llm_failure.http_status = 429 AND _record_llm_failure.retry_after_ms > 0
-       AND NOT _record_llm_failure.permanent THEN
-        PERFORM ai_agents.pause_rate_limit('provider:' || v.provider,
-                                           now() + _record_llm_failure.retry_after_ms * interval '1 millisecond')
-           FROM ai_agents.ai_agent_tasks tt JOIN ai_agents.ai_agent_versions v ON v.id = tt.agent_version_id
-          WHERE tt.id = _record_llm_failure.task_id;
-    END IF;
+    -- A 429 with Retry-After has paused the credential that was refused before this runs
+    -- (src/worker/credential.rs): claim_due_tasks holds back the tasks that would use it.
     t := ai_agents.fail_task(_record_llm_failure.task_id, _record_llm_failure.fencing_token,
             _record_llm_failure.error,
             http_status => _record_llm_failure.http_status,
@@ -1512,6 +1526,13 @@ LANGUAGE c STABLE STRICT
 AS 'MODULE_PATHNAME', 'is_single_select_wrapper';
 
 -- Refuses a template query that is not exactly one SELECT (22023), naming it.
+CREATE OR REPLACE FUNCTION ai_agents._run_report_query(sql text, organization uuid,
+                                                       period_start timestamptz, period_end timestamptz)
+RETURNS jsonb
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'run_report_query_wrapper';
+REVOKE ALL ON FUNCTION ai_agents._run_report_query(text, uuid, timestamptz, timestamptz) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION ai_agents._check_report_query(name text, sql text) RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -1663,11 +1684,12 @@ $$;
 
 -- Runs the template's own queries with $1 = organization id, $2 = period start, $3 = period
 -- end, each as a sub-select (exactly one SELECT, checked again here for templates written
--- before the check) in a read-only subtransaction, as the role ai_agents_report_reader: whoever
--- builds the report (the worker is a superuser), the queries read only the report
--- organization's rows of the extension's tables, through row-level security. The
--- subtransaction always ends by rolling back - that restores the role and read-write for
--- storing the report - so the rows are carried out in a variable.
+-- before the check) in a read-only subtransaction, as the role ai_agents_report_reader
+-- (_run_report_query): whoever builds the report (the worker is a superuser), the queries read
+-- only the report organization's rows of the extension's tables, through row-level security,
+-- and each stops after ai_agents.report_query_timeout. The subtransaction always ends by
+-- rolling back - that restores read-write for storing the report - so the rows are carried
+-- out in a variable.
 CREATE OR REPLACE FUNCTION ai_agents._run_report_queries(template_name text, queries jsonb, org uuid,
                                              from_ts timestamptz, to_ts timestamptz)
 RETURNS jsonb
@@ -1684,17 +1706,15 @@ BEGIN
     BEGIN
         PERFORM set_config('transaction_read_only', 'on', true);
         PERFORM set_config('ai_agents_report.organization', org::text, true);
-        PERFORM set_config('role', 'ai_agents_report_reader', true);
         FOR query IN SELECT q.key, q.value #>> '{}' AS sql FROM jsonb_each(queries) q ORDER BY q.key LOOP
             running := query.key;
-            EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(q)), ''[]'') FROM (%s) q',
-                           regexp_replace(query.sql, '[[:space:];]+$', ''))
-               INTO query_rows USING org, from_ts, to_ts;
+            query_rows := ai_agents._run_report_query(query.sql, org, from_ts, to_ts);
             results := results || jsonb_build_object(query.key, query_rows);
         END LOOP;
         running := NULL;
         RAISE EXCEPTION 'report queries done' USING ERRCODE = 'AIQ00';
-    EXCEPTION WHEN OTHERS THEN
+    -- A query cut off by its timeout fails its report like any other error.
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
         IF SQLSTATE <> 'AIQ00' THEN
             RAISE EXCEPTION 'report template "%": query "%" failed: %', template_name, running, SQLERRM
                 USING ERRCODE = SQLSTATE,
@@ -1953,8 +1973,9 @@ CREATE OR REPLACE TRIGGER ai_agent_tasks_report_narrative
 -- are the record of what was built, so a restart or a missed period (up to twelve back) only
 -- builds what is missing, and periods that ended before the schedule or the agent existed are
 -- not back-filled. A failed build is stored as a failed report (with its error) and logged.
--- Returns when the next build falls due (NULL: no schedule).
-CREATE OR REPLACE FUNCTION ai_agents.build_due_reports(now timestamptz DEFAULT now())
+-- At most max_reports are built (NULL: all), the oldest periods first. Returns when the next
+-- build falls due (NULL: no schedule; `now` when more are due than were built).
+CREATE OR REPLACE FUNCTION ai_agents.build_due_reports(now timestamptz DEFAULT now(), max_reports integer DEFAULT NULL)
 RETURNS timestamptz
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1963,7 +1984,11 @@ AS $$
 DECLARE
     due record;
     next_due timestamptz;
+    built integer := 0;
 BEGIN
+    IF max_reports < 1 THEN
+        RAISE EXCEPTION 'max_reports must be at least 1, got %', max_reports USING ERRCODE = '22023';
+    END IF;
     FOR due IN
         WITH scheduled AS (
             SELECT * FROM ai_agents.ai_agent_report_templates t
@@ -1990,10 +2015,16 @@ BEGIN
                               AND r.period_end = p.period_end)
          ORDER BY p.period_start, s.organization_id, s.agent_id
     LOOP
+        -- A batch at a time (the worker's turn): more are due, so the next build is now.
+        IF built >= max_reports THEN
+            RETURN now;
+        END IF;
+        built := built + 1;
         BEGIN
             PERFORM ai_agents.build_report(due.template_id::text, due.organization_id, due.period_start,
                                            due.period_end, due.agent_id);
-        EXCEPTION WHEN OTHERS THEN
+        -- A template query cut off by its timeout fails that report only.
+        EXCEPTION WHEN OTHERS OR query_canceled THEN
             INSERT INTO ai_agents.ai_agent_reports
                 (organization_id, agent_id, template_id, report_type, title, period_start, period_end,
                  status, error, markdown)
@@ -2033,7 +2064,7 @@ AS $$
      LIMIT 1
 $$;
 
-REVOKE ALL ON FUNCTION ai_agents.build_due_reports(timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.build_due_reports(timestamptz, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents._run_report_queries(text, jsonb, uuid, timestamptz, timestamptz) FROM PUBLIC;
 
 -- ==== sql/idempotent/security.sql
@@ -2071,31 +2102,39 @@ AS $$
 $$;
 
 -- The organizations of the current request: the membership hook's answer when
--- ai_agents.organization_hook names one (a function without arguments returning uuid[],
--- called as the requesting role), else the JWT claim that PostgREST put into
--- request.jwt.claims, at the path ai_agents.jwt_organization_claim (dots for nesting, e.g.
--- app_metadata.organization_id; a uuid or an array of them). Empty when there is none.
+-- ai_agents.organization_hook names one (a function without arguments returning uuid[], run
+-- as the requesting role by _hook_organization_ids, src/membership.rs), else the JWT claim
+-- that PostgREST put into request.jwt.claims, at the path ai_agents.jwt_organization_claim
+-- (dots for nesting, e.g. app_metadata.organization_id; a uuid or an array of them). Empty
+-- when there is none.
+CREATE OR REPLACE FUNCTION ai_agents._hook_organization_ids() RETURNS uuid[]
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'hook_organization_ids_wrapper';
+
 CREATE OR REPLACE FUNCTION ai_agents._request_organization_ids() RETURNS uuid[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    hook text := nullif(current_setting('ai_agents.organization_hook', true), '');
-    claim text := coalesce(nullif(current_setting('ai_agents.jwt_organization_claim', true), ''),
-                           'organization_id');
-    claims jsonb := nullif(current_setting('request.jwt.claims', true), '')::jsonb;
+    claim text;
+    claims jsonb;
     value jsonb;
     ids uuid[];
 BEGIN
-    -- A report template's query, run as the reader for the report's organization (set by
-    -- _run_report_queries; only roles that see every organization can become the reader).
+    -- A report template's query, run as the reader for the report's organization (only
+    -- _run_report_query becomes the reader, after _run_report_queries set the organization).
     IF current_user = 'ai_agents_report_reader' THEN
         RETURN ARRAY[current_setting('ai_agents_report.organization')::uuid];
     END IF;
-    IF hook IS NOT NULL THEN
-        EXECUTE format('SELECT %s()', hook::regproc) INTO ids;
-        RETURN coalesce(ids, '{}');
+    -- Asked first: the call loads the library, so the superuser-only settings read below hold
+    -- their real values, never one a member set before the library was loaded.
+    ids := ai_agents._hook_organization_ids();
+    IF ids IS NOT NULL THEN
+        RETURN ids;
     END IF;
+    claim := coalesce(nullif(current_setting('ai_agents.jwt_organization_claim', true), ''),
+                      'organization_id');
+    claims := nullif(current_setting('request.jwt.claims', true), '')::jsonb;
     value := claims #> string_to_array(claim, '.');
     RETURN CASE jsonb_typeof(value)
         WHEN 'string' THEN ARRAY[(value #>> '{}')::uuid]
@@ -2215,8 +2254,11 @@ BEGIN
         GRANT ALL ON ALL TABLES IN SCHEMA ai_agents TO service_role;
         GRANT ALL ON ALL SEQUENCES IN SCHEMA ai_agents TO service_role;
         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA ai_agents TO service_role;
-        -- build_report runs template queries as the reader.
-        GRANT ai_agents_report_reader TO service_role;
+        -- Nobody needs to become the reader: _run_report_query switches to it. 0.1.0 made
+        -- service_role a member, so that its build_report could.
+        IF pg_has_role('service_role', 'ai_agents_report_reader', 'MEMBER') THEN
+            REVOKE ai_agents_report_reader FROM service_role;
+        END IF;
         applied := applied || 'service_role'::text;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
@@ -2224,6 +2266,7 @@ BEGIN
         EXECUTE format('GRANT SELECT ON %s TO authenticated', tenant_tables);
         GRANT EXECUTE ON FUNCTION
             ai_agents._request_organization_ids(),
+            ai_agents._hook_organization_ids(),
             ai_agents.enqueue_task(uuid, text, text, jsonb, text, integer, timestamptz, text, text, text, integer, uuid),
             ai_agents.cancel_task(uuid, text),
             ai_agents.start_conversation(uuid, text, jsonb),

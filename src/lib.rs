@@ -2,13 +2,16 @@
 //! This file only wires the modules together; each capability lives in its own module.
 use pgrx::prelude::*;
 
+mod deadline;
 mod error;
 mod guard;
 mod limits;
 mod llm;
+mod membership;
 mod ratelimit;
 mod reports;
 mod retry;
+mod run_as;
 mod schedule;
 mod settings;
 mod shmem;
@@ -42,9 +45,14 @@ pgrx::extension_sql_file!(
 // and the Rust functions its SQL calls; security last, so that it covers every table and
 // function.
 pgrx::extension_sql_file!(
+    "../sql/incremental/004-build-due-reports-batch.sql",
+    name = "incremental_004",
+    requires = ["incremental_003"]
+);
+pgrx::extension_sql_file!(
     "../sql/idempotent/guard.sql",
     name = "guard",
-    requires = ["incremental_003"]
+    requires = ["incremental_004"]
 );
 pgrx::extension_sql_file!(
     "../sql/idempotent/agents.sql",

@@ -62,6 +62,11 @@ pub static MAX_INPUT_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static MAX_MESSAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 /// Tasks an organization's members may have waiting at once (read by enqueue_task).
 pub static MAX_WAITING_TASKS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Longest one step of the worker's turn may run, and its lock waits (src/worker/mod.rs).
+pub static WORKER_STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+pub static WORKER_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2_000);
+/// Longest one query of a report template may run (src/reports/query.rs).
+pub static REPORT_QUERY_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// Days finished tasks and activity are kept; 0 keeps them forever.
 pub static HISTORY_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
 
@@ -240,6 +245,36 @@ pub fn register() {
         &ANTHROPIC_API_KEY_SECRET,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.worker_statement_timeout",
+        c"Longest one step of the worker's turn (recording, claiming, building reports, pruning) may run.",
+        c"A step that runs longer is cancelled and logged; the worker goes on with its next turn.",
+        &WORKER_STATEMENT_TIMEOUT_MS,
+        100,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.worker_lock_timeout",
+        c"Longest the worker waits for a lock another session holds.",
+        c"The worker's lock_timeout; a step that waits longer is cancelled and tried again next turn.",
+        &WORKER_LOCK_TIMEOUT_MS,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.report_query_timeout",
+        c"Longest one query of a report template may run.",
+        c"A query that runs longer is cancelled (SQLSTATE 57014) and its report fails.",
+        &REPORT_QUERY_TIMEOUT_MS,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"ai_agents.history_retention",

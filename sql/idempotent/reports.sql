@@ -9,6 +9,13 @@ LANGUAGE c STABLE STRICT
 AS 'MODULE_PATHNAME', 'is_single_select_wrapper';
 
 -- Refuses a template query that is not exactly one SELECT (22023), naming it.
+CREATE OR REPLACE FUNCTION ai_agents._run_report_query(sql text, organization uuid,
+                                                       period_start timestamptz, period_end timestamptz)
+RETURNS jsonb
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'run_report_query_wrapper';
+REVOKE ALL ON FUNCTION ai_agents._run_report_query(text, uuid, timestamptz, timestamptz) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION ai_agents._check_report_query(name text, sql text) RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -160,11 +167,12 @@ $$;
 
 -- Runs the template's own queries with $1 = organization id, $2 = period start, $3 = period
 -- end, each as a sub-select (exactly one SELECT, checked again here for templates written
--- before the check) in a read-only subtransaction, as the role ai_agents_report_reader: whoever
--- builds the report (the worker is a superuser), the queries read only the report
--- organization's rows of the extension's tables, through row-level security. The
--- subtransaction always ends by rolling back - that restores the role and read-write for
--- storing the report - so the rows are carried out in a variable.
+-- before the check) in a read-only subtransaction, as the role ai_agents_report_reader
+-- (_run_report_query): whoever builds the report (the worker is a superuser), the queries read
+-- only the report organization's rows of the extension's tables, through row-level security,
+-- and each stops after ai_agents.report_query_timeout. The subtransaction always ends by
+-- rolling back - that restores read-write for storing the report - so the rows are carried
+-- out in a variable.
 CREATE OR REPLACE FUNCTION ai_agents._run_report_queries(template_name text, queries jsonb, org uuid,
                                              from_ts timestamptz, to_ts timestamptz)
 RETURNS jsonb
@@ -181,17 +189,15 @@ BEGIN
     BEGIN
         PERFORM set_config('transaction_read_only', 'on', true);
         PERFORM set_config('ai_agents_report.organization', org::text, true);
-        PERFORM set_config('role', 'ai_agents_report_reader', true);
         FOR query IN SELECT q.key, q.value #>> '{}' AS sql FROM jsonb_each(queries) q ORDER BY q.key LOOP
             running := query.key;
-            EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(q)), ''[]'') FROM (%s) q',
-                           regexp_replace(query.sql, '[[:space:];]+$', ''))
-               INTO query_rows USING org, from_ts, to_ts;
+            query_rows := ai_agents._run_report_query(query.sql, org, from_ts, to_ts);
             results := results || jsonb_build_object(query.key, query_rows);
         END LOOP;
         running := NULL;
         RAISE EXCEPTION 'report queries done' USING ERRCODE = 'AIQ00';
-    EXCEPTION WHEN OTHERS THEN
+    -- A query cut off by its timeout fails its report like any other error.
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
         IF SQLSTATE <> 'AIQ00' THEN
             RAISE EXCEPTION 'report template "%": query "%" failed: %', template_name, running, SQLERRM
                 USING ERRCODE = SQLSTATE,
@@ -450,8 +456,9 @@ CREATE OR REPLACE TRIGGER ai_agent_tasks_report_narrative
 -- are the record of what was built, so a restart or a missed period (up to twelve back) only
 -- builds what is missing, and periods that ended before the schedule or the agent existed are
 -- not back-filled. A failed build is stored as a failed report (with its error) and logged.
--- Returns when the next build falls due (NULL: no schedule).
-CREATE OR REPLACE FUNCTION ai_agents.build_due_reports(now timestamptz DEFAULT now())
+-- At most max_reports are built (NULL: all), the oldest periods first. Returns when the next
+-- build falls due (NULL: no schedule; `now` when more are due than were built).
+CREATE OR REPLACE FUNCTION ai_agents.build_due_reports(now timestamptz DEFAULT now(), max_reports integer DEFAULT NULL)
 RETURNS timestamptz
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -460,7 +467,11 @@ AS $$
 DECLARE
     due record;
     next_due timestamptz;
+    built integer := 0;
 BEGIN
+    IF max_reports < 1 THEN
+        RAISE EXCEPTION 'max_reports must be at least 1, got %', max_reports USING ERRCODE = '22023';
+    END IF;
     FOR due IN
         WITH scheduled AS (
             SELECT * FROM ai_agents.ai_agent_report_templates t
@@ -487,10 +498,16 @@ BEGIN
                               AND r.period_end = p.period_end)
          ORDER BY p.period_start, s.organization_id, s.agent_id
     LOOP
+        -- A batch at a time (the worker's turn): more are due, so the next build is now.
+        IF built >= max_reports THEN
+            RETURN now;
+        END IF;
+        built := built + 1;
         BEGIN
             PERFORM ai_agents.build_report(due.template_id::text, due.organization_id, due.period_start,
                                            due.period_end, due.agent_id);
-        EXCEPTION WHEN OTHERS THEN
+        -- A template query cut off by its timeout fails that report only.
+        EXCEPTION WHEN OTHERS OR query_canceled THEN
             INSERT INTO ai_agents.ai_agent_reports
                 (organization_id, agent_id, template_id, report_type, title, period_start, period_end,
                  status, error, markdown)
@@ -530,5 +547,5 @@ AS $$
      LIMIT 1
 $$;
 
-REVOKE ALL ON FUNCTION ai_agents.build_due_reports(timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.build_due_reports(timestamptz, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents._run_report_queries(text, jsonb, uuid, timestamptz, timestamptz) FROM PUBLIC;

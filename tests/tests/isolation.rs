@@ -3,10 +3,10 @@
 //! keeps enqueueing, and checks that the healthy tasks run promptly, that the worker process
 //! never restarts (its backend_start is unchanged), and that every hostile task ends with one
 //! recorded outcome and a clear error.
-use ai_agents_tests::postgres::Client;
+use ai_agents_tests::postgres::{Client, NoTls};
 use ai_agents_tests::{
     as_role, claims, create_agent, enqueue, error_of, fresh_database, shared_cluster,
-    start_conversation, supabase_roles, wait_for, WorkerEnv,
+    start_conversation, supabase_roles, wait_for, Cluster, WorkerEnv,
 };
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -16,7 +16,11 @@ fn env() -> &'static WorkerEnv {
     WorkerEnv::kept(
         &ENV,
         "isolation",
-        &["ai_agents.history_max_bytes = '100kB'"],
+        &[
+            "ai_agents.history_max_bytes = '100kB'",
+            "ai_agents.report_query_timeout = '1s'",
+            "ai_agents.worker_lock_timeout = '200ms'",
+        ],
     )
 }
 
@@ -653,5 +657,403 @@ fn a_task_row_locked_for_a_minute_delays_only_that_task() {
         .filter(|r| r["body"].to_string().contains("held by a person"))
         .count();
     assert_eq!((logged, called), (1, 1), "one call, one recorded outcome");
+    assert_eq!(worker_started(&mut c), started, "the worker restarted");
+}
+
+#[test]
+fn the_membership_hook_runs_as_the_member_inside_the_entry_points() {
+    supabase_roles();
+    let (mut c, db) = fresh_database();
+    c.batch_execute("SELECT ai_agents.apply_role_grants()")
+        .unwrap();
+    let (org_a, agent_a) = create_agent(&mut c, "Member's gym");
+    let (_, agent_b) = create_agent(&mut c, "Another gym");
+    // A membership table whose own row-level security shows each role its rows: the hook
+    // answers for whoever runs it.
+    c.batch_execute(&format!(
+        "CREATE TABLE public.memberships (member name, organization_id uuid);
+         ALTER TABLE public.memberships ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY own_rows ON public.memberships USING (member = current_user);
+         GRANT SELECT ON public.memberships TO authenticated;
+         INSERT INTO public.memberships SELECT 'authenticated', '{org_a}';
+         INSERT INTO public.memberships SELECT 'someone_else', organization_id
+           FROM ai_agents.ai_agents WHERE id = '{agent_b}';
+         CREATE FUNCTION public.my_organizations() RETURNS uuid[] LANGUAGE sql STABLE
+           AS $$ SELECT coalesce(array_agg(organization_id), '{{}}') FROM public.memberships $$;
+         GRANT EXECUTE ON FUNCTION public.my_organizations() TO authenticated;"
+    ))
+    .unwrap();
+    // The superuser chooses the hook for the session; the request then runs as the member.
+    let mut member = shared_cluster().connect(&db);
+    member
+        .batch_execute(
+            "SET ai_agents.organization_hook = 'public.my_organizations'; SET ROLE authenticated",
+        )
+        .unwrap();
+    let visible: i64 = member
+        .query_one("SELECT count(*) FROM ai_agents.ai_agents", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(visible, 1, "through RLS the member sees its gym only");
+    // Inside the SECURITY DEFINER entry points the hook answers the same.
+    member
+        .query_one(
+            "SELECT ai_agents.enqueue_task($1::text::uuid, 'own gym')",
+            &[&agent_a],
+        )
+        .expect("the member's own agent");
+    let (code, message) = error_of(
+        &mut member,
+        &format!("SELECT ai_agents.enqueue_task('{agent_b}', 'crossing over')"),
+    );
+    assert_eq!(code, "42501", "{message}");
+    let (code, message) = error_of(
+        &mut member,
+        &format!("SELECT ai_agents.start_conversation('{agent_b}')"),
+    );
+    assert_eq!(code, "42501", "{message}");
+    let crossed: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agents.ai_agent_tasks WHERE agent_id = $1::text::uuid",
+            &[&agent_b],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(crossed, 0);
+}
+
+#[test]
+fn a_member_cannot_choose_the_membership_settings_before_the_library_loads() {
+    // Without preloading, a session has not loaded the library until it calls one of its
+    // functions; until then Postgres takes any value for an ai_agents.* name.
+    let cluster = Cluster::start("isolation-no-preload", &["shared_preload_libraries = ''"]);
+    let (mut c, db) = cluster.fresh_database();
+    c.batch_execute(
+        "CREATE ROLE authenticated NOLOGIN; CREATE ROLE member LOGIN; GRANT authenticated TO member;
+         SELECT ai_agents.apply_role_grants();
+         CREATE FUNCTION public.every_organization() RETURNS uuid[] LANGUAGE sql STABLE SECURITY DEFINER
+           AS $$ SELECT array_agg(organization_id) FROM ai_agents.ai_agents $$;
+         GRANT EXECUTE ON FUNCTION public.every_organization() TO authenticated;",
+    )
+    .unwrap();
+    let (org_a, _) = create_agent(&mut c, "Member's gym");
+    let (_, agent_b) = create_agent(&mut c, "Another gym");
+    let mut member = Client::connect(
+        &cluster
+            .conninfo(&db)
+            .replace("user=postgres", "user=member"),
+        NoTls,
+    )
+    .unwrap();
+    member
+        .batch_execute(&format!(
+            "SET ROLE authenticated; SELECT set_config('request.jwt.claims', '{}', false)",
+            claims(&org_a)
+        ))
+        .unwrap();
+    // Accepted or refused, neither choice may count.
+    for setting in [
+        "SET ai_agents.organization_hook = 'public.every_organization'",
+        "SET ai_agents.jwt_organization_claim = 'sub'",
+    ] {
+        let _ = member.batch_execute(setting);
+    }
+    let visible: i64 = member
+        .query_one("SELECT count(*) FROM ai_agents.ai_agents", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(visible, 1);
+    let (code, message) = error_of(
+        &mut member,
+        &format!("SELECT ai_agents.enqueue_task('{agent_b}', 'crossing over')"),
+    );
+    assert_eq!(code, "42501", "{message}");
+    let hook: String = member
+        .query_one("SELECT current_setting('ai_agents.organization_hook')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        hook, "",
+        "the member's value was discarded when the library loaded"
+    );
+}
+
+#[test]
+fn a_429_on_one_organizations_own_key_pauses_that_organization_only() {
+    let env = env();
+    let mut c = env.connect();
+    let started = worker_started(&mut c);
+    let (org, agent) = create_agent(&mut c, "Own key");
+    let (_, healthy) = create_agent(&mut c, "Shared key");
+    // The organization's own key, in a stand-in for Supabase Vault.
+    c.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS vault;
+         CREATE OR REPLACE VIEW vault.decrypted_secrets AS
+         SELECT * FROM (VALUES ('ai_agents.openai.organization.{org}', 'sk-own-key-of-{org}'))
+                s(name, decrypted_secret)"
+    ))
+    .unwrap();
+    let marker = format!("throttled-{org}");
+    env.stub
+        .script(serde_json::json!({"match": marker, "status": 429, "retry_after": "30"}));
+    let throttled = enqueue(&mut c, &agent, &marker);
+    wait_for(
+        &mut c,
+        &throttled,
+        "attempts = 1 AND status = 'pending'",
+        Duration::from_secs(10),
+    );
+    let paused: Vec<(String, f64)> = c
+        .query(
+            "SELECT key, extract(epoch FROM paused_for)::float8 FROM ai_agents.rate_limit_usage
+              WHERE paused_for IS NOT NULL ORDER BY key",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(paused.len(), 2, "{paused:?}");
+    assert_eq!(paused[1].0, "credentials:openai", "{paused:?}");
+    assert!(
+        paused[0].0.starts_with("credential:openai:") && !paused[0].0.contains("sk-own-key"),
+        "{paused:?}"
+    );
+    assert!(paused.iter().all(|(_, s)| *s > 20.0), "{paused:?}");
+    // The organization's next task waits for its key; everyone else's run as usual.
+    let waiting = enqueue(&mut c, &agent, "after the 429");
+    healthy_tasks_run_promptly(&mut c, &healthy, 10);
+    let row = c
+        .query_one(
+            "SELECT t.status, (SELECT l.details ->> 'tier' FROM ai_agents.ai_agent_activity_log l
+                                WHERE l.task_id = t.id AND l.action_type = 'rate_limited' LIMIT 1)
+               FROM ai_agents.ai_agent_tasks t WHERE t.id = $1::text::uuid",
+            &[&waiting],
+        )
+        .unwrap();
+    let (status, tier): (String, Option<String>) = (row.get(0), row.get(1));
+    assert_eq!(
+        (status.as_str(), tier.as_deref()),
+        ("pending", Some("credential"))
+    );
+    // Once the pause is over, both run.
+    c.batch_execute(
+        "SELECT ai_agents.reset_rate_limit(key) FROM ai_agents.rate_limit_usage WHERE key LIKE 'credential%';
+         DROP SCHEMA vault CASCADE",
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE ai_agents.ai_agent_tasks SET next_run_at = now() WHERE id = ANY ($1::text[]::uuid[])",
+        &[&vec![throttled.clone(), waiting.clone()]],
+    )
+    .unwrap();
+    for task in [&throttled, &waiting] {
+        wait_for(
+            &mut c,
+            task,
+            "status = 'completed'",
+            Duration::from_secs(10),
+        );
+    }
+    assert_eq!(worker_started(&mut c), started, "the worker restarted");
+}
+
+#[test]
+fn two_thousand_reports_due_at_once_and_a_slow_template_hold_back_no_task() {
+    let env = env();
+    let mut c = env.connect();
+    let started = worker_started(&mut c);
+    let (_, healthy) = create_agent(&mut c, "Healthy while reporting");
+    // 2,000 gyms, each with a weekly template built every minute, all due now; one of them
+    // asks a query that would run for a minute.
+    c.batch_execute(
+        "CREATE TEMP TABLE gyms AS SELECT gen_random_uuid() AS org, i FROM generate_series(1, 2000) i;
+         INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model, created_at)
+         SELECT org, 'Reporter ' || i, 'monday_reporter', 'gpt-4o-mini', now() - interval '60 days' FROM gyms;
+         INSERT INTO ai_agents.ai_agent_report_templates
+             (organization_id, name, report_type, agent_type, period, sections, schedule_cron, schedule_starts_at, queries)
+         SELECT org, 'monday', 'weekly_performance', 'monday_reporter', 'week', '{usage}', '* * * * *',
+                date_trunc('week', now(), 'UTC') - interval '3 days',
+                CASE WHEN i = 1000 THEN '{\"slow\": \"SELECT pg_sleep(60)\"}'::jsonb ELSE '{}' END
+           FROM gyms;",
+    )
+    .unwrap();
+    let orgs: Vec<String> = c
+        .query("SELECT org::text FROM gyms ORDER BY i", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let begun = std::time::Instant::now();
+    let built = |c: &mut Client| -> (i64, i64) {
+        let r = c
+            .query_one(
+                "SELECT count(*) FILTER (WHERE status = 'ready'), count(*) FILTER (WHERE status = 'failed')
+                   FROM ai_agents.ai_agent_reports WHERE organization_id = ANY ($1::text[]::uuid[])",
+                &[&orgs],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    // A scheduler pass looks at the schedules now; the batches after it follow turn by turn.
+    c.batch_execute("SELECT ai_agents.run_scheduler_once()")
+        .unwrap();
+    while built(&mut c).0 + built(&mut c).1 < 2000 {
+        assert!(
+            begun.elapsed() < Duration::from_secs(240),
+            "reports built so far: {:?}",
+            built(&mut c)
+        );
+        healthy_tasks_run_promptly(&mut c, &healthy, 3);
+    }
+    println!(
+        "isolation: 2,000 reports built in {:.1} s",
+        begun.elapsed().as_secs_f64()
+    );
+    assert_eq!(built(&mut c), (1999, 1));
+    let error: String = c
+        .query_one(
+            "SELECT error FROM ai_agents.ai_agent_reports r JOIN gyms g ON g.org = r.organization_id
+              WHERE g.i = 1000",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(error.contains("statement timeout"), "{error}");
+    assert_eq!(worker_started(&mut c), started, "the worker restarted");
+}
+
+#[test]
+fn a_table_locked_by_a_person_delays_only_the_step_that_needs_it() {
+    let env = env();
+    let mut c = env.connect();
+    let started = worker_started(&mut c);
+    let (_, healthy) = create_agent(&mut c, "Healthy beside a lock");
+    let mut person = env.connect();
+    person
+        .batch_execute(
+            "BEGIN; LOCK TABLE ai_agents.ai_agent_report_templates IN ACCESS EXCLUSIVE MODE",
+        )
+        .unwrap();
+    // A scheduler pass looks at the report schedules: it gives up on the lock after
+    // ai_agents.worker_lock_timeout, and claims meanwhile go on.
+    let mut asker = env.connect();
+    let pass = std::thread::spawn(move || {
+        asker
+            .query_one("SELECT ai_agents.run_scheduler_once()::text", &[])
+            .map(|r| r.get::<_, String>(0))
+    });
+    healthy_tasks_run_promptly(&mut c, &healthy, 10);
+    pass.join()
+        .unwrap()
+        .expect("the pass ends despite the lock");
+    person.batch_execute("ROLLBACK").unwrap();
+    healthy_tasks_run_promptly(&mut c, &healthy, 3);
+    assert_eq!(worker_started(&mut c), started, "the worker restarted");
+}
+
+#[test]
+fn soak_two_thousand_tasks_of_twenty_gyms_among_two_hundred_hostile_ones() {
+    // A cluster of its own: its flood would delay the other tests' healthy tasks.
+    static SOAK: OnceLock<WorkerEnv> = OnceLock::new();
+    let env = WorkerEnv::kept(&SOAK, "isolation-soak", &[]);
+    let mut c = env.connect();
+    let started = worker_started(&mut c);
+    // 20 gyms with 100 ordinary tasks each; two hostile gyms with 100 tasks each, one whose
+    // agent points at an endpoint outside the allowlist, one whose every call the provider
+    // refuses with a 400. All enqueued at once, in random order.
+    c.batch_execute(
+        "CREATE TABLE soak_agents (agent uuid, kind text);
+         WITH kinds AS (SELECT 'normal' AS kind FROM generate_series(1, 20)
+                        UNION ALL VALUES ('unreachable'), ('refused')),
+         made AS (
+             INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model, config)
+             SELECT gen_random_uuid(), 'Soak ' || kind, 'customer_care', 'gpt-4o-mini',
+                    CASE WHEN kind = 'unreachable'
+                         THEN '{\"base_url\": \"http://evil.example/v1\"}'::jsonb ELSE '{}' END
+               FROM kinds
+             RETURNING id, name, config)
+         INSERT INTO soak_agents
+         SELECT id, CASE WHEN config ? 'base_url' THEN 'unreachable'
+                         WHEN name = 'Soak refused' THEN 'refused' ELSE 'normal' END
+           FROM made;",
+    )
+    .unwrap();
+    let refused: Vec<serde_json::Value> = (0..100)
+        .map(|_| serde_json::json!({"match": "soak refused", "status": 400, "error_type": "invalid_request_error"}))
+        .collect();
+    env.stub.script(serde_json::Value::Array(refused));
+    let begun = std::time::Instant::now();
+    c.batch_execute(
+        "CREATE TABLE soak_tasks AS
+         SELECT (ai_agents.enqueue_task(s.agent, 'soak ' || s.kind || ' ' || s.agent || ' ' || n)).id AS task, s.kind
+           FROM (SELECT a.agent, a.kind, n FROM soak_agents a, generate_series(1, 100) n ORDER BY random()) s",
+    )
+    .unwrap();
+    let outcomes = |c: &mut Client| -> Vec<(String, String, i64)> {
+        c.query(
+            "SELECT s.kind, t.status, count(*) FROM soak_tasks s JOIN ai_agents.ai_agent_tasks t ON t.id = s.task
+              GROUP BY 1, 2 ORDER BY 1, 2",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    };
+    let expected = vec![
+        ("normal".to_string(), "completed".to_string(), 2000),
+        ("refused".to_string(), "failed".to_string(), 100),
+        ("unreachable".to_string(), "failed".to_string(), 100),
+    ];
+    while outcomes(&mut c) != expected {
+        assert!(
+            begun.elapsed() < Duration::from_secs(300),
+            "after 300 s: {:?}",
+            outcomes(&mut c)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let elapsed = begun.elapsed().as_secs_f64();
+    // Exactly one recorded outcome per task and one attempt; the hostile ones name their
+    // problem.
+    let rows = c
+        .query(
+            "SELECT s.kind, t.attempts, t.error_message,
+                    (SELECT count(*) FROM ai_agents.ai_agent_activity_log l
+                      WHERE l.task_id = t.id AND l.action_type IN ('task_completed', 'task_failed'))
+               FROM soak_tasks s JOIN ai_agents.ai_agent_tasks t ON t.id = s.task",
+            &[],
+        )
+        .unwrap();
+    for row in &rows {
+        let (kind, attempts, error, outcomes): (String, i32, Option<String>, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert_eq!((attempts, outcomes), (1, 1), "{kind}: {error:?}");
+        let error = error.unwrap_or_default();
+        match kind.as_str() {
+            "normal" => assert_eq!(error, ""),
+            "unreachable" => assert!(error.contains("is not allowed"), "{error}"),
+            _ => assert!(error.contains("400"), "{error}"),
+        }
+    }
+    // Every ordinary task was sent once; nothing went to the endpoint outside the allowlist.
+    let requests = env.stub.requests();
+    let mut sent: Vec<String> = requests
+        .iter()
+        .map(|r| r["body"].to_string())
+        .filter(|body| body.contains("soak normal"))
+        .collect();
+    let calls = sent.len();
+    sent.sort();
+    sent.dedup();
+    assert_eq!((calls, sent.len()), (2000, 2000), "calls, distinct calls");
+    assert!(!requests
+        .iter()
+        .any(|r| r["body"].to_string().contains("soak unreachable")));
+    println!(
+        "isolation soak: 2,200 tasks of 22 gyms (200 hostile) done in {elapsed:.1} s, {:.0} tasks/s",
+        2200.0 / elapsed
+    );
     assert_eq!(worker_started(&mut c), started, "the worker restarted");
 }

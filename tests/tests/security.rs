@@ -66,6 +66,7 @@ const SERVICE_ONLY_RELATIONS: &[&str] = &["rate_limit_usage"];
 /// What a browser may call. Every other function of the extension is the service role's.
 const AUTHENTICATED_FUNCTIONS: &[&str] = &[
     "ai_agents._request_organization_ids()",
+    "ai_agents._hook_organization_ids()",
     "ai_agents.enqueue_task(uuid,text,text,jsonb,text,integer,timestamp with time zone,text,text,text,integer,uuid)",
     "ai_agents.cancel_task(uuid,text)",
     "ai_agents.start_conversation(uuid,text,jsonb)",

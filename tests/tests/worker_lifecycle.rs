@@ -178,7 +178,7 @@ fn sighup_reloads_the_settings() {
 }
 
 #[test]
-fn a_429_pauses_the_provider_and_the_task_then_succeeds() {
+fn a_429_pauses_the_credential_and_the_task_then_succeeds() {
     let env = WorkerEnv::start("throttled", &[]);
     let mut c = env.connect();
     let (_, agent) = create_agent(&mut c, "a");
@@ -194,16 +194,16 @@ fn a_429_pauses_the_provider_and_the_task_then_succeeds() {
     );
     let paused: Option<f64> = c
         .query_one(
-            "SELECT extract(epoch FROM paused_for)::float8 FROM rate_limit_usage WHERE key = 'provider:openai'",
+            "SELECT extract(epoch FROM paused_for)::float8 FROM rate_limit_usage WHERE key LIKE 'credential:openai:%'",
             &[],
         )
         .unwrap()
         .get(0);
     assert!(
         paused.is_some_and(|p| p > 0.5 && p <= 2.0),
-        "provider paused: {paused:?}"
+        "credential paused: {paused:?}"
     );
-    // Another task for the same provider waits for the pause instead of calling.
+    // Another task with the same credential waits for the pause instead of calling.
     let second = enqueue(&mut c, &agent, "during the pause");
     wait_for(
         &mut c,
@@ -227,7 +227,7 @@ fn a_429_pauses_the_provider_and_the_task_then_succeeds() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(deferred, ["provider"]);
+    assert_eq!(deferred, ["credential"]);
     let attempts: (i32, i32) = {
         let r = c
             .query_one(
