@@ -168,11 +168,6 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
             (jobs, wait)
         });
         let (jobs, wait) = claimed.unwrap_or((vec![], FAILED_WAIT));
-        // A pass asked for by run_scheduler_once looks at the report schedules too, before
-        // the pass is reported done.
-        if requested.is_some() || Instant::now() >= next_reports {
-            next_reports = scheduled_reports::run_once();
-        }
         for (job_pass, succeeded) in outcomes {
             if let Some(current) = pass.as_mut().filter(|p| Some(p.id) == job_pass) {
                 current.count(succeeded);
@@ -182,6 +177,16 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
         for mut job in jobs {
             job.pass = requested;
             pool.submit(job);
+        }
+        // Housekeeping may wait on the latch inside its SQL (a lock wait, a template's
+        // pg_sleep), which swallows a wake-up for a task enqueued meanwhile: after it, the
+        // worker looks for due tasks again before it sleeps.
+        let mut housekept = false;
+        // A pass asked for by run_scheduler_once looks at the report schedules too, before
+        // the pass is reported done.
+        if requested.is_some() || Instant::now() >= next_reports {
+            next_reports = scheduled_reports::run_once();
+            housekept = true;
         }
         if let Some(id) = requested {
             last_pass = id;
@@ -198,6 +203,10 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
         }
         if Instant::now() >= next_prune {
             next_prune = prune::run_once();
+            housekept = true;
+        }
+        if housekept {
+            continue;
         }
         let now = Instant::now();
         let wait = if unrecorded.is_empty() {
