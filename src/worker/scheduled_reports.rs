@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 const EVERY: Duration = Duration::from_secs(60);
 /// Reports built in one turn at most: thousands due at once (a Monday morning) delay the
 /// turn's claims by one batch, and the rest follow in the next turns.
-const PER_TURN: i32 = 100;
+const PER_TURN: i32 = 50;
 /// How soon a failed look is tried again.
 const AFTER_FAILURE: Duration = Duration::from_secs(10);
 

@@ -18,7 +18,7 @@ fn env() -> &'static WorkerEnv {
         "isolation",
         &[
             "ai_agents.history_max_bytes = '100kB'",
-            "ai_agents.report_query_timeout = '1s'",
+            "ai_agents.report_query_timeout = '300ms'",
             "ai_agents.worker_lock_timeout = '200ms'",
         ],
     )
