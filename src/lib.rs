@@ -4,6 +4,7 @@ use pgrx::prelude::*;
 
 mod deadline;
 mod error;
+mod fair_claim;
 mod guard;
 mod limits;
 mod llm;
@@ -50,9 +51,14 @@ pgrx::extension_sql_file!(
     requires = ["incremental_003"]
 );
 pgrx::extension_sql_file!(
+    "../sql/incremental/005-fair-claim.sql",
+    name = "incremental_005",
+    requires = ["incremental_004"]
+);
+pgrx::extension_sql_file!(
     "../sql/idempotent/guard.sql",
     name = "guard",
-    requires = ["incremental_004"]
+    requires = ["incremental_005"]
 );
 pgrx::extension_sql_file!(
     "../sql/idempotent/agents.sql",

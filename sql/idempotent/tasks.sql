@@ -17,7 +17,8 @@
 -- generic one forever, so every call planned its statements again (a batch of one cost 222
 -- instead of 95 us). A generic plan does not know how many tasks a claim wants, and one made
 -- for "many" read every due task and sorted them (ten times slower with a million pending), so
--- claim_due_tasks also sets enable_sort = off: the claim index gives the order.
+-- claim_due_tasks also sets enable_sort = off: the fair-claim index gives the order (its plans
+-- in src/fair_claim are made under these settings too).
 --
 -- search_path: every PL/pgSQL function pins it (SET search_path = pg_catalog, pg_temp), trigger
 -- functions too, which fire with the search_path of whoever writes the table: an object
@@ -245,20 +246,25 @@ RETURNS interval
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'credential_paused_for_wrapper';
 
+-- Which due tasks a claim takes (src/fair_claim): shared fairly across organizations and
+-- their agents within the rate limits, locked (FOR UPDATE SKIP LOCKED) and each with the
+-- agent version to pin. What the limits refuse stays due and is held back, not rewritten.
+CREATE OR REPLACE FUNCTION ai_agents._choose_due_tasks(max_tasks integer)
+RETURNS TABLE (task_id uuid, version_id uuid)
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'choose_due_tasks_wrapper';
+
 CREATE OR REPLACE FUNCTION ai_agents.claim_due_tasks(worker text, max_tasks integer DEFAULT 1, lease interval DEFAULT '5 minutes')
 RETURNS SETOF ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
-SET enable_sort = off -- the generic plan must read the claim index in order (see above)
+SET enable_sort = off -- the generic plans must read the fair-claim index in order (see above)
 SET enable_seqscan = off
 AS $$
 DECLARE
-    candidate record;
-    verdict record;
-    deferred ai_agents.ai_agent_tasks;
-    claimable uuid[] := '{}';
-    versions uuid[] := '{}';
+    claimable uuid[];
+    versions uuid[];
 BEGIN
     IF worker IS NULL OR btrim(worker) = '' THEN
         RAISE EXCEPTION 'worker name must not be empty' USING ERRCODE = '22023';
@@ -272,56 +278,12 @@ BEGIN
     -- Any claimer rescues expired leases first, so a crashed worker's tasks come back without
     -- anyone running SQL by hand (the lease index makes this a cheap probe).
     PERFORM ai_agents.rescue_expired_leases();
-    FOR candidate IN
-        SELECT t.id, t.organization_id, t.agent_id, v.provider, v.id AS version_id,
-               v.config ->> 'base_url' AS base_url
-          FROM ai_agents.ai_agent_tasks t
-          JOIN ai_agents.ai_agents ag ON ag.id = t.agent_id
-          LEFT JOIN ai_agents.ai_agent_versions v ON v.id = ag.current_version_id
-         WHERE t.status IN ('pending', 'completed', 'failed')
-           AND t.next_run_at <= now()
-           AND NOT t.paused
-         ORDER BY t.priority DESC, t.next_run_at
-         LIMIT max_tasks
-           FOR UPDATE OF t SKIP LOCKED
-    LOOP
-        -- An agent whose current version is gone (only a superuser bypassing triggers can do
-        -- that) has nothing to run: the task is claimed without a version and fails without a
-        -- call, instead of the pin raising for every claim.
-        IF candidate.version_id IS NULL THEN
-            claimable := claimable || candidate.id;
-            versions := versions || NULL::uuid;
-            CONTINUE;
-        END IF;
-        -- Each claim is one LLM call: neither its provider (paused by hand with
-        -- pause_rate_limit) nor the credential it would be made with (paused by a 429 with
-        -- Retry-After) may be paused, and it must pass the three rate-limit tiers. A task
-        -- that would be refused waits for the moment it would pass; no attempt is used.
-        verdict := NULL;
-        SELECT false AS allowed,
-               CASE WHEN p.credential >= coalesce(p.provider, interval '0') THEN 'credential' ELSE 'provider' END AS refused_tier,
-               greatest(p.provider, p.credential) AS retry_after
-          INTO verdict
-          FROM (SELECT ai_agents.rate_limit_paused_for('provider:' || candidate.provider) AS provider,
-                       ai_agents._credential_paused_for(candidate.provider, candidate.agent_id::text,
-                                                        candidate.organization_id::text, candidate.base_url) AS credential) p
-         WHERE p.provider IS NOT NULL OR p.credential IS NOT NULL;
-        IF verdict IS NULL THEN
-            SELECT * INTO verdict FROM ai_agents.check_rate_limit(candidate.organization_id, candidate.agent_id);
-        END IF;
-        IF verdict.allowed THEN
-            claimable := claimable || candidate.id;
-            versions := versions || candidate.version_id;
-            CONTINUE;
-        END IF;
-        UPDATE ai_agents.ai_agent_tasks SET next_run_at = now() + verdict.retry_after
-         WHERE id = candidate.id
-        RETURNING * INTO deferred;
-        PERFORM ai_agents._log_task_events(ARRAY[deferred], 'rate_limited', false,
-            ARRAY[format('%s rate limit reached; deferred by %s', verdict.refused_tier, verdict.retry_after)],
-            ARRAY[jsonb_build_object('tier', verdict.refused_tier,
-                                     'retry_after_seconds', extract(epoch FROM verdict.retry_after))]);
-    END LOOP;
+    -- An agent whose current version is gone (only a superuser bypassing triggers can do
+    -- that) has nothing to run: its tasks are claimed without a version and fail without a
+    -- call.
+    SELECT coalesce(array_agg(c.task_id), '{}'), coalesce(array_agg(c.version_id), '{}')
+      INTO claimable, versions
+      FROM ai_agents._choose_due_tasks(max_tasks) c;
     -- The claimed tasks in one statement: a statement per task cost more in executor start-up
     -- than in the updates themselves.
     RETURN QUERY
@@ -343,6 +305,31 @@ BEGIN
     RETURNING t.*;
 END
 $$;
+
+-- The claim queue per organization (docs/fairness.md): its due tasks and how long the oldest
+-- has waited, its calls in the limiter's current window and their share of all calls, and
+-- its weight. Organizations with due tasks or calls in the window. For the operator: it counts
+-- every due task, and reads the limiter, which needs the preloaded library.
+CREATE OR REPLACE VIEW ai_agents.organization_queue WITH (security_invoker = true) AS
+    WITH due AS (
+        SELECT t.organization_id, count(*) AS due_tasks, min(t.next_run_at) AS oldest_due_at
+          FROM ai_agents.ai_agent_tasks t
+         WHERE t.status IN ('pending', 'completed', 'failed') AND t.next_run_at <= now() AND NOT t.paused
+         GROUP BY t.organization_id),
+    calls AS (
+        SELECT substr(u.key, 14)::uuid AS organization_id, u.used
+          FROM ai_agents.rate_limit_usage u
+         WHERE u.key LIKE 'organization:%' AND u.window = interval '1 minute' AND u.used > 0)
+    SELECT organization_id,
+           coalesce(d.due_tasks, 0) AS due_tasks,
+           d.oldest_due_at,
+           now() - d.oldest_due_at AS oldest_waiting,
+           coalesce(c.used, 0) AS calls_in_window,
+           round(coalesce(c.used, 0)::numeric / nullif(sum(c.used) OVER (), 0), 4) AS share_of_calls,
+           coalesce(l.weight, 1)::float8 AS weight
+      FROM due d
+      FULL JOIN calls c USING (organization_id)
+      LEFT JOIN ai_agents.ai_agent_organization_limits l USING (organization_id);
 
 -- Raises the error for a completion, failure or heartbeat that does not hold the task's lease.
 CREATE OR REPLACE FUNCTION ai_agents._refuse_stale_token(task_id uuid, fencing_token bigint) RETURNS void

@@ -248,7 +248,9 @@ BEGIN
 END
 $$;
 
--- When the worker must look again without being woken: the next due task or expiring lease.
+-- When the worker must look again without being woken: the next task to fall due or lease to
+-- expire. Tasks due already that the claim did not take are held back by a limit or locked
+-- by another claimer; the claim itself says when to look at them again (src/fair_claim).
 CREATE OR REPLACE FUNCTION ai_agents._next_wakeup() RETURNS timestamptz
 LANGUAGE plpgsql STABLE -- not sql: PL/pgSQL keeps the plan from call to call
 SET search_path = pg_catalog, pg_temp
@@ -257,7 +259,7 @@ AS $$
 BEGIN
     RETURN least(
         (SELECT min(t.next_run_at) FROM ai_agents.ai_agent_tasks t
-          WHERE t.status IN ('pending', 'completed', 'failed') AND t.next_run_at IS NOT NULL AND NOT t.paused),
+          WHERE t.status IN ('pending', 'completed', 'failed') AND t.next_run_at > now() AND NOT t.paused),
         (SELECT min(t.lease_expires_at) FROM ai_agents.ai_agent_tasks t
           WHERE t.status = 'running' AND t.lease_expires_at IS NOT NULL));
 END

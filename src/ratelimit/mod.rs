@@ -23,7 +23,7 @@ use table::{Key, Limit, Outcome};
 
 pub use shmem::SEGMENT;
 
-const MINUTE_US: u64 = 60_000_000;
+pub const MINUTE_US: u64 = 60_000_000;
 const TIERS: [&str; 3] = ["global", "organization", "agent"];
 
 /// This backend's copy of the override table, reloaded when another transaction changed it.
@@ -131,17 +131,14 @@ fn required<T>(name: &str, value: Option<T>) -> Result<T, Error> {
 type TierRow = (bool, Option<String>, Option<Interval>, i64, i64, i64);
 
 /// Checks `cost` calls against the three tiers of an organization's agent and, when `take` is
-/// set and all have room, takes them.
-fn check_tiers(
-    organization_id: Option<Uuid>,
-    agent_id: Option<Uuid>,
-    cost: Option<i32>,
+/// set and all have room, takes them. Returns the outcome with the three tiers' limits.
+fn decide(
+    organization: &Uuid,
+    agent: &Uuid,
+    cost: u64,
     take: bool,
-) -> Result<TierRow, Error> {
-    let organization = required("organization_id", organization_id)?;
-    let agent = required("agent_id", agent_id)?;
-    let cost = positive("cost", required("cost", cost)?)?;
-    let maxima = tier_limits(&organization, &agent)?;
+) -> Result<(Outcome, [u64; 3]), Error> {
+    let maxima = tier_limits(organization, agent)?;
     if let Some(tier) = (0..3).find(|&i| cost > maxima[i]) {
         return Err(Error::InvalidParameter(format!(
             "cost {cost} exceeds the {} limit of {} per minute",
@@ -149,8 +146,8 @@ fn check_tiers(
         )));
     }
     let (organization_key, agent_key) = (
-        uuid_key("organization:", &organization),
-        uuid_key("agent:", &agent),
+        uuid_key("organization:", organization),
+        uuid_key("agent:", agent),
     );
     let names = ["global", organization_key.as_str(), agent_key.as_str()];
     let limits: Vec<Limit> = names
@@ -167,6 +164,85 @@ fn check_tiers(
         })
         .collect();
     let outcome = shmem::with_table(|table, now| table.check(now, &limits, cost, take))?;
+    Ok((outcome, maxima))
+}
+
+/// A tier that refused and how long until it would admit, in microseconds.
+pub type Refusal = (&'static str, u64);
+
+/// What one more call of an organization's agent would meet at each tier (global,
+/// organization, agent): the limit and the room left, and the tier that would refuse it with
+/// how long until it would not.
+pub struct Room {
+    pub limits: [u64; 3],
+    pub left: [u64; 3],
+    pub refused: Option<Refusal>,
+}
+
+/// The room at the three tiers, without taking anything.
+pub fn room(organization: &Uuid, agent: &Uuid) -> Result<Room, Error> {
+    let (outcome, limits) = decide(organization, agent, 1, false)?;
+    let left = |remaining: &[u64], after: u64| -> [u64; 3] {
+        std::array::from_fn(|i| remaining.get(i).map_or(0, |&r| r + after))
+    };
+    Ok(match outcome {
+        Outcome::Admitted { remaining } => Room {
+            limits,
+            left: left(&remaining, 1),
+            refused: None,
+        },
+        Outcome::Refused {
+            index,
+            retry_after_us,
+            remaining,
+        } => Room {
+            limits,
+            left: left(&remaining, 0),
+            refused: Some((TIERS[index], retry_after_us)),
+        },
+        Outcome::Full { retry_after_us } => Room {
+            limits,
+            left: [0; 3],
+            refused: Some(("capacity", retry_after_us)),
+        },
+    })
+}
+
+/// Takes `cost` calls of an organization's agent at all three tiers, or nothing; on refusal,
+/// the tier and how long until the calls would fit.
+pub fn take(organization: &Uuid, agent: &Uuid, cost: u64) -> Result<Result<(), Refusal>, Error> {
+    Ok(match decide(organization, agent, cost, true)?.0 {
+        Outcome::Admitted { .. } => Ok(()),
+        Outcome::Refused {
+            index,
+            retry_after_us,
+            ..
+        } => Err((TIERS[index], retry_after_us)),
+        Outcome::Full { retry_after_us } => Err(("capacity", retry_after_us)),
+    })
+}
+
+/// Takes one unit of `name` per `window_us` if it has none in the window: whether this is the
+/// first time in the window.
+pub fn first_in_window(name: &str, window_us: u64) -> Result<bool, Error> {
+    let limit = Limit::new(Key { name, window_us }, 1);
+    Ok(matches!(
+        shmem::with_table(|table, now| table.check(now, &[limit], 1, true))?,
+        Outcome::Admitted { .. }
+    ))
+}
+
+/// check_rate_limit's and peek_rate_limit's row for `cost` calls of an organization's agent.
+fn check_tiers(
+    organization_id: Option<Uuid>,
+    agent_id: Option<Uuid>,
+    cost: Option<i32>,
+    take: bool,
+) -> Result<TierRow, Error> {
+    let organization = required("organization_id", organization_id)?;
+    let agent = required("agent_id", agent_id)?;
+    let cost = positive("cost", required("cost", cost)?)?;
+    let (outcome, _) = decide(&organization, &agent, cost, take)?;
     let row = |allowed, tier: Option<&str>, wait: Option<u64>, left: &[u64]| {
         let left = |i: usize| left.get(i).map_or(0, |&v| v as i64);
         (

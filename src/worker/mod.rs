@@ -16,6 +16,7 @@ mod secrets;
 mod statements;
 mod wake;
 
+use crate::fair_claim;
 use crate::settings::{
     self, HTTP_TIMEOUT_S, MAX_CONCURRENT_CALLS, WORKER_ENABLED, WORKER_LOCK_TIMEOUT_MS,
     WORKER_STATEMENT_TIMEOUT_MS,
@@ -409,12 +410,12 @@ fn until_next_due(st: &Statements) -> Duration {
     })
     .ok()
     .flatten();
-    // Called when nothing more could be claimed: a task that is due but was not claimable (a
-    // claimer elsewhere holds its row lock) must not make the worker spin.
-    match seconds {
-        Some(s) => Duration::from_secs_f64(s.max(0.0)).clamp(MIN_WAIT, IDLE_WAIT),
-        None => IDLE_WAIT,
-    }
+    // Called when nothing more could be claimed: due tasks the claim left (held back by a
+    // limit, or locked by another claimer) must not make the worker spin.
+    let next_due = seconds.map_or(IDLE_WAIT, |s| Duration::from_secs_f64(s.max(0.0)));
+    fair_claim::next_look()
+        .map_or(next_due, |look| look.min(next_due))
+        .clamp(MIN_WAIT, IDLE_WAIT)
 }
 
 /// Sleeps on the latch, the pool's pipe (a call finished) and the timeout.

@@ -826,7 +826,7 @@ fn a_429_on_one_organizations_own_key_pauses_that_organization_only() {
     let row = c
         .query_one(
             "SELECT t.status, (SELECT l.details ->> 'tier' FROM ai_agents.ai_agent_activity_log l
-                                WHERE l.task_id = t.id AND l.action_type = 'rate_limited' LIMIT 1)
+                                WHERE l.agent_id = t.agent_id AND l.action_type = 'rate_limited' LIMIT 1)
                FROM ai_agents.ai_agent_tasks t WHERE t.id = $1::text::uuid",
             &[&waiting],
         )

@@ -250,7 +250,8 @@ fn claim_and_complete(c: &mut Client) -> usize {
 }
 
 /// The guide's Step 4.4 through claim_due_tasks with the default limits: 50 of 60 tasks run in
-/// the first minute, 10 are deferred (not failed, no attempt used) and run in the next window.
+/// the first minute; the other 10 are held back (not failed, not rewritten, no attempt used),
+/// with one activity row for the agent, and run in the next window.
 #[test]
 fn the_guides_sixty_tasks_run_fifty_now_and_ten_in_the_next_window() {
     let (mut c, _) = fresh_database();
@@ -266,25 +267,44 @@ fn the_guides_sixty_tasks_run_fifty_now_and_ten_in_the_next_window() {
     assert_eq!(claim_and_complete(&mut c), 50);
     let row = c
         .query_one(
-            "SELECT count(*), max(extract(epoch FROM next_run_at - now()))::float8, max(attempts) \
+            "SELECT count(*), count(*) FILTER (WHERE next_run_at <= now() AND updated_at = created_at), \
+                    max(attempts) \
              FROM ai_agents.ai_agent_tasks WHERE status = 'pending'",
             &[],
         )
         .unwrap();
-    assert_eq!(row.get::<_, i64>(0), 10);
-    let wait: f64 = row.get(1);
-    assert!(
-        wait > 55.0 && wait <= 61.0,
-        "deferred to the next window: {wait}"
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (10, 10),
+        "held back, due and unwritten"
     );
-    assert_eq!(row.get::<_, i32>(2), 0, "deferral uses no attempt");
-    let deferred: i64 = c
-        .query_one("SELECT count(*) FROM ai_agents.ai_agent_activity_log WHERE action_type = 'rate_limited'", &[])
+    assert_eq!(row.get::<_, i32>(2), 0, "holding back uses no attempt");
+    let held = |c: &mut Client| -> Vec<(Option<String>, String, i64, f64)> {
+        c.query(
+            "SELECT agent_id::text, details ->> 'tier', (details ->> 'held_back')::int8, \
+                    (details ->> 'retry_after_seconds')::float8 \
+             FROM ai_agents.ai_agent_activity_log WHERE action_type = 'rate_limited'",
+            &[],
+        )
         .unwrap()
-        .get(0);
-    assert_eq!(deferred, 10);
-    // Nothing more now; all ten once the window has moved on.
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+    };
+    let rows = held(&mut c);
+    assert_eq!(rows.len(), 1, "one row for the agent: {rows:?}");
+    let (who, tier, count, wait) = rows[0].clone();
+    assert_eq!(
+        (who.as_deref(), tier.as_str(), count),
+        (Some(agent.as_str()), "agent", 10)
+    );
+    assert!(
+        wait > 55.0 && wait <= 60.5,
+        "the window frees room in {wait} s"
+    );
+    // Nothing more now, and no second row in this window; all ten once the window moved on.
     assert_eq!(claim_and_complete(&mut c), 0);
+    assert_eq!(held(&mut c).len(), 1);
     thread::sleep(Duration::from_secs_f64(wait + 0.5));
     assert_eq!(claim_and_complete(&mut c), 10);
     let row = c

@@ -1,0 +1,442 @@
+//! Fair claiming (docs/fairness.md): which due tasks a claim takes, so that no organization's
+//! backlog delays another's tasks. claim_due_tasks (sql/idempotent/tasks.sql) asks
+//! `_choose_due_tasks` which tasks to run; `share` decides how many each agent gets.
+//!
+//! A claim reads one row per agent with due tasks (a skip scan over the fair-claim index, so
+//! its cost follows the number of agents with claimable tasks, not their backlogs), asks the
+//! limiter how much room each has, shares the slots, and locks that many of each agent's most
+//! urgent due tasks. An agent or organization the limits refuse is held back as a whole: its
+//! tasks stay due, unwritten, and are taken as the window frees room. One `rate_limited`
+//! activity row per agent (or organization) and window says how many were held back.
+mod share;
+
+use crate::error::{Error, OrReport};
+use crate::ratelimit::{self, Refusal, MINUTE_US};
+use pgrx::datum::Uuid;
+use pgrx::pg_sys::{self, PgOid};
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Held-back tasks counted for the activity row, at most.
+const COUNT_AT_MOST: i64 = 100_000;
+
+/// A claimable task of the fair-claim index: the index's predicate, written once.
+macro_rules! claimable {
+    () => {
+        "t.status IN ('pending', 'completed', 'failed') AND t.next_run_at IS NOT NULL AND NOT t.paused"
+    };
+}
+
+/// One row per agent with due tasks: the skip scan finds each (organization, agent) with
+/// claimable tasks in one index probe, the lateral its most urgent due task in another.
+const DUE_AGENTS: &str = concat!(
+    "WITH RECURSIVE pair AS (
+        (SELECT t.organization_id, t.agent_id FROM ai_agents.ai_agent_tasks t
+          WHERE ",
+    claimable!(),
+    "
+          ORDER BY t.organization_id, t.agent_id, t.priority DESC, t.next_run_at LIMIT 1)
+        UNION ALL
+        SELECT n.organization_id, n.agent_id FROM pair p CROSS JOIN LATERAL
+            (SELECT t.organization_id, t.agent_id FROM ai_agents.ai_agent_tasks t
+              WHERE ",
+    claimable!(),
+    " AND (t.organization_id, t.agent_id) > (p.organization_id, p.agent_id)
+              ORDER BY t.organization_id, t.agent_id, t.priority DESC, t.next_run_at LIMIT 1) n
+    )
+    SELECT p.organization_id, p.agent_id, h.priority,
+           (extract(epoch FROM h.next_run_at) * 1000000)::int8 AS due_us,
+           v.id AS version_id,
+           (extract(epoch FROM CASE WHEN v.id IS NOT NULL THEN
+               ai_agents.rate_limit_paused_for('provider:' || v.provider) END) * 1000000)::int8,
+           (extract(epoch FROM CASE WHEN v.id IS NOT NULL THEN
+               ai_agents._credential_paused_for(v.provider, p.agent_id::text, p.organization_id::text,
+                                                v.config ->> 'base_url') END) * 1000000)::int8,
+           coalesce(l.weight, 1)::float8
+      FROM pair p
+     CROSS JOIN LATERAL
+           (SELECT t.priority, t.next_run_at FROM ai_agents.ai_agent_tasks t
+             WHERE t.organization_id = p.organization_id AND t.agent_id = p.agent_id AND ",
+    claimable!(),
+    " AND t.next_run_at <= now()
+             ORDER BY t.priority DESC, t.next_run_at LIMIT 1) h
+      JOIN ai_agents.ai_agents ag ON ag.id = p.agent_id
+      LEFT JOIN ai_agents.ai_agent_versions v ON v.id = ag.current_version_id
+      LEFT JOIN ai_agents.ai_agent_organization_limits l ON l.organization_id = p.organization_id"
+);
+
+/// Locks up to $3 of an agent's most urgent due tasks, other than those in $4.
+const LOCK: &str = concat!(
+    "SELECT t.id FROM ai_agents.ai_agent_tasks t
+      WHERE t.organization_id = $1 AND t.agent_id = $2 AND ",
+    claimable!(),
+    " AND t.next_run_at <= now() AND t.id <> ALL ($4)
+      ORDER BY t.priority DESC, t.next_run_at
+      LIMIT $3
+        FOR UPDATE OF t SKIP LOCKED"
+);
+
+/// Whether an agent has due tasks besides those in $3.
+const STILL_DUE: &str = concat!(
+    "SELECT EXISTS (SELECT FROM ai_agents.ai_agent_tasks t
+      WHERE t.organization_id = $1 AND t.agent_id = $2 AND ",
+    claimable!(),
+    " AND t.next_run_at <= now() AND t.id <> ALL ($3))"
+);
+
+/// The activity row of a hold: $1 organization, $2 agent (NULL: the whole organization),
+/// $3 tier, $4 seconds until the limit has room; it counts the due tasks, at most $5, other
+/// than those this claim took ($6).
+const LOG_HOLD: &str = concat!(
+    "INSERT INTO ai_agents.ai_agent_activity_log
+         (organization_id, agent_id, action_type, success, error, details)
+     SELECT $1, $2, 'rate_limited', false,
+            format('%s rate limit reached; %s due tasks held back for %s s', $3, h.n, round($4::numeric, 1)),
+            jsonb_build_object('tier', $3, 'held_back', h.n, 'retry_after_seconds', $4,
+                               'by', ai_agents._current_actor())
+       FROM (SELECT count(*) AS n FROM (SELECT FROM ai_agents.ai_agent_tasks t
+              WHERE t.organization_id = $1 AND t.agent_id = coalesce($2, t.agent_id) AND ",
+    claimable!(),
+    " AND t.next_run_at <= now() AND t.id <> ALL ($6) LIMIT $5) d) h"
+);
+
+struct Plans {
+    due_agents: OwnedPreparedStatement,
+    lock: OwnedPreparedStatement,
+    still_due: OwnedPreparedStatement,
+    log_hold: OwnedPreparedStatement,
+}
+
+thread_local! {
+    /// Planned once per session: planning the skip scan cost more than running it.
+    static PLANS: RefCell<Option<Rc<Plans>>> = const { RefCell::new(None) };
+    /// When the last claim found tasks it could not take yet, how soon to look again.
+    static NEXT_LOOK: Cell<Option<Duration>> = const { Cell::new(None) };
+}
+
+fn plans(client: &SpiClient) -> SpiResult<Rc<Plans>> {
+    if let Some(plans) = PLANS.with_borrow(|p| p.clone()) {
+        return Ok(plans);
+    }
+    let uuid = PgOid::from(pg_sys::UUIDOID);
+    let uuids = PgOid::from(pg_sys::UUIDARRAYOID);
+    let keep = |sql: &str, types: &[PgOid]| -> SpiResult<OwnedPreparedStatement> {
+        Ok(client.prepare_mut(sql, types)?.keep())
+    };
+    let plans = Rc::new(Plans {
+        due_agents: keep(DUE_AGENTS, &[])?,
+        lock: keep(LOCK, &[uuid, uuid, PgOid::from(pg_sys::INT8OID), uuids])?,
+        still_due: keep(STILL_DUE, &[uuid, uuid, uuids])?,
+        log_hold: keep(
+            LOG_HOLD,
+            &[
+                uuid,
+                uuid,
+                PgOid::from(pg_sys::TEXTOID),
+                PgOid::from(pg_sys::FLOAT8OID),
+                PgOid::from(pg_sys::INT8OID),
+                uuids,
+            ],
+        )?,
+    });
+    PLANS.set(Some(plans.clone()));
+    Ok(plans)
+}
+
+/// How soon the worker should look again for the tasks the last claim could not take (held
+/// back by a limit or a pause, or locked by another claimer); None: it took all it found.
+pub fn next_look() -> Option<Duration> {
+    NEXT_LOOK.get()
+}
+
+fn look_within(us: u64) {
+    let us = Duration::from_micros(us);
+    NEXT_LOOK.set(Some(NEXT_LOOK.get().map_or(us, |d| d.min(us))));
+}
+
+/// An agent with due tasks, as the claim found it.
+struct DueAgent {
+    organization: Uuid,
+    agent: Uuid,
+    version: Option<Uuid>,
+    /// A pause of its provider or credential: the tier and how much longer.
+    paused: Option<Refusal>,
+}
+
+/// What the limits refused: an agent, or (agent None) an organization.
+struct Hold {
+    organization: Uuid,
+    agent: Option<Uuid>,
+    tier: &'static str,
+    retry_after_us: u64,
+}
+
+impl Hold {
+    fn new(due: &DueAgent, (tier, retry_after_us): Refusal) -> Hold {
+        // A refusal at the organization's tier or above holds back the organization.
+        let whole = matches!(tier, "organization" | "global" | "capacity");
+        Hold {
+            organization: due.organization,
+            agent: (!whole).then_some(due.agent),
+            tier,
+            retry_after_us,
+        }
+    }
+}
+
+impl Hold {
+    fn covers(&self, due: &DueAgent) -> bool {
+        self.organization == due.organization && self.agent.is_none_or(|a| a == due.agent)
+    }
+}
+
+/// Whether an agent has due tasks other than `mine` (the ones this claim locked).
+fn has_more(client: &SpiClient, plans: &Plans, due: &DueAgent, mine: &[Uuid]) -> SpiResult<bool> {
+    Ok(client
+        .select(
+            &plans.still_due,
+            Some(1),
+            &[
+                due.organization.into(),
+                due.agent.into(),
+                mine.to_vec().into(),
+            ],
+        )?
+        .first()
+        .get_one::<bool>()?
+        == Some(true))
+}
+
+fn micros(us: Option<i64>) -> Option<u64> {
+    us.and_then(|us| u64::try_from(us).ok())
+        .filter(|&us| us > 0)
+}
+
+/// Takes up to `n` calls of an agent from the limiter: all at once, else one by one until
+/// refused. Returns how many it took and the refusal, if any.
+fn take_up_to(due: &DueAgent, n: u64) -> Result<(u64, Option<Refusal>), Error> {
+    if n == 0 {
+        return Ok((0, None));
+    }
+    if ratelimit::take(&due.organization, &due.agent, n)?.is_ok() {
+        return Ok((n, None));
+    }
+    for taken in 0..n {
+        if let Err(refusal) = ratelimit::take(&due.organization, &due.agent, 1)? {
+            return Ok((taken, Some(refusal)));
+        }
+    }
+    Ok((n, None))
+}
+
+/// The tasks of this claim and the agent version each is pinned to, at most `max_tasks`.
+/// Declared in sql/idempotent/tasks.sql; only claim_due_tasks calls it, inside its
+/// transaction, whose row locks hold the tasks until they are marked running.
+#[pg_extern(sql = false)]
+fn choose_due_tasks(
+    max_tasks: i32,
+) -> TableIterator<'static, (name!(task_id, Uuid), name!(version_id, Option<Uuid>))> {
+    NEXT_LOOK.set(None);
+    let wanted = u64::try_from(max_tasks).unwrap_or(0);
+    let chosen = Spi::connect_mut(|client| choose(client, wanted))
+        .unwrap_or_else(|e| error!("claiming due tasks failed: {e}"));
+    TableIterator::new(chosen)
+}
+
+type Chosen = Vec<(Uuid, Option<Uuid>)>;
+
+fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
+    let plans = plans(client)?;
+    let mut due = vec![];
+    let mut weights = vec![];
+    let mut heads = vec![];
+    for row in client.select(&plans.due_agents, None, &[])? {
+        let (Some(organization), Some(agent)) = (row.get::<Uuid>(1)?, row.get::<Uuid>(2)?) else {
+            continue;
+        };
+        let provider = micros(row.get::<i64>(6)?).map(|us| ("provider", us));
+        let credential = micros(row.get::<i64>(7)?).map(|us| ("credential", us));
+        due.push(DueAgent {
+            organization,
+            agent,
+            version: row.get::<Uuid>(5)?,
+            paused: provider.into_iter().chain(credential).max_by_key(|p| p.1),
+        });
+        heads.push((
+            row.get::<i32>(3)?.unwrap_or(0),
+            row.get::<i64>(4)?.unwrap_or(0),
+        ));
+        weights.push(row.get::<f64>(8)?.unwrap_or(1.0));
+    }
+    let mut chosen: Chosen = vec![];
+    let mut holds: Vec<Hold> = vec![];
+    // What the claim has locked per agent, so that a second round asks for others.
+    let mut locked: Vec<Vec<Uuid>> = vec![vec![]; due.len()];
+    let lock = |client: &mut SpiClient,
+                i: usize,
+                n: u64,
+                locked: &mut Vec<Vec<Uuid>>|
+     -> SpiResult<Vec<Uuid>> {
+        let d = &due[i];
+        let mut ids = vec![];
+        for row in client.update(
+            &plans.lock,
+            None,
+            &[
+                d.organization.into(),
+                d.agent.into(),
+                i64::try_from(n).unwrap_or(i64::MAX).into(),
+                locked[i].clone().into(),
+            ],
+        )? {
+            if let Some(id) = row.get::<Uuid>(1)? {
+                ids.push(id);
+            }
+        }
+        // Fewer than asked: the agent has no more, or another claimer holds them; then the
+        // worker must look again soon.
+        locked[i].extend(&ids);
+        if (ids.len() as u64) < n && has_more(client, &plans, d, &locked[i])? {
+            look_within(0);
+        }
+        Ok(ids)
+    };
+
+    // An agent without a version fails its tasks without a call: no limit applies to them.
+    for i in (0..due.len()).filter(|&i| due[i].version.is_none()) {
+        let left = wanted - chosen.len() as u64;
+        if left == 0 {
+            break;
+        }
+        chosen.extend(
+            lock(client, i, left, &mut locked)?
+                .into_iter()
+                .map(|id| (id, None)),
+        );
+    }
+
+    // The room each tier has, as the limiter sees it now.
+    let mut organizations: Vec<share::Organization> = vec![];
+    let mut index: HashMap<Uuid, usize> = HashMap::new();
+    let mut agents: Vec<share::Agent> = vec![];
+    let mut of_agent: Vec<usize> = vec![];
+    let mut global_room = u64::MAX;
+    for (i, d) in due.iter().enumerate() {
+        if d.version.is_none() {
+            continue;
+        }
+        if let Some(paused) = d.paused {
+            holds.push(Hold::new(d, paused));
+            continue;
+        }
+        let room = ratelimit::room(&d.organization, &d.agent).or_report();
+        global_room = global_room.min(room.left[0]);
+        if let Some(refused) = room.refused {
+            holds.push(Hold::new(d, refused));
+            continue;
+        }
+        let organization = *index.entry(d.organization).or_insert_with(|| {
+            organizations.push(share::Organization {
+                weight: weights[i],
+                used: room.limits[1].saturating_sub(room.left[1]),
+                room: room.left[1],
+            });
+            organizations.len() - 1
+        });
+        agents.push(share::Agent {
+            organization,
+            priority: heads[i].0,
+            due_us: heads[i].1,
+            used: room.limits[2].saturating_sub(room.left[2]),
+            room: room.left[2],
+            due: u64::MAX,
+        });
+        of_agent.push(i);
+    }
+
+    // Rounds of sharing: an agent that had fewer due tasks than it was given leaves its slots
+    // to the others in the next round.
+    while (chosen.len() as u64) < wanted {
+        let given = share::share(
+            &organizations,
+            &agents,
+            global_room,
+            wanted - chosen.len() as u64,
+        );
+        let mut progress = false;
+        for (a, &n) in given.iter().enumerate().filter(|(_, &n)| n > 0) {
+            let i = of_agent[a];
+            let ids = lock(client, i, n, &mut locked)?;
+            if (ids.len() as u64) < n {
+                agents[a].due = 0;
+            }
+            let (taken, refused) = take_up_to(&due[i], ids.len() as u64).or_report();
+            let version = due[i].version;
+            chosen.extend(ids.iter().take(taken as usize).map(|&id| (id, version)));
+            let org = agents[a].organization;
+            agents[a].used += taken;
+            agents[a].room = agents[a].room.saturating_sub(taken);
+            organizations[org].used += taken;
+            organizations[org].room = organizations[org].room.saturating_sub(taken);
+            global_room = global_room.saturating_sub(taken);
+            if let Some(refused) = refused {
+                // Another session took the room meanwhile.
+                agents[a].room = 0;
+                holds.push(Hold::new(&due[i], refused));
+            }
+            progress |= taken > 0;
+        }
+        if !progress {
+            break;
+        }
+    }
+
+    // An agent whose room this claim used up, with due tasks left, is held back too.
+    if (chosen.len() as u64) < wanted {
+        for (a, agent) in agents.iter().enumerate() {
+            let d = &due[of_agent[a]];
+            let full =
+                agent.room == 0 || organizations[agent.organization].room == 0 || global_room == 0;
+            if !full || agent.due == 0 || holds.iter().any(|h| h.covers(d)) {
+                continue;
+            }
+            if let Some(refused) = ratelimit::room(&d.organization, &d.agent)
+                .or_report()
+                .refused
+            {
+                if has_more(client, &plans, d, &locked[of_agent[a]])? {
+                    holds.push(Hold::new(d, refused));
+                }
+            }
+        }
+    }
+
+    let taken: Vec<Uuid> = chosen.iter().map(|(id, _)| *id).collect();
+    for hold in &holds {
+        look_within(hold.retry_after_us);
+        let name = match hold.agent {
+            Some(agent) => format!("held:agent:{agent}"),
+            None => format!("held:organization:{}", hold.organization),
+        };
+        if !ratelimit::first_in_window(&name, MINUTE_US).or_report() {
+            continue;
+        }
+        client.update(
+            &plans.log_hold,
+            None,
+            &[
+                hold.organization.into(),
+                hold.agent.into(),
+                hold.tier.into(),
+                (hold.retry_after_us as f64 / 1e6).into(),
+                COUNT_AT_MOST.into(),
+                taken.clone().into(),
+            ],
+        )?;
+    }
+    Ok(chosen)
+}
