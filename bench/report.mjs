@@ -56,6 +56,16 @@ const targets = [
 const scaleKeys = [...cells.keys()].filter((k) => k.startsWith("scale/")).sort((a, b) => Number(a.split("/")[2]) - Number(b.split("/")[2]));
 if (scaleKeys.length !== 2) problems.push("scale: want two sizes");
 else targets.push([`claim latency at ${Number(scaleKeys[1].split("/")[2]).toLocaleString("en-US")} pending vs ${Number(scaleKeys[0].split("/")[2]).toLocaleString("en-US")}`, m(scaleKeys[1]) / m(scaleKeys[0]), "<=", 1.5]);
+// 8: the backlog sizes, from the cells (0 is the quiet system).
+const noisySizes = [...new Set([...cells.keys()].filter((k) => k.startsWith("noisy_claim/")).map((k) => Number(k.split("/")[2])))].sort((a, b) => a - b);
+if (noisySizes.length !== 3 || noisySizes[0] !== 0) problems.push("noisy: want backlogs of 0 and two sizes");
+const big = (n) => n.toLocaleString("en-US");
+for (const n of noisySizes.slice(1)) {
+  targets.push([`quiet organizations' insert-to-start p99 beside a backlog of ${big(n)} vs none`, m(`noisy/ai_agents/p99-${n}`) / m("noisy/ai_agents/p99-0"), "<=", 2.0]);
+}
+if (noisySizes.length === 3) {
+  targets.push([`claim latency beside a held-back backlog of ${big(noisySizes[2])} vs none`, m(`noisy_claim/ai_agents/${noisySizes[2]}`) / m("noisy_claim/ai_agents/0"), "<=", 1.5]);
+}
 targets.push(
   ["idle: WAL bytes written", m("idle/ai_agents/wal_bytes", { zeroOk: true }), "<=", 0],
   ["idle: CPU, % of one core", m("idle/ai_agents/cpu_pct_of_core", { zeroOk: true }), "<", 1],
@@ -135,6 +145,11 @@ table("4. Rate-limit checks/s", ["check", "median", "min-max", "ratio of check_r
 ]));
 table("5. Claim latency, 1 client, claim_due_tasks(…, 1) (ms)", ["pending tasks", "median", "min-max", "vs the smaller"], scaleKeys.map((k) =>
   row(Number(k.split("/")[2]).toLocaleString("en-US"), k, scaleKeys[0])));
+table("8. Noisy neighbour: 20 quiet organizations beside one organization's held-back backlog (ms)", ["backlog", "median", "min-max", "vs no backlog"], noisySizes.flatMap((n) => [
+  row(`${big(n)}: insert-to-start p50`, `noisy/ai_agents/p50-${n}`, "noisy/ai_agents/p50-0"),
+  row(`${big(n)}: insert-to-start p99`, `noisy/ai_agents/p99-${n}`, "noisy/ai_agents/p99-0"),
+  row(`${big(n)}: claim_due_tasks(…, 1)`, `noisy_claim/ai_agents/${n}`, "noisy_claim/ai_agents/0"),
+]));
 table("6. Idle, nothing due, worker on", ["figure", "median", "min-max", ""], [
   row("WAL bytes written", "idle/ai_agents/wal_bytes"),
   row("CPU of the whole cluster, % of one core", "idle/ai_agents/cpu_pct_of_core"),
@@ -172,6 +187,9 @@ p("  `pg_current_wal_insert_lsn()` before and after (after a CHECKPOINT), with 1
 p("- 7: each pgbench run claims 50, completes them and enqueues 50 new ones, so the backlog stays steady;");
 p("  after the first phase a REPEATABLE READ transaction holds its snapshot. Figures are the mean of the last");
 p("  three 1-second progress windows of each phase.");
+p("- 8: one organization's agent, limited to 50 calls a minute, has a backlog due now at the highest priority;");
+p("  once its first 50 ran, 20 quiet organizations' tasks are enqueued one at a time through the worker (as in");
+p("  3), then claimed one at a time through the SQL API (as in 5) while the backlog stays held back.");
 p();
 const findings = new URL("./findings.md", import.meta.url);
 if (existsSync(findings)) {

@@ -220,6 +220,31 @@ fn a_binding_global_tier_is_shared_equally_then_by_weight() {
         let n = first.get(agent).copied().unwrap_or(0);
         assert!((36..=44).contains(&n), "{agent}: {n} of 400");
     }
+    // The queue as the operator sees it: each organization's 160 waiting tasks, the oldest due
+    // since the backlog was inserted, and a tenth of the window's calls.
+    let queue: Vec<(String, i64, f64, i64, f64, f64)> = c
+        .query(
+            "SELECT organization_id::text, due_tasks, extract(epoch FROM oldest_waiting)::float8,
+                    calls_in_window, share_of_calls::float8, weight
+               FROM organization_queue ORDER BY organization_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect();
+    println!("fairness: organization_queue after the first window: {queue:?}");
+    assert_eq!(queue.len(), 10, "{queue:?}");
+    let waited = clock(&mut c) - t0;
+    for (org, due, oldest, calls, share, weight) in &queue {
+        assert!(agents.iter().any(|(o, _)| o == org), "{org}");
+        assert_eq!((*due, *calls, *weight), (160, 40, 1.0), "{org}");
+        assert!((share - 0.1).abs() < 1e-9, "{org}: {share}");
+        assert!(
+            *oldest > 1.0 && *oldest <= waited,
+            "{org}: {oldest} of {waited}"
+        );
+    }
     // The next window: another 40 each.
     let wait = 60.5 - (clock(&mut c) - t0);
     sleep(Duration::from_secs_f64(wait.max(0.0)));

@@ -1,8 +1,9 @@
 //! The worker's client in bench/run: inserts tasks and waits for them through
 //! LISTEN ai_agents_task_events, so that waiting costs no CPU the worker could use.
-//! Usage: bench_worker <conninfo> <agent id> latency|drain <tasks>
-//!   latency  tasks inserted one at a time into an idle system, each waited for; prints
-//!            "result <p50 ms> <p99 ms>" of insert-to-start (execution_started_at - created_at)
+//! Usage: bench_worker <conninfo> <agent id[,agent id...]> latency|drain <tasks>
+//!   latency  tasks inserted one at a time into an idle system (for the agents in turn), each
+//!            waited for; prints "result <p50 ms> <p99 ms>" of insert-to-start
+//!            (execution_started_at - created_at)
 //!   drain    tasks inserted in one statement; prints "result <tasks/s>" until the last finished
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, conninfo, agent, mode, tasks] = &args[..] else {
-        eprintln!("usage: bench_worker <conninfo> <agent id> latency|drain <tasks>");
+        eprintln!("usage: bench_worker <conninfo> <agent id[,agent id...]> latency|drain <tasks>");
         std::process::exit(2);
     };
     let tasks: usize = tasks.parse().expect("tasks: a number");
@@ -30,19 +31,29 @@ fn main() {
     }
 }
 
-fn latency(c: &mut Client, listener: &mut Client, agent: &str, tasks: usize) {
+fn latency(c: &mut Client, listener: &mut Client, agents: &str, tasks: usize) {
+    let agents: Vec<&str> = agents.split(',').collect();
     let enqueue = c
-        .prepare("SELECT ai_agents.enqueue_task($1::text::uuid, $2)")
+        .prepare("SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, $2)")
         .expect("prepare");
     for i in 0..tasks {
-        c.execute(&enqueue, &[&agent, &format!("latency {i}")])
-            .expect("enqueue");
+        let agent = agents[i % agents.len()];
+        let id: String = c
+            .query_one(&enqueue, &[&agent, &format!("latency {i}")])
+            .expect("enqueue")
+            .get(0);
+        // Other tasks may finish meanwhile (a backlog beside): wait for this one.
         let mut events = listener.notifications();
         let mut waiting = events.timeout_iter(Duration::from_secs(10));
-        waiting
-            .next()
-            .expect("notification")
-            .expect("a task finished within 10 s");
+        loop {
+            let event = waiting
+                .next()
+                .expect("notification")
+                .expect("a task finished within 10 s");
+            if event.payload().contains(&id) {
+                break;
+            }
+        }
     }
     let row = c
         .query_one(
