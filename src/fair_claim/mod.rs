@@ -186,9 +186,7 @@ impl Hold {
             retry_after_us,
         }
     }
-}
 
-impl Hold {
     fn covers(&self, due: &DueAgent) -> bool {
         self.organization == due.organization && self.agent.is_none_or(|a| a == due.agent)
     }

@@ -4,11 +4,11 @@
 //!
 //! The tests run one at a time: each measures latencies through the worker, and two clusters
 //! busy at once on a small machine would measure each other.
-use ai_agents_tests::postgres::Client;
-use ai_agents_tests::{create_agent, WorkerEnv};
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::thread::sleep;
+use ai_agents_tests::postgres::{Client, NoTls};
+use ai_agents_tests::{create_agent, Cluster, WorkerEnv};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -301,4 +301,119 @@ fn a_binding_global_tier_is_shared_equally_then_by_weight() {
         .unwrap()
         .get(0);
     assert!(rows <= 10 * 3, "{rows} rate_limited rows");
+}
+
+#[test]
+fn eight_sessions_claim_fairly_within_every_limit_and_never_twice() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const SESSIONS: usize = 8;
+    // The global tier binds (300 of 2,400 due tasks); one organization is limited to 20.
+    let cluster = Cluster::start(
+        "fair-sessions",
+        &[
+            "ai_agents.rate_limit_global_per_minute = 300",
+            "ai_agents.rate_limit_organization_per_minute = 100",
+            "ai_agents.rate_limit_agent_per_minute = 50",
+        ],
+    );
+    let (mut c, db) = cluster.fresh_database();
+    let mut agents: Vec<(String, String)> = vec![];
+    for o in 0..6 {
+        let (org, first) = create_agent(&mut c, &format!("Gym {o}"));
+        let second: String = c
+            .query_one(
+                "INSERT INTO ai_agents.ai_agents (organization_id, name, model)
+                 VALUES ($1::text::uuid, 'second', 'gpt-4o-mini') RETURNING id::text",
+                &[&org],
+            )
+            .unwrap()
+            .get(0);
+        for agent in [first, second] {
+            c.execute(
+                "INSERT INTO ai_agents.ai_agent_tasks (agent_id, title)
+                 SELECT $1::text::uuid, 'due ' || g FROM generate_series(1, 200) g",
+                &[&agent],
+            )
+            .unwrap();
+            agents.push((org.clone(), agent));
+        }
+    }
+    let small = agents[0].0.clone();
+    c.execute(
+        "INSERT INTO ai_agents.ai_agent_rate_limits (organization_id, max_per_minute) VALUES ($1::text::uuid, 20)",
+        &[&small],
+    )
+    .unwrap();
+    let start = Arc::new(Barrier::new(SESSIONS));
+    let sessions: Vec<_> = (0..SESSIONS)
+        .map(|s| {
+            let (start, conninfo) = (Arc::clone(&start), cluster.conninfo(&db));
+            thread::spawn(move || {
+                let mut client = Client::connect(&conninfo, NoTls).unwrap();
+                let mut claimed: Vec<(String, String)> = vec![];
+                start.wait();
+                let began = Instant::now();
+                while began.elapsed() < Duration::from_secs(5) {
+                    for row in client
+                        .query(
+                            "SELECT id::text, organization_id::text
+                               FROM ai_agents.claim_due_tasks($1, 5)",
+                            &[&format!("session {s}")],
+                        )
+                        .unwrap()
+                    {
+                        claimed.push((row.get(0), row.get(1)));
+                    }
+                }
+                claimed
+            })
+        })
+        .collect();
+    let claimed: Vec<(String, String)> = sessions
+        .into_iter()
+        .flat_map(|s| s.join().unwrap())
+        .collect();
+    let unique: HashSet<&String> = claimed.iter().map(|(id, _)| id).collect();
+    assert_eq!(unique.len(), claimed.len(), "a task was claimed twice");
+    let running: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agents.ai_agent_tasks WHERE status = 'running' AND attempts = 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(running as usize, claimed.len());
+    // Exactly the global limit in the window; no organization or agent beyond its own.
+    assert_eq!(
+        claimed.len(),
+        300,
+        "the global tier admits exactly its limit"
+    );
+    let mut per_org: HashMap<&str, i64> = HashMap::new();
+    for (_, org) in &claimed {
+        *per_org.entry(org.as_str()).or_default() += 1;
+    }
+    let per_agent: Vec<i64> = agents
+        .iter()
+        .map(|(_, agent)| {
+            c.query_one(
+                "SELECT count(*) FROM ai_agents.ai_agent_tasks WHERE agent_id = $1::text::uuid AND status = 'running'",
+                &[agent],
+            )
+            .unwrap()
+            .get(0)
+        })
+        .collect();
+    println!(
+        "fairness: 8 sessions, global 300: per organization {per_org:?}, per agent {per_agent:?}"
+    );
+    assert!(per_agent.iter().all(|&n| n <= 50), "{per_agent:?}");
+    assert_eq!(per_org.get(small.as_str()), Some(&20), "{per_org:?}");
+    // The other five share the remaining 280 equally (max-min), give or take what sessions
+    // deciding at the same moment saw.
+    for (org, n) in &per_org {
+        if *org != small.as_str() {
+            assert!((50..=62).contains(n), "{org}: {n} of 280 ({per_org:?})");
+        }
+    }
 }
