@@ -126,6 +126,17 @@ BEGIN
 END
 $$;
 
+-- ==== sql/incremental/006-exact-cost.sql
+
+-- 0.2.0: costs to 12 decimal places (docs/worker.md#what-is-recorded). A price per million
+-- tokens with 6 decimals makes a call's exact cost a number with 12; numeric(14, 6) rounded a
+-- call of 10 input and 20 output tokens of gpt-4o-mini ($0.0000135) to $0.000014, 4% off, and
+-- sums of many small calls drifted by as much. The columns widen; costs recorded before keep
+-- their values.
+ALTER TABLE ai_agents.ai_agent_tasks ALTER COLUMN cost_usd TYPE numeric(20, 12);
+ALTER TABLE ai_agents.ai_agent_activity_log ALTER COLUMN cost_usd TYPE numeric(20, 12);
+ALTER TABLE ai_agents.ai_agent_usage_hourly ALTER COLUMN cost_usd TYPE numeric(22, 12);
+
 -- ==== sql/idempotent/guard.sql
 
 -- Extension tables may not lose columns, constraints or triggers by hand: the deployment
@@ -1256,8 +1267,10 @@ REVOKE ALL ON FUNCTION ai_agents.prune_history(interval, integer) FROM PUBLIC;
 -- The background worker's side of the SQL API (docs/worker.md): what it claims, how it
 -- records what the LLM answered, when it must wake up next, and how others wake it.
 
--- USD for a call at the price in force now; NULL for a model without a price. At most what
--- the cost columns hold (numeric(14, 6)), so that no reported usage can fail its recording.
+-- USD for a call at the price in force now, exactly (prices have 6 decimals per million
+-- tokens, so a cost has 12, as the cost columns do); NULL for a model without a price. At
+-- most what the cost columns hold (numeric(20, 12)), so that no reported usage can fail its
+-- recording.
 CREATE OR REPLACE FUNCTION ai_agents._llm_cost_usd(provider text, model text, input_tokens bigint, output_tokens bigint)
 RETURNS numeric
 LANGUAGE plpgsql STABLE -- not sql: PL/pgSQL keeps the plan from call to call
@@ -1265,9 +1278,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    RETURN (SELECT least(round((_llm_cost_usd.input_tokens * p.input_usd_per_mtok
-                                + _llm_cost_usd.output_tokens * p.output_usd_per_mtok) / 1000000, 6),
-                         99999999.999999)
+    RETURN (SELECT least((_llm_cost_usd.input_tokens * p.input_usd_per_mtok
+                          + _llm_cost_usd.output_tokens * p.output_usd_per_mtok) * 0.000001,
+                         99999999.999999999999)
               FROM ai_agents.ai_agent_model_prices p
              WHERE p.provider = _llm_cost_usd.provider AND p.model = _llm_cost_usd.model
                AND p.effective_from <= now()

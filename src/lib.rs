@@ -56,9 +56,14 @@ pgrx::extension_sql_file!(
     requires = ["incremental_004"]
 );
 pgrx::extension_sql_file!(
+    "../sql/incremental/006-exact-cost.sql",
+    name = "incremental_006",
+    requires = ["incremental_005"]
+);
+pgrx::extension_sql_file!(
     "../sql/idempotent/guard.sql",
     name = "guard",
-    requires = ["incremental_005"]
+    requires = ["incremental_006"]
 );
 pgrx::extension_sql_file!(
     "../sql/idempotent/agents.sql",

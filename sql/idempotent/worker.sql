@@ -1,8 +1,10 @@
 -- The background worker's side of the SQL API (docs/worker.md): what it claims, how it
 -- records what the LLM answered, when it must wake up next, and how others wake it.
 
--- USD for a call at the price in force now; NULL for a model without a price. At most what
--- the cost columns hold (numeric(14, 6)), so that no reported usage can fail its recording.
+-- USD for a call at the price in force now, exactly (prices have 6 decimals per million
+-- tokens, so a cost has 12, as the cost columns do); NULL for a model without a price. At
+-- most what the cost columns hold (numeric(20, 12)), so that no reported usage can fail its
+-- recording.
 CREATE OR REPLACE FUNCTION ai_agents._llm_cost_usd(provider text, model text, input_tokens bigint, output_tokens bigint)
 RETURNS numeric
 LANGUAGE plpgsql STABLE -- not sql: PL/pgSQL keeps the plan from call to call
@@ -10,9 +12,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    RETURN (SELECT least(round((_llm_cost_usd.input_tokens * p.input_usd_per_mtok
-                                + _llm_cost_usd.output_tokens * p.output_usd_per_mtok) / 1000000, 6),
-                         99999999.999999)
+    RETURN (SELECT least((_llm_cost_usd.input_tokens * p.input_usd_per_mtok
+                          + _llm_cost_usd.output_tokens * p.output_usd_per_mtok) * 0.000001,
+                         99999999.999999999999)
               FROM ai_agents.ai_agent_model_prices p
              WHERE p.provider = _llm_cost_usd.provider AND p.model = _llm_cost_usd.model
                AND p.effective_from <= now()

@@ -323,9 +323,9 @@ fn token_counts_and_costs_beyond_the_columns_are_clamped() {
         clamped,
         (
             i32::MAX,
-            "99999999.999999".to_string(),
+            "99999999.999999999999".to_string(),
             i32::MAX,
-            "99999999.999999".to_string()
+            "99999999.999999999999".to_string()
         )
     );
 }

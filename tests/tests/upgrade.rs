@@ -179,6 +179,21 @@ fn an_upgraded_0_1_0_equals_a_fresh_install_keeps_every_row_and_runs_tasks() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(counts_after, counts_before, "rows per table and sequence");
+    // The cost columns widened to 12 decimal places; a cost recorded before keeps its value.
+    let costs: Vec<String> = c
+        .query(
+            "SELECT cost_usd::text FROM ai_agents.ai_agent_tasks WHERE title = 'completed'
+             UNION ALL
+             SELECT l.cost_usd::text FROM ai_agents.ai_agent_activity_log l
+               JOIN ai_agents.ai_agent_tasks t ON t.id = l.task_id
+              WHERE t.title = 'completed' AND l.action_type = 'task_completed'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(costs, ["0.000100000000", "0.000100000000"]);
     c.batch_execute("COMMIT").unwrap();
     println!(
         "upgrade: {} rows in {} tables and sequences kept",
