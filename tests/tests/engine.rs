@@ -929,8 +929,8 @@ fn the_workers_batch_of_replies_completes_the_current_runs_and_discards_only_the
     // Each current run has its own reply, tokens, cost (gpt-4o-mini: $0.15 / $0.60 per
     // million tokens) and time, and an activity row naming the request.
     for (task, output, tokens, cost, ms, request) in [
-        (&talk, "to talk", "150", "0.000045", "11", "r-talk"),
-        (&plain, "to plain", "260", "0.000066", "12", "r-plain"),
+        (&talk, "to talk", "150", "0.000045000000", "11", "r-talk"),
+        (&plain, "to plain", "260", "0.000066000000", "12", "r-plain"),
     ] {
         assert_eq!(
             task_field(
