@@ -151,7 +151,12 @@ fn a_backlog_of_100000_tasks_delays_no_other_organization() {
     );
     assert!(p99 < 50.0, "p99 insert-to-start {p99} ms");
     // Exactly its limit in a window, and the next window's share once the first has passed.
-    assert_eq!(busiest_window(&mut c, &busy, Duration::from_secs(60)), 50);
+    // A start time is its claim's transaction start, a little before the limiter's check:
+    // windows 0.1 s short of a minute allow for that.
+    assert_eq!(
+        busiest_window(&mut c, &busy, Duration::from_millis(59_900)),
+        50
+    );
     assert!(started > 50 && started <= 100, "{started} started");
     assert_eq!(
         untouched,
@@ -164,7 +169,7 @@ fn a_backlog_of_100000_tasks_delays_no_other_organization() {
         assert_eq!(agent.as_deref(), Some(busy.as_str()));
         assert!(*held_back > 99_000 - 100, "{held_back}");
         if i > 0 {
-            assert!(at - holds[i - 1].2 >= 60.0, "{holds:?}");
+            assert!(at - holds[i - 1].2 >= 59.9, "{holds:?}");
         }
     }
 }
