@@ -37,7 +37,14 @@ AS $$
 #variable_conflict use_column
 DECLARE
     max_bytes bigint := pg_catalog.pg_size_bytes(current_setting('ai_agents.history_max_bytes'));
+    claimed ai_agents.ai_agent_tasks[];
 BEGIN
+    -- The claim first, in a statement of its own. It sees tasks committed up to its own
+    -- statements' snapshots, later than this function's; a conversation's newest message was
+    -- committed with its task, so only a statement that starts after the claim is sure to see
+    -- it (in one statement, a message sent just then was missing from its own reply's call).
+    claimed := ARRAY(SELECT c FROM ai_agents.claim_due_tasks(_claim_llm_calls.worker, _claim_llm_calls.max_calls,
+                                                             _claim_llm_calls.lease) c);
     RETURN QUERY
     SELECT t.id, t.fencing_token, v.provider, v.model, v.system_prompt, v.temperature::float8,
            v.max_tokens, t.title, t.description, t.input,
@@ -55,7 +62,7 @@ BEGIN
                  WHERE m.bytes <= max_bytes OR m.n = 1)
            END,
            t.agent_id, t.organization_id, v.config ->> 'base_url'
-      FROM ai_agents.claim_due_tasks(_claim_llm_calls.worker, _claim_llm_calls.max_calls, _claim_llm_calls.lease) t
+      FROM unnest(claimed) t
       -- No version (it was deleted behind the extension's back): the worker fails the task.
       LEFT JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
 END
