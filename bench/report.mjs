@@ -52,6 +52,8 @@ const targets = [
   ["check_rate_limit, 8 clients vs SELECT 1", m("ratelimit/ratelimit/8c") / m("ratelimit/select1/8c"), ">=", 0.8],
   ["check_rate_limit, 8 clients vs table counter", m("ratelimit/ratelimit/8c") / m("ratelimit/table_counter/8c"), ">=", 10],
   ["check_rate_limit, 8 clients vs Redis EVAL", m("ratelimit/ratelimit/8c") / m("ratelimit/redis_eval/8c"), ">=", 1.0],
+  ["check_rate_limit with token tiers, 8 clients vs SELECT 1", m("ratelimit/ratelimit_tokens/8c") / m("ratelimit/select1/8c"), ">=", 0.8],
+  ["check_rate_limit with token tiers, 8 clients vs Redis EVAL", m("ratelimit/ratelimit_tokens/8c") / m("ratelimit/redis_eval/8c"), ">=", 1.0],
 ];
 const scaleKeys = [...cells.keys()].filter((k) => k.startsWith("scale/")).sort((a, b) => Number(a.split("/")[2]) - Number(b.split("/")[2]));
 if (scaleKeys.length !== 2) problems.push("scale: want two sizes");
@@ -137,6 +139,7 @@ table("3. Insert-to-start latency into an idle system (ms)", ["system", "median"
 ]);
 table("4. Rate-limit checks/s", ["check", "median", "min-max", "ratio of check_rate_limit to it"], ["1c", "8c"].flatMap((c) => [
   row(`ai_agents.check_rate_limit, ${c}`, `ratelimit/ratelimit/${c}`),
+  row(`ai_agents.check_rate_limit with token tiers (6 keys), ${c}`, `ratelimit/ratelimit_tokens/${c}`),
   ...[["SELECT 1", "select1"], ["table counter, 3 tiers", "table_counter"], ["Redis EVAL, INCR + EXPIRE x 3", "redis_eval"]].map(([l, s]) => {
     const r = row(`${l}, ${c}`, `ratelimit/${s}/${c}`);
     r[3] = `${fmt(m(`ratelimit/ratelimit/${c}`) / m(`ratelimit/${s}/${c}`))}x`;

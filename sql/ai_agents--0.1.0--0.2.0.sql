@@ -137,6 +137,73 @@ ALTER TABLE ai_agents.ai_agent_tasks ALTER COLUMN cost_usd TYPE numeric(20, 12);
 ALTER TABLE ai_agents.ai_agent_activity_log ALTER COLUMN cost_usd TYPE numeric(20, 12);
 ALTER TABLE ai_agents.ai_agent_usage_hourly ALTER COLUMN cost_usd TYPE numeric(22, 12);
 
+-- Cached input is billed at its own rate: reads from a provider's prompt cache for a fraction
+-- of the input price, and (Anthropic) writes to it for more. NULL: billed as plain input.
+ALTER TABLE ai_agents.ai_agent_model_prices
+    ADD COLUMN cached_input_usd_per_mtok numeric(12, 6)
+        CONSTRAINT ai_agent_model_prices_cached_input_check CHECK (cached_input_usd_per_mtok >= 0),
+    ADD COLUMN cache_write_usd_per_mtok numeric(12, 6)
+        CONSTRAINT ai_agent_model_prices_cache_write_check CHECK (cache_write_usd_per_mtok >= 0);
+
+-- The built-in models' list prices for cached input (Anthropic: cache reads at a tenth of the
+-- input price, five-minute cache writes at 1.25 times it).
+UPDATE ai_agents.ai_agent_model_prices p
+   SET cached_input_usd_per_mtok = c.cached, cache_write_usd_per_mtok = c.write
+  FROM (VALUES ('openai', 'gpt-4o', 1.25, NULL),
+               ('openai', 'gpt-4o-mini', 0.075, NULL),
+               ('openai', 'gpt-4.1', 0.50, NULL),
+               ('openai', 'gpt-4.1-mini', 0.10, NULL),
+               ('openai', 'gpt-4.1-nano', 0.025, NULL),
+               ('openai', 'o4-mini', 0.275, NULL),
+               ('anthropic', 'claude-3-5-haiku-latest', 0.08, 1.00),
+               ('anthropic', 'claude-3-5-sonnet-latest', 0.30, 3.75),
+               ('anthropic', 'claude-sonnet-4-0', 0.30, 3.75),
+               ('anthropic', 'claude-opus-4-0', 1.50, 18.75)) AS c(provider, model, cached, write)
+ WHERE p.provider = c.provider AND p.model = c.model AND p.is_builtin;
+
+-- ==== sql/incremental/007-token-limits.sql
+
+-- 0.2.0: tokens per minute beside calls per minute (docs/rate-limits.md#token-tiers). An
+-- override row may set either limit or both; NULL leaves the setting in force.
+ALTER TABLE ai_agents.ai_agent_rate_limits
+    ALTER COLUMN max_per_minute DROP NOT NULL,
+    ADD COLUMN max_tokens_per_minute integer
+        CONSTRAINT ai_agent_rate_limits_max_tokens_check CHECK (max_tokens_per_minute > 0),
+    ADD CONSTRAINT ai_agent_rate_limits_some_limit_check
+        CHECK (max_per_minute IS NOT NULL OR max_tokens_per_minute IS NOT NULL);
+
+-- Functions whose arguments or result columns changed: check_rate_limit and peek_rate_limit
+-- take a token count and return the token tiers' room, the recording of replies and the
+-- price of a call take the cached-input counts. sql/idempotent/ creates them again. On a
+-- fresh install none exists yet; an upgrade pauses 0.1.0's drop guard (replaced by guard.sql
+-- later in this script), which does not know extension scripts.
+DO $$
+DECLARE
+    old regprocedure;
+    guarded boolean := EXISTS (SELECT FROM pg_catalog.pg_event_trigger
+                                WHERE evtname = 'ai_agents_guard_extension_objects');
+BEGIN
+    FOR old IN
+        SELECT to_regprocedure(signature) FROM unnest(ARRAY[
+            'ai_agents.check_rate_limit(uuid, uuid, integer)',
+            'ai_agents.peek_rate_limit(uuid, uuid, integer)',
+            'ai_agents._llm_cost_usd(text, text, bigint, bigint)',
+            'ai_agents._record_llm_replies(uuid[], bigint[], text[], bigint[], bigint[], text[], text[], integer[])',
+            'ai_agents._record_llm_reply_batch(uuid[], bigint[], text[], bigint[], bigint[], text[], text[], integer[])'
+        ]) AS signature
+        WHERE to_regprocedure(signature) IS NOT NULL
+    LOOP
+        IF guarded THEN
+            ALTER EVENT TRIGGER ai_agents_guard_extension_objects DISABLE;
+        END IF;
+        EXECUTE format('DROP FUNCTION %s', old);
+        IF guarded THEN
+            ALTER EVENT TRIGGER ai_agents_guard_extension_objects ENABLE;
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- ==== sql/idempotent/guard.sql
 
 -- Extension tables may not lose columns, constraints or triggers by hand: the deployment
@@ -373,20 +440,24 @@ CREATE OR REPLACE TRIGGER ai_agent_rate_limits_changed
 REVOKE ALL ON FUNCTION ai_agents.pause_rate_limit(text, timestamptz, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.reset_rate_limit(text) FROM PUBLIC;
 
--- The three tiers of one LLM call (C functions in src/ratelimit/verdict.rs, whose result row
--- is built without a catalog lookup per call: this is the hot path).
+-- The tiers of one LLM call, calls and tokens (C functions in src/ratelimit/verdict.rs, whose
+-- result row is built without a catalog lookup per call: this is the hot path).
 CREATE OR REPLACE FUNCTION ai_agents.check_rate_limit(
-    organization_id uuid, agent_id uuid, cost integer DEFAULT 1,
+    organization_id uuid, agent_id uuid, cost integer DEFAULT 1, tokens bigint DEFAULT 0,
     OUT allowed boolean, OUT refused_tier text, OUT retry_after interval,
-    OUT remaining_global bigint, OUT remaining_organization bigint, OUT remaining_agent bigint)
+    OUT remaining_global bigint, OUT remaining_organization bigint, OUT remaining_agent bigint,
+    OUT remaining_global_tokens bigint, OUT remaining_organization_tokens bigint,
+    OUT remaining_agent_tokens bigint)
 RETURNS record
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'check_rate_limit_fast';
 
 CREATE OR REPLACE FUNCTION ai_agents.peek_rate_limit(
-    organization_id uuid, agent_id uuid, cost integer DEFAULT 1,
+    organization_id uuid, agent_id uuid, cost integer DEFAULT 1, tokens bigint DEFAULT 0,
     OUT allowed boolean, OUT refused_tier text, OUT retry_after interval,
-    OUT remaining_global bigint, OUT remaining_organization bigint, OUT remaining_agent bigint)
+    OUT remaining_global bigint, OUT remaining_organization bigint, OUT remaining_agent bigint,
+    OUT remaining_global_tokens bigint, OUT remaining_organization_tokens bigint,
+    OUT remaining_agent_tokens bigint)
 RETURNS record
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'peek_rate_limit_fast';
@@ -1268,17 +1339,23 @@ REVOKE ALL ON FUNCTION ai_agents.prune_history(interval, integer) FROM PUBLIC;
 -- records what the LLM answered, when it must wake up next, and how others wake it.
 
 -- USD for a call at the price in force now, exactly (prices have 6 decimals per million
--- tokens, so a cost has 12, as the cost columns do); NULL for a model without a price. At
--- most what the cost columns hold (numeric(20, 12)), so that no reported usage can fail its
--- recording.
-CREATE OR REPLACE FUNCTION ai_agents._llm_cost_usd(provider text, model text, input_tokens bigint, output_tokens bigint)
+-- tokens, so a cost has 12, as the cost columns do); NULL for a model without a price.
+-- input_tokens counts every input token; cached_input_tokens (read from the provider's prompt
+-- cache) and cache_write_tokens (written to it) are parts of it, each at its own rate when the
+-- price has one. At most what the cost columns hold (numeric(20, 12)), so that no reported
+-- usage can fail its recording.
+CREATE OR REPLACE FUNCTION ai_agents._llm_cost_usd(provider text, model text, input_tokens bigint, output_tokens bigint,
+                                        cached_input_tokens bigint, cache_write_tokens bigint)
 RETURNS numeric
 LANGUAGE plpgsql STABLE -- not sql: PL/pgSQL keeps the plan from call to call
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    RETURN (SELECT least((_llm_cost_usd.input_tokens * p.input_usd_per_mtok
+    RETURN (SELECT least((greatest(_llm_cost_usd.input_tokens - _llm_cost_usd.cached_input_tokens
+                                   - _llm_cost_usd.cache_write_tokens, 0) * p.input_usd_per_mtok
+                          + _llm_cost_usd.cached_input_tokens * coalesce(p.cached_input_usd_per_mtok, p.input_usd_per_mtok)
+                          + _llm_cost_usd.cache_write_tokens * coalesce(p.cache_write_usd_per_mtok, p.input_usd_per_mtok)
                           + _llm_cost_usd.output_tokens * p.output_usd_per_mtok) * 0.000001,
                          99999999.999999999999)
               FROM ai_agents.ai_agent_model_prices p
@@ -1339,8 +1416,9 @@ $$;
 -- longer current (cancelled, or its lease expired and the task was claimed again) is
 -- discarded and logged, not an error. Returns each task's status, or 'discarded'.
 CREATE OR REPLACE FUNCTION ai_agents._record_llm_reply_batch(task_ids uuid[], fencing_tokens bigint[], contents text[],
-                                                 input_tokens bigint[], output_tokens bigint[], models text[],
-                                                 request_ids text[], execution_times_ms integer[])
+                                                 input_tokens bigint[], output_tokens bigint[],
+                                                 cached_input_tokens bigint[], cache_write_tokens bigint[],
+                                                 models text[], request_ids text[], execution_times_ms integer[])
 RETURNS TABLE (task_id uuid, status text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1360,15 +1438,18 @@ BEGIN
     SELECT array_agg(g.id ORDER BY g.i) AS ids, array_agg(g.token ORDER BY g.i) AS tokens,
            array_agg(g.content ORDER BY g.i) AS contents,
            array_agg(least(g.input::numeric + g.output, 2147483647)::integer ORDER BY g.i) AS tokens_used,
-           array_agg(ai_agents._llm_cost_usd(v.provider, g.model, g.input, g.output) ORDER BY g.i) AS costs,
+           array_agg(ai_agents._llm_cost_usd(v.provider, g.model, g.input, g.output, g.cached, g.written) ORDER BY g.i) AS costs,
            array_agg(g.ms ORDER BY g.i) AS times,
            array_agg(jsonb_build_object('request_id', g.request_id, 'model', g.model,
-                                        'input_tokens', g.input, 'output_tokens', g.output) ORDER BY g.i) AS details,
+                                        'input_tokens', g.input, 'output_tokens', g.output,
+                                        'cached_input_tokens', g.cached, 'cache_write_tokens', g.written) ORDER BY g.i) AS details,
            array_agg(least(g.output, 2147483647)::integer ORDER BY g.i) AS output_tokens
       INTO live
       FROM unnest(_record_llm_reply_batch.task_ids, _record_llm_reply_batch.fencing_tokens, _record_llm_reply_batch.contents,
-                  _record_llm_reply_batch.input_tokens, _record_llm_reply_batch.output_tokens, _record_llm_reply_batch.models,
-                  _record_llm_reply_batch.request_ids, _record_llm_reply_batch.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, model, request_id, ms, i)
+                  _record_llm_reply_batch.input_tokens, _record_llm_reply_batch.output_tokens,
+                  _record_llm_reply_batch.cached_input_tokens, _record_llm_reply_batch.cache_write_tokens,
+                  _record_llm_reply_batch.models, _record_llm_reply_batch.request_ids,
+                  _record_llm_reply_batch.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, cached, written, model, request_id, ms, i)
       JOIN ai_agents.ai_agent_tasks t ON t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
       -- A version deleted behind the extension's back during the call: the reply is kept, at
       -- no known price.
@@ -1414,8 +1495,9 @@ $$;
 -- (paid for already) down with it, nor the worker. A reply whose task row another session
 -- holds locked is 'busy': not recorded now, the worker offers it again next turn.
 CREATE OR REPLACE FUNCTION ai_agents._record_llm_replies(task_ids uuid[], fencing_tokens bigint[], contents text[],
-                                             input_tokens bigint[], output_tokens bigint[], models text[],
-                                             request_ids text[], execution_times_ms integer[])
+                                             input_tokens bigint[], output_tokens bigint[],
+                                             cached_input_tokens bigint[], cache_write_tokens bigint[],
+                                             models text[], request_ids text[], execution_times_ms integer[])
 RETURNS TABLE (task_id uuid, status text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1425,7 +1507,8 @@ DECLARE
 BEGIN
     BEGIN
         RETURN QUERY SELECT * FROM ai_agents._record_llm_reply_batch(task_ids, fencing_tokens, contents,
-            input_tokens, output_tokens, models, request_ids, execution_times_ms);
+            input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, models, request_ids,
+            execution_times_ms);
         RETURN;
     EXCEPTION WHEN OTHERS THEN
         -- Nothing of the batch is kept (its rows were not returned yet); one by one below.
@@ -1433,8 +1516,8 @@ BEGIN
     FOR i IN 1 .. coalesce(array_length(task_ids, 1), 0) LOOP
         BEGIN
             RETURN QUERY SELECT * FROM ai_agents._record_llm_reply_batch(task_ids[i:i], fencing_tokens[i:i],
-                contents[i:i], input_tokens[i:i], output_tokens[i:i], models[i:i], request_ids[i:i],
-                execution_times_ms[i:i]);
+                contents[i:i], input_tokens[i:i], output_tokens[i:i], cached_input_tokens[i:i],
+                cache_write_tokens[i:i], models[i:i], request_ids[i:i], execution_times_ms[i:i]);
         EXCEPTION
             WHEN lock_not_available THEN
                 task_id := task_ids[i];
@@ -1557,7 +1640,7 @@ CREATE OR REPLACE TRIGGER ai_agent_tasks_wake_worker
     FOR EACH STATEMENT EXECUTE FUNCTION ai_agents._wake_worker_on_change();
 
 REVOKE ALL ON FUNCTION ai_agents._claim_llm_calls(text, integer, interval, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ai_agents._record_llm_replies(uuid[], bigint[], text[], bigint[], bigint[], text[], text[], integer[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents._record_llm_replies(uuid[], bigint[], text[], bigint[], bigint[], bigint[], bigint[], text[], text[], integer[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents._record_llm_failure(uuid, bigint, text, integer, bigint, boolean, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.run_scheduler_once(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents._release_orphaned_runs(text) FROM PUBLIC;

@@ -61,9 +61,14 @@ pgrx::extension_sql_file!(
     requires = ["incremental_005"]
 );
 pgrx::extension_sql_file!(
+    "../sql/incremental/007-token-limits.sql",
+    name = "incremental_007",
+    requires = ["incremental_006"]
+);
+pgrx::extension_sql_file!(
     "../sql/idempotent/guard.sql",
     name = "guard",
-    requires = ["incremental_006"]
+    requires = ["incremental_007"]
 );
 pgrx::extension_sql_file!(
     "../sql/idempotent/agents.sql",

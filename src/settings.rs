@@ -16,6 +16,12 @@ pub static RATE_LIMIT_GLOBAL_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::ne
 pub static RATE_LIMIT_ORGANIZATION_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Calls per minute per agent, unless ai_agent_rate_limits says otherwise.
 pub static RATE_LIMIT_AGENT_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(50);
+/// LLM tokens (input and output) per minute for the whole server; 0: no limit.
+pub static RATE_LIMIT_GLOBAL_TOKENS_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// Tokens per minute per organization, unless ai_agent_rate_limits says otherwise; 0: none.
+pub static RATE_LIMIT_ORGANIZATION_TOKENS_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// Tokens per minute per agent, unless ai_agent_rate_limits says otherwise; 0: no limit.
+pub static RATE_LIMIT_AGENT_TOKENS_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// The database the background worker serves.
 pub static WORKER_DATABASE: GucSetting<Option<CString>> =
@@ -312,6 +318,36 @@ pub fn register() {
         c"Overridden per agent by a row of ai_agents.ai_agent_rate_limits.",
         &RATE_LIMIT_AGENT_PER_MINUTE,
         1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.rate_limit_global_tokens_per_minute",
+        c"LLM tokens (input and output) per minute for the whole server.",
+        c"The global token tier of check_rate_limit and of claim_due_tasks; 0: no limit.",
+        &RATE_LIMIT_GLOBAL_TOKENS_PER_MINUTE,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.rate_limit_organization_tokens_per_minute",
+        c"LLM tokens (input and output) per minute per organization.",
+        c"Overridden per organization by ai_agents.ai_agent_rate_limits.max_tokens_per_minute (agent_id NULL); 0: no limit.",
+        &RATE_LIMIT_ORGANIZATION_TOKENS_PER_MINUTE,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ai_agents.rate_limit_agent_tokens_per_minute",
+        c"LLM tokens (input and output) per minute per agent.",
+        c"Overridden per agent by ai_agents.ai_agent_rate_limits.max_tokens_per_minute; 0: no limit.",
+        &RATE_LIMIT_AGENT_TOKENS_PER_MINUTE,
+        0,
         i32::MAX,
         GucContext::Sighup,
         GucFlags::default(),

@@ -24,20 +24,24 @@ CREATE OR REPLACE TRIGGER ai_agent_rate_limits_changed
 REVOKE ALL ON FUNCTION ai_agents.pause_rate_limit(text, timestamptz, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.reset_rate_limit(text) FROM PUBLIC;
 
--- The three tiers of one LLM call (C functions in src/ratelimit/verdict.rs, whose result row
--- is built without a catalog lookup per call: this is the hot path).
+-- The tiers of one LLM call, calls and tokens (C functions in src/ratelimit/verdict.rs, whose
+-- result row is built without a catalog lookup per call: this is the hot path).
 CREATE OR REPLACE FUNCTION ai_agents.check_rate_limit(
-    organization_id uuid, agent_id uuid, cost integer DEFAULT 1,
+    organization_id uuid, agent_id uuid, cost integer DEFAULT 1, tokens bigint DEFAULT 0,
     OUT allowed boolean, OUT refused_tier text, OUT retry_after interval,
-    OUT remaining_global bigint, OUT remaining_organization bigint, OUT remaining_agent bigint)
+    OUT remaining_global bigint, OUT remaining_organization bigint, OUT remaining_agent bigint,
+    OUT remaining_global_tokens bigint, OUT remaining_organization_tokens bigint,
+    OUT remaining_agent_tokens bigint)
 RETURNS record
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'check_rate_limit_fast';
 
 CREATE OR REPLACE FUNCTION ai_agents.peek_rate_limit(
-    organization_id uuid, agent_id uuid, cost integer DEFAULT 1,
+    organization_id uuid, agent_id uuid, cost integer DEFAULT 1, tokens bigint DEFAULT 0,
     OUT allowed boolean, OUT refused_tier text, OUT retry_after interval,
-    OUT remaining_global bigint, OUT remaining_organization bigint, OUT remaining_agent bigint)
+    OUT remaining_global bigint, OUT remaining_organization bigint, OUT remaining_agent bigint,
+    OUT remaining_global_tokens bigint, OUT remaining_organization_tokens bigint,
+    OUT remaining_agent_tokens bigint)
 RETURNS record
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'peek_rate_limit_fast';

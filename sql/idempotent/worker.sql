@@ -2,17 +2,23 @@
 -- records what the LLM answered, when it must wake up next, and how others wake it.
 
 -- USD for a call at the price in force now, exactly (prices have 6 decimals per million
--- tokens, so a cost has 12, as the cost columns do); NULL for a model without a price. At
--- most what the cost columns hold (numeric(20, 12)), so that no reported usage can fail its
--- recording.
-CREATE OR REPLACE FUNCTION ai_agents._llm_cost_usd(provider text, model text, input_tokens bigint, output_tokens bigint)
+-- tokens, so a cost has 12, as the cost columns do); NULL for a model without a price.
+-- input_tokens counts every input token; cached_input_tokens (read from the provider's prompt
+-- cache) and cache_write_tokens (written to it) are parts of it, each at its own rate when the
+-- price has one. At most what the cost columns hold (numeric(20, 12)), so that no reported
+-- usage can fail its recording.
+CREATE OR REPLACE FUNCTION ai_agents._llm_cost_usd(provider text, model text, input_tokens bigint, output_tokens bigint,
+                                        cached_input_tokens bigint, cache_write_tokens bigint)
 RETURNS numeric
 LANGUAGE plpgsql STABLE -- not sql: PL/pgSQL keeps the plan from call to call
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    RETURN (SELECT least((_llm_cost_usd.input_tokens * p.input_usd_per_mtok
+    RETURN (SELECT least((greatest(_llm_cost_usd.input_tokens - _llm_cost_usd.cached_input_tokens
+                                   - _llm_cost_usd.cache_write_tokens, 0) * p.input_usd_per_mtok
+                          + _llm_cost_usd.cached_input_tokens * coalesce(p.cached_input_usd_per_mtok, p.input_usd_per_mtok)
+                          + _llm_cost_usd.cache_write_tokens * coalesce(p.cache_write_usd_per_mtok, p.input_usd_per_mtok)
                           + _llm_cost_usd.output_tokens * p.output_usd_per_mtok) * 0.000001,
                          99999999.999999999999)
               FROM ai_agents.ai_agent_model_prices p
@@ -73,8 +79,9 @@ $$;
 -- longer current (cancelled, or its lease expired and the task was claimed again) is
 -- discarded and logged, not an error. Returns each task's status, or 'discarded'.
 CREATE OR REPLACE FUNCTION ai_agents._record_llm_reply_batch(task_ids uuid[], fencing_tokens bigint[], contents text[],
-                                                 input_tokens bigint[], output_tokens bigint[], models text[],
-                                                 request_ids text[], execution_times_ms integer[])
+                                                 input_tokens bigint[], output_tokens bigint[],
+                                                 cached_input_tokens bigint[], cache_write_tokens bigint[],
+                                                 models text[], request_ids text[], execution_times_ms integer[])
 RETURNS TABLE (task_id uuid, status text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -94,15 +101,18 @@ BEGIN
     SELECT array_agg(g.id ORDER BY g.i) AS ids, array_agg(g.token ORDER BY g.i) AS tokens,
            array_agg(g.content ORDER BY g.i) AS contents,
            array_agg(least(g.input::numeric + g.output, 2147483647)::integer ORDER BY g.i) AS tokens_used,
-           array_agg(ai_agents._llm_cost_usd(v.provider, g.model, g.input, g.output) ORDER BY g.i) AS costs,
+           array_agg(ai_agents._llm_cost_usd(v.provider, g.model, g.input, g.output, g.cached, g.written) ORDER BY g.i) AS costs,
            array_agg(g.ms ORDER BY g.i) AS times,
            array_agg(jsonb_build_object('request_id', g.request_id, 'model', g.model,
-                                        'input_tokens', g.input, 'output_tokens', g.output) ORDER BY g.i) AS details,
+                                        'input_tokens', g.input, 'output_tokens', g.output,
+                                        'cached_input_tokens', g.cached, 'cache_write_tokens', g.written) ORDER BY g.i) AS details,
            array_agg(least(g.output, 2147483647)::integer ORDER BY g.i) AS output_tokens
       INTO live
       FROM unnest(_record_llm_reply_batch.task_ids, _record_llm_reply_batch.fencing_tokens, _record_llm_reply_batch.contents,
-                  _record_llm_reply_batch.input_tokens, _record_llm_reply_batch.output_tokens, _record_llm_reply_batch.models,
-                  _record_llm_reply_batch.request_ids, _record_llm_reply_batch.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, model, request_id, ms, i)
+                  _record_llm_reply_batch.input_tokens, _record_llm_reply_batch.output_tokens,
+                  _record_llm_reply_batch.cached_input_tokens, _record_llm_reply_batch.cache_write_tokens,
+                  _record_llm_reply_batch.models, _record_llm_reply_batch.request_ids,
+                  _record_llm_reply_batch.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, cached, written, model, request_id, ms, i)
       JOIN ai_agents.ai_agent_tasks t ON t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
       -- A version deleted behind the extension's back during the call: the reply is kept, at
       -- no known price.
@@ -148,8 +158,9 @@ $$;
 -- (paid for already) down with it, nor the worker. A reply whose task row another session
 -- holds locked is 'busy': not recorded now, the worker offers it again next turn.
 CREATE OR REPLACE FUNCTION ai_agents._record_llm_replies(task_ids uuid[], fencing_tokens bigint[], contents text[],
-                                             input_tokens bigint[], output_tokens bigint[], models text[],
-                                             request_ids text[], execution_times_ms integer[])
+                                             input_tokens bigint[], output_tokens bigint[],
+                                             cached_input_tokens bigint[], cache_write_tokens bigint[],
+                                             models text[], request_ids text[], execution_times_ms integer[])
 RETURNS TABLE (task_id uuid, status text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -159,7 +170,8 @@ DECLARE
 BEGIN
     BEGIN
         RETURN QUERY SELECT * FROM ai_agents._record_llm_reply_batch(task_ids, fencing_tokens, contents,
-            input_tokens, output_tokens, models, request_ids, execution_times_ms);
+            input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, models, request_ids,
+            execution_times_ms);
         RETURN;
     EXCEPTION WHEN OTHERS THEN
         -- Nothing of the batch is kept (its rows were not returned yet); one by one below.
@@ -167,8 +179,8 @@ BEGIN
     FOR i IN 1 .. coalesce(array_length(task_ids, 1), 0) LOOP
         BEGIN
             RETURN QUERY SELECT * FROM ai_agents._record_llm_reply_batch(task_ids[i:i], fencing_tokens[i:i],
-                contents[i:i], input_tokens[i:i], output_tokens[i:i], models[i:i], request_ids[i:i],
-                execution_times_ms[i:i]);
+                contents[i:i], input_tokens[i:i], output_tokens[i:i], cached_input_tokens[i:i],
+                cache_write_tokens[i:i], models[i:i], request_ids[i:i], execution_times_ms[i:i]);
         EXCEPTION
             WHEN lock_not_available THEN
                 task_id := task_ids[i];
@@ -291,7 +303,7 @@ CREATE OR REPLACE TRIGGER ai_agent_tasks_wake_worker
     FOR EACH STATEMENT EXECUTE FUNCTION ai_agents._wake_worker_on_change();
 
 REVOKE ALL ON FUNCTION ai_agents._claim_llm_calls(text, integer, interval, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ai_agents._record_llm_replies(uuid[], bigint[], text[], bigint[], bigint[], text[], text[], integer[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents._record_llm_replies(uuid[], bigint[], text[], bigint[], bigint[], bigint[], bigint[], text[], text[], integer[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents._record_llm_failure(uuid, bigint, text, integer, bigint, boolean, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.run_scheduler_once(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents._release_orphaned_runs(text) FROM PUBLIC;

@@ -11,7 +11,9 @@
 mod share;
 
 use crate::error::{Error, OrReport};
-use crate::ratelimit::{self, Refusal, MINUTE_US};
+use crate::llm;
+use crate::ratelimit::{self, Refusal, Reservation, MINUTE_US};
+use crate::settings::HISTORY_LIMIT;
 use pgrx::datum::Uuid;
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
@@ -56,7 +58,8 @@ const DUE_AGENTS: &str = concat!(
            (extract(epoch FROM CASE WHEN v.id IS NOT NULL THEN
                ai_agents._credential_paused_for(v.provider, p.agent_id::text, p.organization_id::text,
                                                 v.config ->> 'base_url') END) * 1000000)::int8,
-           coalesce(l.weight, 1)::float8
+           coalesce(l.weight, 1)::float8,
+           octet_length(v.system_prompt)::int8, v.max_tokens::int8
       FROM pair p
      CROSS JOIN LATERAL
            (SELECT t.priority, t.next_run_at FROM ai_agents.ai_agent_tasks t
@@ -79,6 +82,19 @@ const LOCK: &str = concat!(
       LIMIT $3
         FOR UPDATE OF t SKIP LOCKED"
 );
+
+/// What a call of each task in $1 will send: the text its user message is made of and, for a
+/// conversation task, how many bytes of history it may send at most (the newest message
+/// always, others up to ai_agents.history_max_bytes).
+const PROMPTS: &str = "
+    SELECT t.id, t.title, t.description, t.input::text,
+           CASE WHEN t.conversation_id IS NOT NULL THEN
+               greatest(pg_size_bytes(current_setting('ai_agents.history_max_bytes')),
+                        (SELECT octet_length(m.content) FROM ai_agents.ai_agent_messages m
+                          WHERE m.conversation_id = t.conversation_id AND m.role IN ('user', 'assistant')
+                          ORDER BY m.created_at DESC, m.id DESC LIMIT 1))
+           END
+      FROM ai_agents.ai_agent_tasks t WHERE t.id = ANY ($1)";
 
 /// Whether an agent has due tasks besides those in $3.
 const STILL_DUE: &str = concat!(
@@ -107,6 +123,7 @@ const LOG_HOLD: &str = concat!(
 struct Plans {
     due_agents: OwnedPreparedStatement,
     lock: OwnedPreparedStatement,
+    prompts: OwnedPreparedStatement,
     still_due: OwnedPreparedStatement,
     log_hold: OwnedPreparedStatement,
 }
@@ -116,6 +133,8 @@ thread_local! {
     static PLANS: RefCell<Option<Rc<Plans>>> = const { RefCell::new(None) };
     /// When the last claim found tasks it could not take yet, how soon to look again.
     static NEXT_LOOK: Cell<Option<Duration>> = const { Cell::new(None) };
+    /// The token reservations of the last claim's tasks, by task id, for the worker to settle.
+    static RESERVATIONS: RefCell<HashMap<String, Reservation>> = RefCell::new(HashMap::new());
 }
 
 fn plans(client: &SpiClient) -> SpiResult<Rc<Plans>> {
@@ -130,6 +149,7 @@ fn plans(client: &SpiClient) -> SpiResult<Rc<Plans>> {
     let plans = Rc::new(Plans {
         due_agents: keep(DUE_AGENTS, &[])?,
         lock: keep(LOCK, &[uuid, uuid, PgOid::from(pg_sys::INT8OID), uuids])?,
+        prompts: keep(PROMPTS, &[uuids])?,
         still_due: keep(STILL_DUE, &[uuid, uuid, uuids])?,
         log_hold: keep(
             LOG_HOLD,
@@ -153,6 +173,12 @@ pub fn next_look() -> Option<Duration> {
     NEXT_LOOK.get()
 }
 
+/// The token reservation the last claim made for a task, if the token tiers are on; taken,
+/// so that it is settled once.
+pub fn reservation(task_id: &str) -> Option<Reservation> {
+    RESERVATIONS.with_borrow_mut(|r| r.remove(task_id))
+}
+
 fn look_within(us: u64) {
     let us = Duration::from_micros(us);
     NEXT_LOOK.set(Some(NEXT_LOOK.get().map_or(us, |d| d.min(us))));
@@ -165,6 +191,9 @@ struct DueAgent {
     version: Option<Uuid>,
     /// A pause of its provider or credential: the tier and how much longer.
     paused: Option<Refusal>,
+    /// The bytes of its version's system prompt, and its max_tokens.
+    system_bytes: u64,
+    max_tokens: u64,
 }
 
 /// What the limits refused: an agent, or (agent None) an organization.
@@ -178,7 +207,10 @@ struct Hold {
 impl Hold {
     fn new(due: &DueAgent, (tier, retry_after_us): Refusal) -> Hold {
         // A refusal at the organization's tier or above holds back the organization.
-        let whole = matches!(tier, "organization" | "global" | "capacity");
+        let whole = matches!(
+            tier,
+            "organization" | "global" | "capacity" | "organization_tokens" | "global_tokens"
+        );
         Hold {
             organization: due.organization,
             agent: (!whole).then_some(due.agent),
@@ -214,21 +246,63 @@ fn micros(us: Option<i64>) -> Option<u64> {
         .filter(|&us| us > 0)
 }
 
-/// Takes up to `n` calls of an agent from the limiter: all at once, else one by one until
-/// refused. Returns how many it took and the refusal, if any.
-fn take_up_to(due: &DueAgent, n: u64) -> Result<(u64, Option<Refusal>), Error> {
-    if n == 0 {
-        return Ok((0, None));
+/// Takes calls of an agent from the limiter for its locked tasks, each with its token bound:
+/// all at once, else one by one until refused. Returns the reservation of each task taken, in
+/// order, and the refusal, if any.
+fn take_up_to(
+    due: &DueAgent,
+    bounds: &[u64],
+) -> Result<(Vec<Reservation>, Option<Refusal>), Error> {
+    if bounds.is_empty() {
+        return Ok((vec![], None));
     }
-    if ratelimit::take(&due.organization, &due.agent, n)?.is_ok() {
-        return Ok((n, None));
+    let total = bounds.iter().fold(0u64, |sum, &b| sum.saturating_add(b));
+    if let Ok(all) = ratelimit::take(&due.organization, &due.agent, bounds.len() as u64, total)? {
+        return Ok((bounds.iter().map(|&b| all.of_one(b)).collect(), None));
     }
-    for taken in 0..n {
-        if let Err(refusal) = ratelimit::take(&due.organization, &due.agent, 1)? {
-            return Ok((taken, Some(refusal)));
+    let mut taken = vec![];
+    for &bound in bounds {
+        match ratelimit::take(&due.organization, &due.agent, 1, bound)? {
+            Ok(reservation) => taken.push(reservation),
+            Err(refusal) => return Ok((taken, Some(refusal))),
         }
     }
-    Ok((n, None))
+    Ok((taken, None))
+}
+
+/// The tokens each of `ids` may use at most: what its call will send (see `PROMPTS`) and
+/// its version's max_tokens.
+fn token_bounds(
+    client: &SpiClient,
+    plans: &Plans,
+    due: &DueAgent,
+    ids: &[Uuid],
+) -> SpiResult<Vec<u64>> {
+    let mut by_id = HashMap::new();
+    for row in client.select(&plans.prompts, None, &[ids.to_vec().into()])? {
+        let Some(id) = row.get::<Uuid>(1)? else {
+            continue;
+        };
+        let title: String = row.get(2)?.unwrap_or_default();
+        let description: Option<String> = row.get(3)?;
+        let input: String = row.get(4)?.unwrap_or_default();
+        let history: Option<i64> = row.get(5)?;
+        let prompt = llm::PromptSize {
+            system_bytes: due.system_bytes,
+            message_bytes: llm::task_message_bytes(&title, description.as_deref(), &input),
+            history: history.map(|bytes| (u64::try_from(bytes).unwrap_or(0), history_limit())),
+        };
+        by_id.insert(id, prompt.token_bound(due.max_tokens));
+    }
+    // A task gone since it was locked cannot be: the lock holds it.
+    Ok(ids
+        .iter()
+        .map(|id| by_id.get(id).copied().unwrap_or(u64::MAX))
+        .collect())
+}
+
+fn history_limit() -> u64 {
+    u64::try_from(HISTORY_LIMIT.get()).unwrap_or(0)
 }
 
 /// The tasks of this claim and the agent version each is pinned to, at most `max_tasks`.
@@ -239,6 +313,7 @@ fn choose_due_tasks(
     max_tasks: i32,
 ) -> TableIterator<'static, (name!(task_id, Uuid), name!(version_id, Option<Uuid>))> {
     NEXT_LOOK.set(None);
+    RESERVATIONS.with_borrow_mut(HashMap::clear);
     let wanted = u64::try_from(max_tasks).unwrap_or(0);
     let chosen = Spi::connect_mut(|client| choose(client, wanted))
         .unwrap_or_else(|e| error!("claiming due tasks failed: {e}"));
@@ -263,6 +338,8 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
             agent,
             version: row.get::<Uuid>(5)?,
             paused: provider.into_iter().chain(credential).max_by_key(|p| p.1),
+            system_bytes: row.get::<i64>(9)?.map_or(0, |b| b.max(0) as u64),
+            max_tokens: row.get::<i64>(10)?.map_or(0, |b| b.max(0) as u64),
         });
         heads.push((
             row.get::<i32>(3)?.unwrap_or(0),
@@ -322,6 +399,7 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
     let mut index: HashMap<Uuid, usize> = HashMap::new();
     let mut agents: Vec<share::Agent> = vec![];
     let mut of_agent: Vec<usize> = vec![];
+    let mut tokens_on: Vec<bool> = vec![];
     let mut global_room = u64::MAX;
     for (i, d) in due.iter().enumerate() {
         if d.version.is_none() {
@@ -354,6 +432,7 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
             due: u64::MAX,
         });
         of_agent.push(i);
+        tokens_on.push(room.tokens_on);
     }
 
     // Rounds of sharing: an agent that had fewer due tasks than it was given leaves its slots
@@ -372,9 +451,20 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
             if (ids.len() as u64) < n {
                 agents[a].due = 0;
             }
-            let (taken, refused) = take_up_to(&due[i], ids.len() as u64).or_report();
+            let bounds = if tokens_on[a] {
+                token_bounds(client, &plans, &due[i], &ids)?
+            } else {
+                vec![0; ids.len()]
+            };
+            let (reservations, refused) = take_up_to(&due[i], &bounds).or_report();
+            let taken = reservations.len() as u64;
             let version = due[i].version;
-            chosen.extend(ids.iter().take(taken as usize).map(|&id| (id, version)));
+            chosen.extend(ids.iter().take(reservations.len()).map(|&id| (id, version)));
+            if tokens_on[a] {
+                RESERVATIONS.with_borrow_mut(|r| {
+                    r.extend(ids.iter().map(Uuid::to_string).zip(reservations))
+                });
+            }
             let org = agents[a].organization;
             agents[a].used += taken;
             agents[a].room = agents[a].room.saturating_sub(taken);

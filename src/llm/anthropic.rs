@@ -90,7 +90,8 @@ pub(super) fn request_headers(api_key: Option<&str>) -> Vec<(&'static str, Strin
 /// `thinking` or `tool_use`, are skipped; an empty `content` array is an empty reply, a
 /// non-empty one without text blocks is an error). Input tokens are `usage.input_tokens`
 /// plus the prompt-cache counts `cache_creation_input_tokens` and `cache_read_input_tokens`
-/// (0 unless caching is used), so that they cover the whole prompt as OpenAI's do.
+/// (0 unless caching is used), so that they cover the whole prompt as OpenAI's do; the two
+/// cache counts are kept apart as well, for their own prices.
 pub(super) fn parse_reply(reply: &serde_json::Map<String, Value>) -> Result<Parsed, String> {
     match reply.get("type") {
         None | Some(Value::Null) => {}
@@ -138,18 +139,16 @@ pub(super) fn parse_reply(reply: &serde_json::Map<String, Value>) -> Result<Pars
         ));
     }
     let usage = usage_object(reply)?;
-    let input_tokens = [
-        "input_tokens",
-        "cache_creation_input_tokens",
-        "cache_read_input_tokens",
-    ]
-    .iter()
-    .try_fold(0u64, |sum, field| {
-        Ok::<u64, String>(sum.saturating_add(token_count(&usage, field)?))
-    })?;
+    let cache_write_tokens = token_count(&usage, "cache_creation_input_tokens")?;
+    let cached_input_tokens = token_count(&usage, "cache_read_input_tokens")?;
+    let input_tokens = token_count(&usage, "input_tokens")?
+        .saturating_add(cache_write_tokens)
+        .saturating_add(cached_input_tokens);
     Ok(Parsed {
         content,
         input_tokens,
+        cached_input_tokens,
+        cache_write_tokens,
         output_tokens: token_count(&usage, "output_tokens")?,
         model: reply_model(reply)?,
     })
@@ -310,6 +309,8 @@ mod tests {
             Parsed {
                 content: "Hello, world".into(),
                 input_tokens: 120,
+                cached_input_tokens: 100,
+                cache_write_tokens: 0,
                 output_tokens: 5,
                 model: Some("claude-sonnet-4-5-20250929".into()),
             }
@@ -377,6 +378,24 @@ mod tests {
         for (body, expected) in cases {
             assert_eq!(parse(body).unwrap_err(), expected);
         }
+    }
+
+    #[test]
+    fn cache_reads_and_writes_are_kept_apart() {
+        let parsed = parse(
+            json!({"content": [], "usage": {"input_tokens": 50, "output_tokens": 7,
+            "cache_creation_input_tokens": 1200, "cache_read_input_tokens": 3000}}),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                parsed.input_tokens,
+                parsed.cached_input_tokens,
+                parsed.cache_write_tokens,
+                parsed.output_tokens
+            ),
+            (4250, 3000, 1200, 7)
+        );
     }
 
     #[test]

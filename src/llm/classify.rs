@@ -72,6 +72,8 @@ pub(super) fn interpret(
     Ok(Reply {
         content: parsed.content,
         input_tokens: parsed.input_tokens,
+        cached_input_tokens: parsed.cached_input_tokens,
+        cache_write_tokens: parsed.cache_write_tokens,
         output_tokens: parsed.output_tokens,
         model: parsed
             .model
@@ -437,6 +439,8 @@ mod tests {
             Reply {
                 content: "Hello".into(),
                 input_tokens: 12,
+                cached_input_tokens: 0,
+                cache_write_tokens: 0,
                 output_tokens: 3,
                 model: "gpt-4o-2024".into(),
                 request_id: Some("req_123".into()),

@@ -31,7 +31,7 @@ mod transport;
 mod tests;
 
 pub use allowlist::check_base_url;
-pub use prompt::messages;
+pub use prompt::{messages, task_message_bytes, PromptSize};
 pub use status::is_transient;
 
 /// A provider's side of a call, chosen once where the provider is known, so that the files
@@ -161,7 +161,10 @@ impl fmt::Debug for Request {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reply {
     pub content: String,
+    /// Every input token; the two counts after it are parts of it, priced at their own rates.
     pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_write_tokens: u64,
     pub output_tokens: u64,
     /// As the provider reports it; the requested model when the reply names none.
     pub model: String,

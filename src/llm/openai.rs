@@ -90,9 +90,29 @@ pub(super) fn parse_reply(reply: &serde_json::Map<String, Value>) -> Result<Pars
         }
     };
     let usage = usage_object(reply)?;
+    let input_tokens = token_count(&usage, "prompt_tokens")?;
+    let cached_input_tokens = match usage.get("prompt_tokens_details") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Object(details)) => token_count(details, "cached_tokens")
+            .map_err(|e| e.replace("usage.", "usage.prompt_tokens_details."))?,
+        Some(other) => {
+            return Err(format!(
+                "usage.prompt_tokens_details is {}, expected an object",
+                json_kind(other)
+            ))
+        }
+    };
+    if cached_input_tokens > input_tokens {
+        return Err(format!(
+            "usage.prompt_tokens_details.cached_tokens is {cached_input_tokens}, more than \
+             usage.prompt_tokens ({input_tokens})"
+        ));
+    }
     Ok(Parsed {
         content,
-        input_tokens: token_count(&usage, "prompt_tokens")?,
+        input_tokens,
+        cached_input_tokens,
+        cache_write_tokens: 0,
         output_tokens: token_count(&usage, "completion_tokens")?,
         model: reply_model(reply)?,
     })
@@ -250,6 +270,8 @@ mod tests {
             Parsed {
                 content: "first".into(),
                 input_tokens: 9,
+                cached_input_tokens: 0,
+                cache_write_tokens: 0,
                 output_tokens: 2,
                 model: Some("gpt-4o-mini-2024-07-18".into()),
             }
@@ -333,6 +355,38 @@ mod tests {
         for (body, expected) in cases {
             assert_eq!(parse(body).unwrap_err(), expected);
         }
+    }
+
+    #[test]
+    fn cached_tokens_are_read_as_part_of_the_prompt() {
+        let reply = |details: Value| {
+            parse(json!({"choices": [{"message": {"content": "x"}}],
+                         "usage": {"prompt_tokens": 2006, "completion_tokens": 300,
+                                   "prompt_tokens_details": details}}))
+        };
+        let parsed = reply(json!({"cached_tokens": 1920, "audio_tokens": 0})).unwrap();
+        assert_eq!(
+            (
+                parsed.input_tokens,
+                parsed.cached_input_tokens,
+                parsed.cache_write_tokens
+            ),
+            (2006, 1920, 0)
+        );
+        assert_eq!(reply(json!({})).unwrap().cached_input_tokens, 0);
+        assert_eq!(reply(Value::Null).unwrap().cached_input_tokens, 0);
+        assert_eq!(
+            reply(json!({"cached_tokens": "5"})).unwrap_err(),
+            "usage.prompt_tokens_details.cached_tokens is a string, expected a non-negative integer"
+        );
+        assert_eq!(
+            reply(json!(7)).unwrap_err(),
+            "usage.prompt_tokens_details is a number, expected an object"
+        );
+        assert_eq!(
+            reply(json!({"cached_tokens": 2007})).unwrap_err(),
+            "usage.prompt_tokens_details.cached_tokens is 2007, more than usage.prompt_tokens (2006)"
+        );
     }
 
     #[test]

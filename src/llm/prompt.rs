@@ -35,6 +35,47 @@ pub fn task_message(title: &str, description: Option<&str>, input: &Value) -> St
     parts.join("\n\n")
 }
 
+/// The bytes of a task's user message, from its input as PostgreSQL prints it (an input the
+/// worker cannot read is never sent: its length will do).
+pub fn task_message_bytes(title: &str, description: Option<&str>, input: &str) -> u64 {
+    let bytes = match serde_json::from_str::<Value>(input) {
+        Ok(input) => task_message(title, description, &input).len(),
+        Err(_) => title.len() + description.map_or(0, str::len) + input.len(),
+    };
+    bytes as u64
+}
+
+/// Tokens of framing per message (role, separators), more than either provider adds.
+pub const TOKENS_PER_MESSAGE: u64 = 8;
+
+/// The size of what a call sends, for an upper bound of the tokens it can use.
+#[derive(Clone, Copy, Debug)]
+pub struct PromptSize {
+    pub system_bytes: u64,
+    /// The task's user message.
+    pub message_bytes: u64,
+    /// A conversation task: the most bytes of history it sends, and the most messages.
+    pub history: Option<(u64, u64)>,
+}
+
+impl PromptSize {
+    /// The most tokens the call can use, input and output. Byte-level BPE tokenizers, as
+    /// OpenAI's and Anthropic's are, make no token of less than one byte of text, so a
+    /// text's bytes bound its tokens; each message (the system prompt is one) adds its
+    /// framing, and the reply at most `max_tokens`.
+    pub fn token_bound(&self, max_tokens: u64) -> u64 {
+        let (bytes, messages) = match self.history {
+            // A conversation with no messages yet sends the task's message instead.
+            Some((history, count)) => (history.max(self.message_bytes), count.max(1)),
+            None => (self.message_bytes, 1),
+        };
+        self.system_bytes
+            .saturating_add(bytes)
+            .saturating_add(TOKENS_PER_MESSAGE.saturating_mul(messages + 2))
+            .saturating_add(max_tokens)
+    }
+}
+
 /// A conversation task sends its history; any other task one user message built from it.
 pub fn messages(
     title: &str,
@@ -72,6 +113,53 @@ pub fn messages(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_token_bound_covers_every_byte_sent_and_the_reply() {
+        let input = r#"{"member": "Ana", "plan": {"name": "Gold", "months": [1, 2]}}"#;
+        let bytes = task_message_bytes("Freeze?", Some("Answer kindly."), input);
+        let sent = task_message(
+            "Freeze?",
+            Some("Answer kindly."),
+            &serde_json::from_str(input).unwrap(),
+        );
+        // Pretty-printed, the message is longer than the input as PostgreSQL prints it.
+        assert_eq!(bytes, sent.len() as u64);
+        assert!(bytes > input.len() as u64);
+        let task = PromptSize {
+            system_bytes: 40,
+            message_bytes: bytes,
+            history: None,
+        };
+        assert_eq!(
+            task.token_bound(256),
+            40 + bytes + 3 * TOKENS_PER_MESSAGE + 256
+        );
+        // A conversation: its history's bound, or the task message when that is longer.
+        let talk = PromptSize {
+            history: Some((1_000, 20)),
+            ..task
+        };
+        assert_eq!(talk.token_bound(0), 40 + 1_000 + 22 * TOKENS_PER_MESSAGE);
+        let short = PromptSize {
+            history: Some((10, 0)),
+            ..task
+        };
+        assert_eq!(short.token_bound(0), 40 + bytes + 3 * TOKENS_PER_MESSAGE);
+        // Multi-byte text: one token per byte at most, never per character.
+        assert_eq!(
+            task_message_bytes("é", None, "null"),
+            "Task: é".len() as u64
+        );
+        // An input the worker cannot read still has a bound.
+        assert_eq!(task_message_bytes("t", None, "{bad"), 5);
+        let huge = PromptSize {
+            system_bytes: u64::MAX,
+            message_bytes: 1,
+            history: None,
+        };
+        assert_eq!(huge.token_bound(u64::MAX), u64::MAX);
+    }
 
     #[test]
     fn full_layout() {

@@ -11,7 +11,12 @@ pub(super) type ParseReply = fn(&serde_json::Map<String, Value>) -> Result<Parse
 #[derive(Debug, PartialEq)]
 pub(super) struct Parsed {
     pub content: String,
+    /// Every input token, cached or not.
     pub input_tokens: u64,
+    /// Of the input tokens, those read from the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    /// Of the input tokens, those written to the provider's prompt cache (Anthropic).
+    pub cache_write_tokens: u64,
     pub output_tokens: u64,
     /// `None` when the body names no model.
     pub model: Option<String>,

@@ -230,6 +230,8 @@ fn openai_request_and_reply() {
         Reply {
             content: "Hi!".into(),
             input_tokens: 21,
+            cached_input_tokens: 0,
+            cache_write_tokens: 0,
             output_tokens: 2,
             model: "test-model-0613".into(),
             request_id: Some("req_oa_1".into()),
@@ -308,6 +310,8 @@ fn anthropic_request_and_reply() {
         Reply {
             content: "Bonjour !".into(),
             input_tokens: 30,
+            cached_input_tokens: 0,
+            cache_write_tokens: 0,
             output_tokens: 4,
             model: "claude-test-1".into(),
             request_id: Some("req_an_1".into()),

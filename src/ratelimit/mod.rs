@@ -13,7 +13,9 @@ mod window;
 
 use crate::error::{Error, OrReport};
 use crate::settings::{
-    RATE_LIMIT_AGENT_PER_MINUTE, RATE_LIMIT_GLOBAL_PER_MINUTE, RATE_LIMIT_ORGANIZATION_PER_MINUTE,
+    RATE_LIMIT_AGENT_PER_MINUTE, RATE_LIMIT_AGENT_TOKENS_PER_MINUTE, RATE_LIMIT_GLOBAL_PER_MINUTE,
+    RATE_LIMIT_GLOBAL_TOKENS_PER_MINUTE, RATE_LIMIT_ORGANIZATION_PER_MINUTE,
+    RATE_LIMIT_ORGANIZATION_TOKENS_PER_MINUTE,
 };
 use pgrx::datum::{Interval, Uuid};
 use pgrx::prelude::*;
@@ -25,12 +27,20 @@ pub use shmem::SEGMENT;
 
 pub const MINUTE_US: u64 = 60_000_000;
 const TIERS: [&str; 3] = ["global", "organization", "agent"];
+const TOKEN_TIERS: [&str; 3] = ["global_tokens", "organization_tokens", "agent_tokens"];
+
+/// An override row's limits; None: the setting applies.
+#[derive(Clone, Copy, Default)]
+struct Override {
+    calls: Option<u64>,
+    tokens: Option<u64>,
+}
 
 /// This backend's copy of the override table, reloaded when another transaction changed it.
 struct Overrides {
     generation: u64,
-    organization: HashMap<[u8; 16], u64>,
-    agent: HashMap<[u8; 16], u64>,
+    organization: HashMap<[u8; 16], Override>,
+    agent: HashMap<[u8; 16], Override>,
 }
 
 thread_local! {
@@ -45,18 +55,23 @@ fn load_overrides(generation: u64) -> Overrides {
     };
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT organization_id, agent_id, max_per_minute FROM ai_agents.ai_agent_rate_limits",
+            "SELECT organization_id, agent_id, max_per_minute, max_tokens_per_minute
+               FROM ai_agents.ai_agent_rate_limits",
             None,
             &[],
         )?;
         for row in rows {
             let organization: Option<Uuid> = row.get(1)?;
             let agent: Option<Uuid> = row.get(2)?;
-            let max = row.get::<i32>(3)?.unwrap_or(1).max(1) as u64;
+            let limit = |value: Option<i32>| value.map(|v| v.max(1) as u64);
+            let set = Override {
+                calls: limit(row.get::<i32>(3)?),
+                tokens: limit(row.get::<i32>(4)?),
+            };
             match (organization, agent) {
-                (_, Some(agent)) => overrides.agent.insert(*agent.as_bytes(), max),
+                (_, Some(agent)) => overrides.agent.insert(*agent.as_bytes(), set),
                 (Some(organization), None) => {
-                    overrides.organization.insert(*organization.as_bytes(), max)
+                    overrides.organization.insert(*organization.as_bytes(), set)
                 }
                 (None, None) => None,
             };
@@ -71,27 +86,55 @@ fn setting(value: i32) -> u64 {
     u64::try_from(value).unwrap_or(1).max(1)
 }
 
-/// The per-minute limits of the three tiers for an organization and agent, with overrides.
-fn tier_limits(organization: &Uuid, agent: &Uuid) -> Result<[u64; 3], Error> {
+/// A token setting: 0 (or less) is no limit.
+fn token_setting(value: i32) -> Option<u64> {
+    u64::try_from(value).ok().filter(|&v| v > 0)
+}
+
+/// The per-minute limits of an organization's agent at the three tiers, with overrides: calls,
+/// and tokens where a token tier is on.
+struct TierLimits {
+    calls: [u64; 3],
+    tokens: [Option<u64>; 3],
+}
+
+fn tier_limits(organization: &Uuid, agent: &Uuid) -> Result<TierLimits, Error> {
     let generation = shmem::overrides_generation()?;
     OVERRIDES.with_borrow_mut(|cache| {
         if cache.as_ref().is_none_or(|c| c.generation != generation) {
             *cache = Some(load_overrides(generation));
         }
         let overrides = cache.as_ref().expect("loaded above");
-        Ok([
-            setting(RATE_LIMIT_GLOBAL_PER_MINUTE.get()),
-            overrides
-                .organization
-                .get(organization.as_bytes())
-                .copied()
-                .unwrap_or_else(|| setting(RATE_LIMIT_ORGANIZATION_PER_MINUTE.get())),
-            overrides
-                .agent
-                .get(agent.as_bytes())
-                .copied()
-                .unwrap_or_else(|| setting(RATE_LIMIT_AGENT_PER_MINUTE.get())),
-        ])
+        let of_organization = overrides
+            .organization
+            .get(organization.as_bytes())
+            .copied()
+            .unwrap_or_default();
+        let of_agent = overrides
+            .agent
+            .get(agent.as_bytes())
+            .copied()
+            .unwrap_or_default();
+        Ok(TierLimits {
+            calls: [
+                setting(RATE_LIMIT_GLOBAL_PER_MINUTE.get()),
+                of_organization
+                    .calls
+                    .unwrap_or_else(|| setting(RATE_LIMIT_ORGANIZATION_PER_MINUTE.get())),
+                of_agent
+                    .calls
+                    .unwrap_or_else(|| setting(RATE_LIMIT_AGENT_PER_MINUTE.get())),
+            ],
+            tokens: [
+                token_setting(RATE_LIMIT_GLOBAL_TOKENS_PER_MINUTE.get()),
+                of_organization
+                    .tokens
+                    .or_else(|| token_setting(RATE_LIMIT_ORGANIZATION_TOKENS_PER_MINUTE.get())),
+                of_agent
+                    .tokens
+                    .or_else(|| token_setting(RATE_LIMIT_AGENT_TOKENS_PER_MINUTE.get())),
+            ],
+        })
     })
 }
 
@@ -111,6 +154,19 @@ fn uuid_key(prefix: &str, id: &Uuid) -> String {
     key
 }
 
+/// The key of tier `i` of an agent: the call tiers global, organization, agent (0 to 2),
+/// then the token tiers (3 to 5).
+fn tier_key(i: usize, organization: &Uuid, agent: &Uuid) -> String {
+    match i {
+        0 => "global".to_string(),
+        1 => uuid_key("organization:", organization),
+        2 => uuid_key("agent:", agent),
+        3 => "tokens:global".to_string(),
+        4 => uuid_key("tokens:organization:", organization),
+        _ => uuid_key("tokens:agent:", agent),
+    }
+}
+
 pub fn interval_us(us: u64) -> Interval {
     Interval::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
 }
@@ -126,143 +182,298 @@ fn required<T>(name: &str, value: Option<T>) -> Result<T, Error> {
     value.ok_or_else(|| Error::NullValue(format!("{name} must not be null")))
 }
 
-/// allowed, refused_tier, retry_after, and what remains at the global, organization and agent
-/// tiers: the row of check_rate_limit and peek_rate_limit (see `verdict`).
-type TierRow = (bool, Option<String>, Option<Interval>, i64, i64, i64);
+/// allowed, refused_tier, retry_after, what remains of calls at the global, organization and
+/// agent tiers, and of tokens at the three token tiers (NULL where off): the row of
+/// check_rate_limit and peek_rate_limit (see `verdict`).
+type TierRow = (
+    bool,
+    Option<String>,
+    Option<Interval>,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
 
-/// Checks `cost` calls against the three tiers of an organization's agent and, when `take` is
-/// set and all have room, takes them. Returns the outcome with the three tiers' limits.
+/// What a token count above a tier's limit means.
+#[derive(Clone, Copy, PartialEq)]
+enum OverLimit {
+    /// Bad input (check_rate_limit's caller asked for more than a minute allows).
+    Error,
+    /// One call's upper bound: it reserves the whole limit, and runs alone in its window.
+    WholeLimit,
+    /// Several calls' bounds together: refused at once, taking nothing.
+    Refused,
+}
+
+/// A decision of the limiter: its outcome, the tiers each limit checked stands for (the
+/// call tiers, then the token tiers that are on), what each took, and when.
+struct Decision {
+    outcome: Outcome,
+    tiers: Vec<&'static str>,
+    costs: Vec<u64>,
+    limits: TierLimits,
+    at_us: u64,
+}
+
+impl Decision {
+    fn refusal(&self) -> Option<Refusal> {
+        match self.outcome {
+            Outcome::Admitted { .. } => None,
+            Outcome::Refused {
+                index,
+                retry_after_us,
+                ..
+            } => Some((self.tiers[index], retry_after_us)),
+            Outcome::Full { retry_after_us } => Some(("capacity", retry_after_us)),
+        }
+    }
+
+    /// What remains at `tier` after the decision (before it, when refused); None: not checked.
+    fn left(&self, tier: &str) -> Option<u64> {
+        let i = self.tiers.iter().position(|&t| t == tier)?;
+        match &self.outcome {
+            Outcome::Admitted { remaining } | Outcome::Refused { remaining, .. } => {
+                remaining.get(i).copied()
+            }
+            Outcome::Full { .. } => Some(0),
+        }
+    }
+}
+
+/// Checks `calls` calls and `tokens` tokens of an organization's agent against every tier
+/// and, when `take` is set and all have room, takes them.
 fn decide(
     organization: &Uuid,
     agent: &Uuid,
-    cost: u64,
+    calls: u64,
+    tokens: u64,
+    over: OverLimit,
     take: bool,
-) -> Result<(Outcome, [u64; 3]), Error> {
-    let maxima = tier_limits(organization, agent)?;
-    if let Some(tier) = (0..3).find(|&i| cost > maxima[i]) {
+) -> Result<Decision, Error> {
+    let limits = tier_limits(organization, agent)?;
+    if let Some(tier) = (0..3).find(|&i| calls > limits.calls[i]) {
         return Err(Error::InvalidParameter(format!(
-            "cost {cost} exceeds the {} limit of {} per minute",
-            TIERS[tier], maxima[tier]
+            "cost {calls} exceeds the {} limit of {} per minute",
+            TIERS[tier], limits.calls[tier]
         )));
     }
-    let (organization_key, agent_key) = (
-        uuid_key("organization:", organization),
-        uuid_key("agent:", agent),
-    );
-    let names = ["global", organization_key.as_str(), agent_key.as_str()];
-    let limits: Vec<Limit> = names
-        .iter()
-        .zip(maxima)
-        .map(|(name, max)| {
-            Limit::new(
-                Key {
-                    name,
-                    window_us: MINUTE_US,
-                },
-                max,
-            )
+    // Only the tiers that are on get a key: a token tier that is off costs nothing.
+    let keys: Vec<String> = (0..6)
+        .map(|i| match i {
+            0..3 => tier_key(i, organization, agent),
+            _ if limits.tokens[i - 3].is_some() => tier_key(i, organization, agent),
+            _ => String::new(),
         })
         .collect();
-    let outcome = shmem::with_table(|table, now| table.check(now, &limits, cost, take))?;
-    Ok((outcome, maxima))
+    let mut tiers: Vec<&'static str> = TIERS.to_vec();
+    let mut costs = vec![calls; 3];
+    let mut checked: Vec<Limit> = (0..3)
+        .map(|i| Limit::new(key(&keys[i]), limits.calls[i], calls))
+        .collect();
+    for i in 0..3 {
+        let Some(max) = limits.tokens[i] else {
+            continue;
+        };
+        tiers.push(TOKEN_TIERS[i]);
+        if tokens > max {
+            match over {
+                OverLimit::Error => {
+                    return Err(Error::InvalidParameter(format!(
+                        "tokens {tokens} exceed the {} limit of {max} per minute",
+                        TOKEN_TIERS[i]
+                    )))
+                }
+                OverLimit::Refused => {
+                    return Ok(Decision {
+                        outcome: Outcome::Refused {
+                            index: tiers.len() - 1,
+                            retry_after_us: 0,
+                            remaining: vec![],
+                        },
+                        tiers,
+                        costs,
+                        limits,
+                        at_us: 0,
+                    })
+                }
+                OverLimit::WholeLimit => {}
+            }
+        }
+        let cost = tokens.min(max);
+        costs.push(cost);
+        checked.push(Limit::new(key(&keys[3 + i]), max, cost));
+    }
+    let (outcome, at_us) = shmem::with_table(|table, now| (table.check(now, &checked, take), now))?;
+    Ok(Decision {
+        outcome,
+        tiers,
+        costs,
+        limits,
+        at_us,
+    })
+}
+
+fn key(name: &str) -> Key<'_> {
+    Key {
+        name,
+        window_us: MINUTE_US,
+    }
 }
 
 /// A tier that refused and how long until it would admit, in microseconds.
 pub type Refusal = (&'static str, u64);
 
-/// What one more call of an organization's agent would meet at each tier (global,
-/// organization, agent): the limit and the room left, and the tier that would refuse it with
-/// how long until it would not.
+/// What one more call of an organization's agent would meet at each call tier (global,
+/// organization, agent): the limit and the room left, and the tier (call or token) that would
+/// refuse it with how long until it would not.
 pub struct Room {
     pub limits: [u64; 3],
     pub left: [u64; 3],
     pub refused: Option<Refusal>,
+    /// Whether a token tier applies: then every call reserves its tokens.
+    pub tokens_on: bool,
 }
 
-/// The room at the three tiers, without taking anything.
+/// The room at the call tiers, without taking anything; a token tier with nothing left
+/// refuses too.
 pub fn room(organization: &Uuid, agent: &Uuid) -> Result<Room, Error> {
-    let (outcome, limits) = decide(organization, agent, 1, false)?;
-    let left = |remaining: &[u64], after: u64| -> [u64; 3] {
-        std::array::from_fn(|i| remaining.get(i).map_or(0, |&r| r + after))
-    };
-    Ok(match outcome {
-        Outcome::Admitted { remaining } => Room {
-            limits,
-            left: left(&remaining, 1),
-            refused: None,
-        },
-        Outcome::Refused {
-            index,
-            retry_after_us,
-            remaining,
-        } => Room {
-            limits,
-            left: left(&remaining, 0),
-            refused: Some((TIERS[index], retry_after_us)),
-        },
-        Outcome::Full { retry_after_us } => Room {
-            limits,
-            left: [0; 3],
-            refused: Some(("capacity", retry_after_us)),
-        },
+    let decision = decide(organization, agent, 1, 1, OverLimit::WholeLimit, false)?;
+    let refused = decision.refusal();
+    // Admitted: the room after this one call, so one more than what is left.
+    let after = u64::from(refused.is_none());
+    Ok(Room {
+        limits: decision.limits.calls,
+        left: std::array::from_fn(|i| decision.left(TIERS[i]).map_or(0, |left| left + after)),
+        refused,
+        tokens_on: decision.limits.tokens.iter().any(Option::is_some),
     })
 }
 
-/// Takes `cost` calls of an organization's agent at all three tiers, or nothing; on refusal,
-/// the tier and how long until the calls would fit.
-pub fn take(organization: &Uuid, agent: &Uuid, cost: u64) -> Result<Result<(), Refusal>, Error> {
-    Ok(match decide(organization, agent, cost, true)?.0 {
-        Outcome::Admitted { .. } => Ok(()),
-        Outcome::Refused {
-            index,
-            retry_after_us,
-            ..
-        } => Err((TIERS[index], retry_after_us)),
-        Outcome::Full { retry_after_us } => Err(("capacity", retry_after_us)),
+/// Tokens reserved for calls: what each token tier took, and when, to be settled once the
+/// provider has said what was used.
+#[derive(Clone, Copy, Debug)]
+pub struct Reservation {
+    pub organization: Uuid,
+    pub agent: Uuid,
+    pub tokens: [u64; 3],
+    pub at_us: u64,
+}
+
+impl Reservation {
+    /// The reservation of one of `n` calls that were taken together, each its own `tokens`.
+    pub fn of_one(&self, tokens: u64) -> Reservation {
+        Reservation {
+            tokens: self.tokens.map(|t| t.min(tokens)),
+            ..*self
+        }
+    }
+}
+
+/// Takes `calls` calls and `tokens` tokens (their upper bound) of an organization's agent at
+/// every tier, or nothing; on refusal, the tier and how long until they would fit. One call
+/// whose bound is above a token tier's limit reserves the whole limit; several calls above it
+/// are refused (take them one by one).
+pub fn take(
+    organization: &Uuid,
+    agent: &Uuid,
+    calls: u64,
+    tokens: u64,
+) -> Result<Result<Reservation, Refusal>, Error> {
+    let over = if calls == 1 {
+        OverLimit::WholeLimit
+    } else {
+        OverLimit::Refused
+    };
+    let decision = decide(organization, agent, calls, tokens, over, true)?;
+    Ok(match decision.refusal() {
+        Some(refusal) => Err(refusal),
+        None => Ok(reserved(organization, agent, &decision)),
     })
+}
+
+fn reserved(organization: &Uuid, agent: &Uuid, decision: &Decision) -> Reservation {
+    Reservation {
+        organization: *organization,
+        agent: *agent,
+        tokens: std::array::from_fn(|i| {
+            decision
+                .tiers
+                .iter()
+                .position(|&t| t == TOKEN_TIERS[i])
+                .map_or(0, |at| decision.costs[at])
+        }),
+        at_us: decision.at_us,
+    }
+}
+
+/// Settles a reservation to the tokens the provider reported: each token tier counts `used`
+/// instead of what it reserved, in the window the reservation was taken in.
+pub fn settle(reservation: &Reservation, used: u64) {
+    let adjustments: Vec<(String, i64)> = (0..3)
+        .filter(|&i| reservation.tokens[i] > 0)
+        .map(|i| {
+            let delta = i64::try_from(used)
+                .unwrap_or(i64::MAX)
+                .saturating_sub(i64::try_from(reservation.tokens[i]).unwrap_or(i64::MAX));
+            (
+                tier_key(3 + i, &reservation.organization, &reservation.agent),
+                delta,
+            )
+        })
+        .collect();
+    let settled = shmem::with_table(|table, now| {
+        for (name, delta) in &adjustments {
+            table.adjust(key(name), reservation.at_us, *delta, now);
+        }
+    });
+    if let Err(e) = settled {
+        warning!("ai_agents: a token reservation could not be settled: {e}");
+    }
 }
 
 /// Takes one unit of `name` per `window_us` if it has none in the window: whether this is the
 /// first time in the window.
 pub fn first_in_window(name: &str, window_us: u64) -> Result<bool, Error> {
-    let limit = Limit::new(Key { name, window_us }, 1);
+    let limit = Limit::new(Key { name, window_us }, 1, 1);
     Ok(matches!(
-        shmem::with_table(|table, now| table.check(now, &[limit], 1, true))?,
+        shmem::with_table(|table, now| table.check(now, &[limit], true))?,
         Outcome::Admitted { .. }
     ))
 }
 
-/// check_rate_limit's and peek_rate_limit's row for `cost` calls of an organization's agent.
+/// check_rate_limit's and peek_rate_limit's row for `cost` calls and `tokens` tokens of an
+/// organization's agent.
 fn check_tiers(
     organization_id: Option<Uuid>,
     agent_id: Option<Uuid>,
     cost: Option<i32>,
+    tokens: Option<i64>,
     take: bool,
 ) -> Result<TierRow, Error> {
     let organization = required("organization_id", organization_id)?;
     let agent = required("agent_id", agent_id)?;
     let cost = positive("cost", required("cost", cost)?)?;
-    let (outcome, _) = decide(&organization, &agent, cost, take)?;
-    let row = |allowed, tier: Option<&str>, wait: Option<u64>, left: &[u64]| {
-        let left = |i: usize| left.get(i).map_or(0, |&v| v as i64);
-        (
-            allowed,
-            tier.map(str::to_string),
-            wait.map(interval_us),
-            left(0),
-            left(1),
-            left(2),
-        )
-    };
-    Ok(match outcome {
-        Outcome::Admitted { remaining } => row(true, None, None, &remaining),
-        Outcome::Refused {
-            index,
-            retry_after_us,
-            remaining,
-        } => row(false, Some(TIERS[index]), Some(retry_after_us), &remaining),
-        Outcome::Full { retry_after_us } => row(false, Some("capacity"), Some(retry_after_us), &[]),
-    })
+    let tokens = required("tokens", tokens)?;
+    let tokens = u64::try_from(tokens).map_err(|_| {
+        Error::InvalidParameter(format!("tokens must not be negative, got {tokens}"))
+    })?;
+    let decision = decide(&organization, &agent, cost, tokens, OverLimit::Error, take)?;
+    let refusal = decision.refusal();
+    let left = |tier: &str| decision.left(tier).map(|v| v as i64);
+    Ok((
+        refusal.is_none(),
+        refusal.map(|(tier, _)| tier.to_string()),
+        refusal.map(|(_, wait)| interval_us(wait)),
+        left(TIERS[0]).unwrap_or(0),
+        left(TIERS[1]).unwrap_or(0),
+        left(TIERS[2]).unwrap_or(0),
+        left(TOKEN_TIERS[0]),
+        left(TOKEN_TIERS[1]),
+        left(TOKEN_TIERS[2]),
+    ))
 }
 
 fn window_us(window: Option<Interval>) -> Result<u64, Error> {
@@ -306,9 +517,10 @@ fn rate_limit(
                 window_us,
             },
             max,
+            cost,
         );
         Ok(
-            match shmem::with_table(|table, now| table.check(now, &[limit], cost, true))? {
+            match shmem::with_table(|table, now| table.check(now, &[limit], true))? {
                 Outcome::Admitted { remaining } => (true, None, remaining[0] as i64),
                 Outcome::Refused { retry_after_us, .. } | Outcome::Full { retry_after_us } => {
                     (false, Some(interval_us(retry_after_us)), 0)

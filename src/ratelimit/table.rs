@@ -71,21 +71,23 @@ impl Key<'_> {
     }
 }
 
-/// One limit to check: a key and the most it may admit per window. The key's hash is worked
-/// out here, before the caller takes the table's lock.
+/// One limit to check: a key, the most it may admit per window, and what this check would
+/// take from it. The key's hash is worked out here, before the caller takes the table's lock.
 #[derive(Clone, Copy, Debug)]
 pub struct Limit<'a> {
     key: Key<'a>,
     hash: [u64; 2],
     max: u64,
+    cost: u64,
 }
 
 impl<'a> Limit<'a> {
-    pub fn new(key: Key<'a>, max: u64) -> Limit<'a> {
+    pub fn new(key: Key<'a>, max: u64, cost: u64) -> Limit<'a> {
         Limit {
             key,
             hash: key.hash(),
             max,
+            cost,
         }
     }
 }
@@ -210,8 +212,8 @@ impl<'a> Table<'a> {
     }
 
     /// Checks all `limits` at `now_us` as one decision and, when `take` is set and all have
-    /// room, takes `cost` from each. A refusal at one limit takes nothing at any.
-    pub fn check(&mut self, now_us: u64, limits: &[Limit], cost: u64, take: bool) -> Outcome {
+    /// room, takes each one's cost. A refusal at one limit takes nothing at any.
+    pub fn check(&mut self, now_us: u64, limits: &[Limit], take: bool) -> Outcome {
         if take {
             let missing = limits.iter().filter(|l| self.find(l.hash).is_err()).count();
             if let Err(retry_after_us) = self.make_room(missing, limits, now_us) {
@@ -233,7 +235,7 @@ impl<'a> Table<'a> {
                 Some(i) => {
                     let slot = &mut self.slots[i];
                     let paused_for = slot.paused_until_us.saturating_sub(now_us);
-                    let wait = match slot.window.check(now_us, limit.max, cost) {
+                    let wait = match slot.window.check(now_us, limit.max, limit.cost) {
                         Verdict::Fits => paused_for,
                         Verdict::Refused { retry_after_us } => retry_after_us.max(paused_for),
                     };
@@ -258,7 +260,7 @@ impl<'a> Table<'a> {
             for (limit, &slot) in limits.iter().zip(&found) {
                 if let Some(i) = slot {
                     let slot = &mut self.slots[i];
-                    slot.window.take(now_us, cost);
+                    slot.window.take(now_us, limit.cost);
                     slot.limit = limit.max;
                     slot.last_used_us = now_us;
                 }
@@ -267,8 +269,17 @@ impl<'a> Table<'a> {
         Outcome::Admitted {
             remaining: before
                 .iter()
-                .map(|left| left.saturating_sub(cost))
+                .zip(limits)
+                .map(|(left, limit)| left.saturating_sub(limit.cost))
                 .collect(),
+        }
+    }
+
+    /// Corrects what a check took from `key` at `at_us` by `delta`; nothing when the key is
+    /// gone (reset, or evicted once idle).
+    pub fn adjust(&mut self, key: Key, at_us: u64, delta: i64, now_us: u64) {
+        if let Ok(i) = self.find(key.hash()) {
+            self.slots[i].window.adjust(now_us, at_us, delta);
         }
     }
 
@@ -281,7 +292,7 @@ impl<'a> Table<'a> {
     /// Refuses every call on `key` until `until_us` (a provider's Retry-After), or longer when
     /// it is paused longer already.
     pub fn pause(&mut self, key: Key, until_us: u64, now_us: u64) -> Result<(), u64> {
-        let pinned = Limit::new(key, 0);
+        let pinned = Limit::new(key, 0, 0);
         if self.find(pinned.hash).is_err() {
             self.make_room(1, &[pinned], now_us)?;
         }
@@ -369,7 +380,7 @@ mod tests {
     }
 
     fn limit(name: &str, max: u64) -> Limit<'_> {
-        Limit::new(key(name), max)
+        Limit::new(key(name), max, 1)
     }
 
     /// What shared memory holds for a table: its slots and its count of live keys.
@@ -403,7 +414,7 @@ mod tests {
         let mut store = Store::new(16);
         let mut t = store.table();
         for i in 0..50 {
-            let outcome = t.check(i, &tiers("agent:a"), 1, true);
+            let outcome = t.check(i, &tiers("agent:a"), true);
             assert_eq!(
                 outcome,
                 Outcome::Admitted {
@@ -413,7 +424,7 @@ mod tests {
         }
         let Outcome::Refused {
             index, remaining, ..
-        } = t.check(50, &tiers("agent:a"), 1, true)
+        } = t.check(50, &tiers("agent:a"), true)
         else {
             panic!("the 51st call for one agent was admitted");
         };
@@ -425,11 +436,11 @@ mod tests {
         assert_eq!((used("global"), used("org:1")), (Some(50), Some(50)));
         for i in 0..50 {
             assert!(matches!(
-                t.check(100 + i, &tiers("agent:b"), 1, true),
+                t.check(100 + i, &tiers("agent:b"), true),
                 Outcome::Admitted { .. }
             ));
         }
-        let Outcome::Refused { index, .. } = t.check(200, &tiers("agent:c"), 1, true) else {
+        let Outcome::Refused { index, .. } = t.check(200, &tiers("agent:c"), true) else {
             panic!("the organization's 101st call was admitted");
         };
         assert_eq!(index, 1);
@@ -440,13 +451,13 @@ mod tests {
         let mut store = Store::new(4);
         let mut t = store.table();
         assert_eq!(
-            t.check(0, &[limit("k", 2)], 2, false),
+            t.check(0, &[Limit::new(key("k"), 2, 2)], false),
             Outcome::Admitted { remaining: vec![0] }
         );
         assert!(t.usage(0).is_empty());
-        t.check(0, &[limit("k", 2)], 2, true);
+        t.check(0, &[Limit::new(key("k"), 2, 2)], true);
         assert!(matches!(
-            t.check(1, &[limit("k", 2)], 1, false),
+            t.check(1, &[limit("k", 2)], false),
             Outcome::Refused { .. }
         ));
     }
@@ -457,7 +468,7 @@ mod tests {
         let mut t = store.table();
         t.pause(key("provider:openai"), 5_000_000, 0).unwrap();
         let Outcome::Refused { retry_after_us, .. } =
-            t.check(1_000_000, &[limit("provider:openai", 100)], 1, true)
+            t.check(1_000_000, &[limit("provider:openai", 100)], true)
         else {
             panic!("a paused key admitted a call");
         };
@@ -465,7 +476,7 @@ mod tests {
         assert_eq!(t.paused_for(key("provider:openai"), 2_000_000), 3_000_000);
         assert_eq!(t.paused_for(key("provider:anthropic"), 2_000_000), 0);
         assert!(matches!(
-            t.check(5_000_000, &[limit("provider:openai", 100)], 1, true),
+            t.check(5_000_000, &[limit("provider:openai", 100)], true),
             Outcome::Admitted { .. }
         ));
         assert_eq!(t.paused_for(key("provider:openai"), 5_000_000), 0);
@@ -486,24 +497,24 @@ mod tests {
     fn a_full_table_evicts_the_longest_idle_key_and_never_a_counting_one() {
         let mut store = Store::new(3);
         let mut t = store.table();
-        t.check(0, &[limit("a", 1)], 1, true);
-        t.check(10, &[limit("b", 1)], 1, true);
-        t.check(20, &[limit("c", 1)], 1, true);
+        t.check(0, &[limit("a", 1)], true);
+        t.check(10, &[limit("b", 1)], true);
+        t.check(20, &[limit("c", 1)], true);
         // All three still count: a fourth key is refused, and nothing is forgotten.
-        let Outcome::Full { retry_after_us } = t.check(30, &[limit("d", 1)], 1, true) else {
+        let Outcome::Full { retry_after_us } = t.check(30, &[limit("d", 1)], true) else {
             panic!("a counting key was evicted");
         };
         assert!(retry_after_us > 0);
         assert!(matches!(
-            t.check(40, &[limit("a", 1)], 1, true),
+            t.check(40, &[limit("a", 1)], true),
             Outcome::Refused { .. }
         ));
         // Once their windows have drained, the longest idle ("a") makes room.
         let later = 3 * MINUTE;
-        t.check(later, &[limit("b", 1)], 1, true);
-        t.check(later + 1, &[limit("c", 1)], 1, true);
+        t.check(later, &[limit("b", 1)], true);
+        t.check(later + 1, &[limit("c", 1)], true);
         assert!(matches!(
-            t.check(later + 2, &[limit("d", 1)], 1, true),
+            t.check(later + 2, &[limit("d", 1)], true),
             Outcome::Admitted { .. }
         ));
         let mut names: Vec<String> = t.usage(later + 3).into_iter().map(|u| u.name).collect();
@@ -520,13 +531,13 @@ mod tests {
         for (round, name) in names.iter().enumerate() {
             now += MINUTE; // every earlier key is idle by now
             assert!(matches!(
-                t.check(now, &[limit(name, 1)], 1, true),
+                t.check(now, &[limit(name, 1)], true),
                 Outcome::Admitted { .. }
             ));
             // The keys admitted in this minute are all still refused: none got lost in a shift.
             assert!(
                 matches!(
-                    t.check(now, &[limit(name, 1)], 1, true),
+                    t.check(now, &[limit(name, 1)], true),
                     Outcome::Refused { .. }
                 ),
                 "{round}"
@@ -540,15 +551,15 @@ mod tests {
         let mut store = Store::new(8);
         let mut t = store.table();
         for name in ["a", "b", "c"] {
-            t.check(0, &[limit(name, 1)], 1, true);
+            t.check(0, &[limit(name, 1)], true);
         }
         assert_eq!(t.reset(Some("b")), 1);
         assert!(matches!(
-            t.check(1, &[limit("b", 1)], 1, true),
+            t.check(1, &[limit("b", 1)], true),
             Outcome::Admitted { .. }
         ));
         assert!(matches!(
-            t.check(1, &[limit("a", 1)], 1, true),
+            t.check(1, &[limit("a", 1)], true),
             Outcome::Refused { .. }
         ));
         assert_eq!(t.reset(None), 3);
@@ -560,7 +571,7 @@ mod tests {
         let mut store = Store::new(4);
         let mut t = store.table();
         let long = "é".repeat(40);
-        t.check(0, &[limit(&long, 1)], 1, true);
+        t.check(0, &[limit(&long, 1)], true);
         let shown = &t.usage(0)[0].name;
         assert!(long.starts_with(shown.as_str()) && shown.len() <= NAME_BYTES);
         assert_eq!(t.reset(Some(&long)), 1);

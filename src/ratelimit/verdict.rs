@@ -11,13 +11,16 @@ use pgrx::prelude::*;
 use pgrx::IntoDatum;
 use std::ptr::null_mut;
 
-const COLUMNS: [(&std::ffi::CStr, pg_sys::Oid); 6] = [
+const COLUMNS: [(&std::ffi::CStr, pg_sys::Oid); 9] = [
     (c"allowed", pg_sys::BOOLOID),
     (c"refused_tier", pg_sys::TEXTOID),
     (c"retry_after", pg_sys::INTERVALOID),
     (c"remaining_global", pg_sys::INT8OID),
     (c"remaining_organization", pg_sys::INT8OID),
     (c"remaining_agent", pg_sys::INT8OID),
+    (c"remaining_global_tokens", pg_sys::INT8OID),
+    (c"remaining_organization_tokens", pg_sys::INT8OID),
+    (c"remaining_agent_tokens", pg_sys::INT8OID),
 ];
 
 static mut DESCRIPTOR: pg_sys::TupleDesc = null_mut();
@@ -39,7 +42,17 @@ unsafe fn descriptor() -> pg_sys::TupleDesc {
 }
 
 fn to_datum(row: TierRow) -> pg_sys::Datum {
-    let (allowed, tier, retry_after, global, organization, agent) = row;
+    let (
+        allowed,
+        tier,
+        retry_after,
+        global,
+        organization,
+        agent,
+        global_t,
+        organization_t,
+        agent_t,
+    ) = row;
     let datums = [
         allowed.into_datum(),
         tier.into_datum(),
@@ -47,6 +60,9 @@ fn to_datum(row: TierRow) -> pg_sys::Datum {
         global.into_datum(),
         organization.into_datum(),
         agent.into_datum(),
+        global_t.into_datum(),
+        organization_t.into_datum(),
+        agent_t.into_datum(),
     ];
     let mut values = [pg_sys::Datum::from(0); COLUMNS.len()];
     let mut nulls = [false; COLUMNS.len()];
@@ -63,16 +79,18 @@ fn to_datum(row: TierRow) -> pg_sys::Datum {
     }
 }
 
-/// SAFETY: called by Postgres with the arguments of the SQL declaration (uuid, uuid, integer).
+/// SAFETY: called by Postgres with the arguments of the SQL declaration (uuid, uuid, integer,
+/// bigint).
 unsafe fn verdict(fcinfo: pg_sys::FunctionCallInfo, take: bool) -> pg_sys::Datum {
-    let (organization, agent, cost) = unsafe {
+    let (organization, agent, cost, tokens) = unsafe {
         (
             pg_getarg::<Uuid>(fcinfo, 0),
             pg_getarg::<Uuid>(fcinfo, 1),
             pg_getarg::<i32>(fcinfo, 2),
+            pg_getarg::<i64>(fcinfo, 3),
         )
     };
-    to_datum(check_tiers(organization, agent, cost, take).or_report())
+    to_datum(check_tiers(organization, agent, cost, tokens, take).or_report())
 }
 
 static FUNCTION_INFO_V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };

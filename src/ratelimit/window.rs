@@ -113,6 +113,25 @@ impl Window {
         *bucket = bucket.saturating_add(u32::try_from(cost).unwrap_or(u32::MAX));
     }
 
+    /// Corrects what was taken at `at_us` by `delta` (a reservation settled to what was used),
+    /// in the bucket it was counted in. Nothing when that bucket has left the window: the
+    /// reservation no longer counts against anything.
+    pub fn adjust(&mut self, now_us: u64, at_us: u64, delta: i64) {
+        self.advance(now_us);
+        let age = self.newest_tick.saturating_sub(at_us / self.width());
+        if age >= RING as u64 {
+            return;
+        }
+        let index = (self.newest as u64 + RING as u64 - age) % RING as u64;
+        let bucket = &mut self.counts[index as usize];
+        let magnitude = u32::try_from(delta.unsigned_abs()).unwrap_or(u32::MAX);
+        *bucket = if delta < 0 {
+            bucket.saturating_sub(magnitude)
+        } else {
+            bucket.saturating_add(magnitude)
+        };
+    }
+
     pub fn window_us(&self) -> u64 {
         self.window_us
     }
@@ -250,6 +269,29 @@ mod tests {
             }
             admitted.retain(|&t| t + 2 * MINUTE > now);
         }
+    }
+
+    #[test]
+    fn a_settled_reservation_counts_what_was_used_where_it_was_taken() {
+        let mut w = Window::new(MINUTE, 0);
+        // 800 reserved at 10 s, 100 at 20 s; at 30 s the first settles to 300.
+        w.take(10 * SEC, 800);
+        w.take(20 * SEC, 100);
+        w.adjust(30 * SEC, 10 * SEC, 300 - 800);
+        assert_eq!(w.used(30 * SEC), 400);
+        assert_eq!(w.check(30 * SEC, 1_000, 600), Verdict::Fits);
+        // The 300 leave the window with their bucket, at 70 s, not at 90 s.
+        assert_eq!(w.used(70 * SEC + MINUTE / BUCKETS), 100);
+        // More used than reserved is counted too, in the same bucket.
+        w.adjust(71 * SEC, 20 * SEC, 50);
+        assert_eq!(w.used(71 * SEC), 150);
+        // A reservation whose bucket has left the window changes nothing.
+        w.adjust(200 * SEC, 20 * SEC, 5_000);
+        assert_eq!(w.used(200 * SEC), 0);
+        // A give-back never drops a bucket below zero.
+        w.take(201 * SEC, 10);
+        w.adjust(201 * SEC, 201 * SEC, -50);
+        assert_eq!(w.used(201 * SEC), 0);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use super::credential;
 use super::pool::Job;
 use super::secrets::Keys;
 use super::statements::Statements;
+use crate::fair_claim;
 use crate::llm;
 use crate::settings::{self, HISTORY_LIMIT, HTTP_TIMEOUT_S, LEASE_S};
 use pgrx::prelude::*;
@@ -69,6 +70,7 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> Vec<Job> {
             };
             jobs.push(Job {
                 pass: None,
+                reservation: fair_claim::reservation(&claimed.task_id),
                 task_id: claimed.task_id,
                 fencing_token: claimed.fencing_token,
                 call,

@@ -123,7 +123,9 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
             installed = true;
         }
         let mut finished = std::mem::take(&mut unrecorded);
-        finished.extend(pool.finished());
+        let arrived = pool.finished();
+        record::settle(&arrived);
+        finished.extend(arrived);
         let requested = if pass.is_none() {
             wake::pass_requested(last_pass)
         } else {
@@ -222,7 +224,9 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
         );
     }
     let grace = Duration::from_secs(u64::try_from(HTTP_TIMEOUT_S.get()).unwrap_or(60));
-    unrecorded.extend(pool.drain(grace));
+    let arrived = pool.drain(grace);
+    record::settle(&arrived);
+    unrecorded.extend(arrived);
     // Calls are only ever submitted after the statements were planned.
     if let (false, Some(st)) = (unrecorded.is_empty(), &statements) {
         let (_, busy) = record_finished(st, unrecorded);

@@ -3,6 +3,7 @@
 //! byte on a pipe wakes the worker's latch wait.
 use super::credential::Credential;
 use crate::llm;
+use crate::ratelimit::Reservation;
 use std::os::fd::RawFd;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,8 @@ pub struct Job {
     /// base URL is not allowed): then that is the outcome.
     pub call: Result<llm::Request, llm::Failure>,
     pub timeouts: llm::Timeouts,
+    /// The tokens the claim reserved for the call, when a token tier applies.
+    pub reservation: Option<Reservation>,
 }
 
 pub struct Done {
@@ -27,6 +30,7 @@ pub struct Done {
     pub elapsed: Duration,
     /// What the call was made with (None: no call was made); a 429 pauses it.
     pub credential: Option<Credential>,
+    pub reservation: Option<Reservation>,
 }
 
 pub struct Pool {
@@ -142,6 +146,7 @@ fn serve(jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake_write: RawFd) {
             outcome,
             elapsed: started.elapsed(),
             credential: job.call.as_ref().ok().map(Credential::of),
+            reservation: job.reservation,
         };
         if done.send(finished).is_err() {
             return;

@@ -4,6 +4,7 @@
 use super::pool::Done;
 use super::statements::Statements;
 use crate::llm;
+use crate::ratelimit;
 use pgrx::prelude::*;
 use std::collections::HashSet;
 
@@ -51,6 +52,8 @@ pub fn record(st: &Statements, finished: &[Done]) -> Recorded {
                     column(&replies, |_, r| r.content.as_str()).into(),
                     column(&replies, |_, r| tokens(r.input_tokens)).into(),
                     column(&replies, |_, r| tokens(r.output_tokens)).into(),
+                    column(&replies, |_, r| tokens(r.cached_input_tokens)).into(),
+                    column(&replies, |_, r| tokens(r.cache_write_tokens)).into(),
                     column(&replies, |_, r| r.model.as_str()).into(),
                     column(&replies, |_, r| r.request_id.as_deref()).into(),
                     column(&replies, |d, _| elapsed_ms(d)).into(),
@@ -113,6 +116,31 @@ pub fn record(st: &Statements, finished: &[Done]) -> Recorded {
         }
     }
     Recorded { completed, busy }
+}
+
+/// Settles the token reservations of calls that have just finished, once each (a reply that
+/// is recorded again next turn is not settled again). A reply used what the provider
+/// reported; an error answer used nothing, nor did a call never sent; a call that got no
+/// answer (a timeout, a reset) keeps its reservation, as the provider may have billed it.
+pub fn settle(finished: &[Done]) {
+    for done in finished {
+        let Some(reservation) = &done.reservation else {
+            continue;
+        };
+        match &done.outcome {
+            Ok(reply) => ratelimit::settle(
+                reservation,
+                reply.input_tokens.saturating_add(reply.output_tokens),
+            ),
+            Err(failure)
+                if done.credential.is_none()
+                    || failure.http_status.is_some_and(|status| status >= 400) =>
+            {
+                ratelimit::settle(reservation, 0)
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// One array argument of record_llm_replies: a field of every reply.

@@ -39,8 +39,8 @@ impl Statements {
                 )?,
                 replies: keep(
                     "SELECT task_id::text, status \
-                       FROM ai_agents._record_llm_replies($1::uuid[], $2, $3, $4, $5, $6, $7, $8)",
-                    &[texts, int8s, texts, int8s, int8s, texts, texts, int4s],
+                       FROM ai_agents._record_llm_replies($1::uuid[], $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    &[texts, int8s, texts, int8s, int8s, int8s, int8s, texts, texts, int4s],
                 )?,
                 failure: keep(
                     "SELECT ai_agents._record_llm_failure($1::uuid, $2, $3, $4, $5, $6, $7, $8)",

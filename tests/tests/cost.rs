@@ -1,6 +1,10 @@
-//! Spend under control (issue [cost]): what a call costs is recorded exactly.
+//! Spend under control (issue [cost]): what a call costs is recorded exactly, cached input
+//! at its own rates, and the token tiers hold a minute's tokens to their limit.
 use ai_agents_tests::postgres::Client;
-use ai_agents_tests::{create_agent, fresh_database};
+use ai_agents_tests::{create_agent, enqueue, error_of, fresh_database, wait_for, WorkerEnv};
+use serde_json::json;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
 
 /// Records a reply for the one claimed task of `agent`, as the worker would; returns the
 /// task's and its activity row's recorded cost.
@@ -21,7 +25,8 @@ fn record(c: &mut Client, agent: &str, model: &str, input: i64, output: i64) -> 
         .query_one(
             "SELECT status FROM ai_agents._record_llm_replies(
                  ARRAY[$1::text::uuid], ARRAY[$2::bigint], ARRAY['ok'], ARRAY[$3::bigint],
-                 ARRAY[$4::bigint], ARRAY[$5::text], ARRAY[NULL::text], ARRAY[3])",
+                 ARRAY[$4::bigint], ARRAY[0::bigint], ARRAY[0::bigint], ARRAY[$5::text],
+                 ARRAY[NULL::text], ARRAY[3])",
             &[&task, &token, &input, &output, &model],
         )
         .unwrap()
@@ -73,7 +78,7 @@ fn ten_thousand_small_calls_sum_to_the_sum_of_their_exact_costs() {
             .sum();
         let summed: String = c
             .query_one(
-                "SELECT sum(ai_agents._llm_cost_usd($1, $2, g % 97, g % 89))::text
+                "SELECT sum(ai_agents._llm_cost_usd($1, $2, g % 97, g % 89, 0, 0))::text
                    FROM generate_series(1::bigint, 10000) g",
                 &[&provider, &model],
             )
@@ -82,4 +87,326 @@ fn ten_thousand_small_calls_sum_to_the_sum_of_their_exact_costs() {
         println!("cost: 10,000 calls of {model}: ${summed}");
         assert_eq!(summed, dollars(exact), "{model}");
     }
+}
+
+/// A recorded task's cost, tokens and activity details.
+fn recorded(c: &mut Client, task: &str) -> (String, i32, serde_json::Value) {
+    let row = c
+        .query_one(
+            "SELECT t.cost_usd::text, t.tokens_used, l.details::text
+               FROM ai_agents.ai_agent_tasks t
+               JOIN ai_agents.ai_agent_activity_log l ON l.task_id = t.id AND l.action_type = 'task_completed'
+              WHERE t.id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap();
+    let details: String = row.get(2);
+    (
+        row.get(0),
+        row.get(1),
+        serde_json::from_str(&details).unwrap(),
+    )
+}
+
+#[test]
+fn cached_and_cache_write_tokens_are_priced_at_their_own_rates() {
+    let env = WorkerEnv::start("cost-cache", &[]);
+    let mut c = env.connect();
+    // Prices in micro-dollars per million tokens, that is pico-dollars per token: input,
+    // cached input, cache write, output (the built-in list prices).
+    let cases = [
+        (
+            "openai",
+            "gpt-4o-mini",
+            json!({"prompt_tokens": 2007, "completion_tokens": 301,
+                   "prompt_tokens_details": {"cached_tokens": 1921}}),
+            // uncached input, cached, written, output
+            [2007 - 1921, 1921, 0, 301],
+            [150_000u128, 75_000, 150_000, 600_000],
+        ),
+        (
+            "anthropic",
+            "claude-3-5-haiku-latest",
+            json!({"input_tokens": 51, "output_tokens": 7,
+                   "cache_creation_input_tokens": 1203, "cache_read_input_tokens": 3001}),
+            [51, 3001, 1203, 7],
+            [800_000, 80_000, 1_000_000, 4_000_000],
+        ),
+    ];
+    for (provider, model, usage, counts, prices) in cases {
+        let agent: String = c
+            .query_one(
+                "INSERT INTO ai_agents (organization_id, name, agent_type, system_prompt, provider, model)
+                 VALUES (gen_random_uuid(), 'Cached', 'finance', 'You watch the money.', $1, $2)
+                 RETURNING id::text",
+                &[&provider, &model],
+            )
+            .unwrap()
+            .get(0);
+        let marker = format!("cached-{agent}");
+        env.stub.script(json!({"match": marker, "usage": usage}));
+        let task = enqueue(&mut c, &agent, &marker);
+        wait_for(
+            &mut c,
+            &task,
+            "status = 'completed'",
+            Duration::from_secs(10),
+        );
+        let by_hand: u128 = counts.iter().zip(prices).map(|(&n, p)| n * p).sum();
+        let (cost, tokens, details) = recorded(&mut c, &task);
+        println!("cost: {model} with cached input: ${cost}");
+        assert_eq!(cost, dollars(by_hand), "{model}");
+        let input = counts[0] + counts[1] + counts[2];
+        assert_eq!(tokens as u128, input + counts[3], "{model}");
+        assert_eq!(details["input_tokens"], json!(input as u64), "{model}");
+        assert_eq!(
+            details["cached_input_tokens"],
+            json!(counts[1] as u64),
+            "{model}"
+        );
+        assert_eq!(
+            details["cache_write_tokens"],
+            json!(counts[2] as u64),
+            "{model}"
+        );
+    }
+    // A price without cached rates bills cached input as input.
+    c.batch_execute(
+        "INSERT INTO ai_agent_model_prices (provider, model, input_usd_per_mtok, output_usd_per_mtok)
+         VALUES ('openai', 'no-cache-rate', 1.000001, 2)",
+    )
+    .unwrap();
+    let cost: String = c
+        .query_one(
+            "SELECT ai_agents._llm_cost_usd('openai', 'no-cache-rate', 1000, 10, 900, 0)::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(cost, dollars(1000 * 1_000_001 + 10 * 2_000_000));
+}
+
+#[test]
+fn token_tiers_take_what_a_call_asks_and_refuse_past_the_limit() {
+    let (mut c, _db) = fresh_database();
+    let (org, agent) = create_agent(&mut c, "Front desk");
+    c.execute(
+        "INSERT INTO ai_agents.ai_agent_rate_limits (organization_id, max_tokens_per_minute)
+         VALUES ($1::text::uuid, 1000)",
+        &[&org],
+    )
+    .unwrap();
+    let check = |c: &mut Client, function: &str, tokens: i64| {
+        let row = c
+            .query_one(
+                &format!(
+                    "SELECT allowed, refused_tier, extract(epoch FROM retry_after)::float8,
+                            remaining_organization, remaining_global_tokens,
+                            remaining_organization_tokens, remaining_agent_tokens
+                       FROM ai_agents.{function}($1::text::uuid, $2::text::uuid, 1, $3)"
+                ),
+                &[&org, &agent, &tokens],
+            )
+            .unwrap();
+        (
+            row.get::<_, bool>(0),
+            row.get::<_, Option<String>>(1),
+            row.get::<_, Option<f64>>(2),
+            row.get::<_, i64>(3),
+            row.get::<_, Option<i64>>(4),
+            row.get::<_, Option<i64>>(5),
+            row.get::<_, Option<i64>>(6),
+        )
+    };
+    // Only the organization's token tier is on: the others report NULL.
+    assert_eq!(
+        check(&mut c, "check_rate_limit", 600),
+        (true, None, None, 99, None, Some(400), None)
+    );
+    assert_eq!(
+        check(&mut c, "peek_rate_limit", 400),
+        (true, None, None, 98, None, Some(0), None)
+    );
+    let (allowed, tier, retry, ..) = check(&mut c, "check_rate_limit", 401);
+    assert_eq!(
+        (allowed, tier.as_deref()),
+        (false, Some("organization_tokens"))
+    );
+    let retry = retry.unwrap();
+    assert!(retry > 59.0 && retry <= 60.5, "{retry}");
+    // The refusal took nothing: 400 still fit, and then the tier is full.
+    assert_eq!(
+        check(&mut c, "check_rate_limit", 400),
+        (true, None, None, 98, None, Some(0), None)
+    );
+    assert!(!check(&mut c, "check_rate_limit", 1).0);
+    // An agent's own token limit, beside its organization's.
+    c.execute(
+        "INSERT INTO ai_agents.ai_agent_rate_limits (organization_id, agent_id, max_tokens_per_minute)
+         SELECT organization_id, id, 50 FROM ai_agents.ai_agents WHERE id = $1::text::uuid",
+        &[&agent],
+    )
+    .unwrap();
+    let (.., agent_left) = check(&mut c, "peek_rate_limit", 0);
+    assert_eq!(agent_left, Some(50));
+    // Bad input names the problem.
+    let sql = |tokens: &str| {
+        format!("SELECT * FROM ai_agents.check_rate_limit('{org}', '{agent}', 1, {tokens})")
+    };
+    assert_eq!(
+        error_of(&mut c, &sql("51")),
+        (
+            "22023".to_string(),
+            "tokens 51 exceed the agent_tokens limit of 50 per minute".to_string()
+        )
+    );
+    assert_eq!(
+        error_of(&mut c, &sql("-1")),
+        (
+            "22023".to_string(),
+            "tokens must not be negative, got -1".to_string()
+        )
+    );
+    assert_eq!(
+        error_of(&mut c, &sql("NULL")),
+        ("22004".to_string(), "tokens must not be null".to_string())
+    );
+    let (code, message) = error_of(
+        &mut c,
+        &format!("INSERT INTO ai_agents.ai_agent_rate_limits (organization_id) VALUES ('{org}')"),
+    );
+    assert_eq!(code, "23514", "{message}");
+    assert!(
+        message.contains("ai_agent_rate_limits_some_limit_check"),
+        "{message}"
+    );
+    let (code, message) = error_of(
+        &mut c,
+        &format!(
+            "UPDATE ai_agents.ai_agent_rate_limits SET max_tokens_per_minute = 0
+              WHERE organization_id = '{org}'"
+        ),
+    );
+    assert_eq!(code, "23514", "{message}");
+}
+
+/// 32 calls at once at most, of random sizes and random scripted usage, against a global
+/// limit of 10,000 tokens a minute, for five minutes: no window of a minute (by the calls'
+/// start times) settles more than 10,000 tokens, and the calls settle at least 80% of what
+/// five minutes allow.
+#[test]
+fn a_token_limit_holds_every_minute_and_is_used() {
+    const LIMIT: i64 = 10_000;
+    let env = WorkerEnv::start(
+        "cost-tpm",
+        &[
+            "ai_agents.rate_limit_global_tokens_per_minute = 10000",
+            "ai_agents.max_concurrent_calls = 32",
+        ],
+    );
+    let mut c = env.connect();
+    let mut seed = 0x70c3_u64;
+    let mut next = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    // Four organizations, 150 tasks each, of 20 to 600 bytes of input; each version answers
+    // in at most 200 tokens.
+    let mut agents = vec![];
+    for i in 0..4 {
+        let (_, agent) = create_agent(&mut c, &format!("Front desk {i}"));
+        c.execute(
+            "UPDATE ai_agents SET max_tokens = 200 WHERE id = $1::text::uuid",
+            &[&agent],
+        )
+        .unwrap();
+        agents.push(agent);
+    }
+    // What each call reports, within what it may use (its prompt's bytes and max_tokens), and
+    // how long it takes: 0 to 400 ms.
+    let usage: Vec<serde_json::Value> = (0..700)
+        .map(|_| {
+            let (input, output) = (10 + next(51), 10 + next(191));
+            json!({"delay_ms": next(401),
+                   "usage": {"prompt_tokens": input, "completion_tokens": output}})
+        })
+        .collect();
+    env.stub.script(serde_json::Value::Array(usage));
+    let mut values = vec![];
+    for n in 0..600 {
+        let bytes = 20 + next(581) as usize;
+        values.push(format!(
+            "('{}', 'question {n}', jsonb_build_object('note', repeat('x', {bytes})))",
+            agents[n % 4]
+        ));
+    }
+    c.batch_execute(&format!(
+        "INSERT INTO ai_agent_tasks (agent_id, title, input) VALUES {}",
+        values.join(", ")
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let run = Duration::from_secs(300);
+    sleep(run + Duration::from_secs(2));
+    let calls: Vec<(f64, i64)> = c
+        .query(
+            "SELECT extract(epoch FROM execution_started_at)::float8, tokens_used::int8
+               FROM ai_agent_tasks WHERE status = 'completed' ORDER BY execution_started_at",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(!calls.is_empty(), "no call completed");
+    let first = calls[0].0;
+    // A claim's start time is its transaction's, a moment before its limiter check: windows
+    // of 59.9 s leave that moment out.
+    let mut busiest = 0;
+    for (i, &(at, _)) in calls.iter().enumerate() {
+        let settled: i64 = calls[i..]
+            .iter()
+            .take_while(|(t, _)| t - at < 59.9)
+            .map(|(_, tokens)| tokens)
+            .sum();
+        busiest = busiest.max(settled);
+    }
+    let in_five_minutes: i64 = calls
+        .iter()
+        .filter(|(t, _)| t - first < run.as_secs_f64())
+        .map(|(_, tokens)| tokens)
+        .sum();
+    let rows: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agent_activity_log
+              WHERE action_type = 'rate_limited' AND details ->> 'tier' = 'global_tokens'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    println!(
+        "cost: TPM limit {LIMIT}: {} calls in {:?}, busiest 59.9 s window settled {busiest} tokens, \
+         {in_five_minutes} tokens in 300 s ({:.1}% of {}), {rows} holds logged",
+        calls.len(),
+        started.elapsed(),
+        100.0 * in_five_minutes as f64 / (5 * LIMIT) as f64,
+        5 * LIMIT
+    );
+    assert!(busiest <= LIMIT, "a minute settled {busiest} tokens");
+    assert!(
+        in_five_minutes * 10 >= 5 * LIMIT * 8,
+        "only {in_five_minutes} tokens settled in five minutes"
+    );
+    assert!(rows >= 1, "the held-back organizations were not recorded");
+    // Nothing failed and nothing was lost: every task completed or is still due.
+    let lost: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agent_tasks WHERE status NOT IN ('completed', 'pending', 'running')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(lost, 0);
 }

@@ -909,6 +909,7 @@ fn the_workers_batch_of_replies_completes_the_current_runs_and_discards_only_the
             "SELECT task_id::text, status FROM ai_agents._record_llm_replies(
                  $1::text[]::uuid[], $2, ARRAY['to talk', 'to plain', 'to cancelled', 'to deleted'],
                  ARRAY[100, 200, 300, 400]::bigint[], ARRAY[50, 60, 70, 80]::bigint[],
+                 ARRAY[0, 0, 0, 0]::bigint[], ARRAY[0, 0, 0, 0]::bigint[],
                  ARRAY['gpt-4o-mini', 'gpt-4o-mini', 'gpt-4o-mini', 'gpt-4o-mini'],
                  ARRAY['r-talk', 'r-plain', 'r-cancelled', 'r-deleted'], ARRAY[11, 12, 13, 14])
              ORDER BY 2, 1",

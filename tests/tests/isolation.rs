@@ -303,7 +303,7 @@ fn token_counts_and_costs_beyond_the_columns_are_clamped() {
             "SELECT status FROM ai_agents._record_llm_replies(
                  ARRAY[$1::text::uuid], ARRAY[$2::bigint], ARRAY['ok'],
                  ARRAY[9223372036854775807]::bigint[], ARRAY[9223372036854775807]::bigint[],
-                 ARRAY['absurd'], ARRAY[NULL::text], ARRAY[7])",
+                 ARRAY[9223372036854775807]::bigint[], ARRAY[0]::bigint[], ARRAY['absurd'], ARRAY[NULL::text], ARRAY[7])",
             &[&task, &token],
         )
         .unwrap()

@@ -153,6 +153,39 @@ fn anthropic_normal_reply_and_usage() {
 }
 
 #[test]
+fn scripted_usage_is_set_over_the_counted_usage() {
+    let stub = Stub::start();
+    stub.script(json!([
+        {"usage": {"prompt_tokens": 2006, "prompt_tokens_details": {"cached_tokens": 1920}}},
+        {"usage": {"cache_read_input_tokens": 3000, "output_tokens": 7}}
+    ]));
+    let usage = openai(&stub, &chat("hello there")).json()["usage"].clone();
+    assert_eq!(usage["prompt_tokens"], 2006);
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 1920);
+    // Fields not scripted keep their counted values.
+    assert_eq!(
+        usage["completion_tokens"],
+        "stub reply to: hello there".len().div_ceil(4)
+    );
+    let usage = anthropic(&stub, &chat("hi")).json()["usage"].clone();
+    assert_eq!(
+        usage,
+        json!({"input_tokens": 1, "output_tokens": 7, "cache_read_input_tokens": 3000})
+    );
+    let refused = stub.request(
+        "POST",
+        "/_stub/script",
+        &[("Content-Type", "application/json")],
+        br#"{"usage": 5}"#,
+    );
+    assert_eq!(refused.status, 400);
+    assert_eq!(
+        refused.json()["error"]["message"],
+        "behaviour field \"usage\" must be an object, not 5"
+    );
+}
+
+#[test]
 fn scripted_429_with_retry_after_then_normal() {
     let stub = Stub::start();
     stub.script(json!({"status": 429, "retry_after": "7", "error_type": "rate_limit_exceeded"}));

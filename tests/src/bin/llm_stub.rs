@@ -20,7 +20,7 @@
 //! - `POST /_stub/shutdown`: answers, then exits.
 //!
 //! A behaviour has optional fields `status`, `delay_ms`, `retry_after`, `body`, `content`,
-//! `truncate`, `hang`, `drip_ms`, `error_type` and `match`; see [`Behaviour`].
+//! `usage`, `truncate`, `hang`, `drip_ms`, `error_type` and `match`; see [`Behaviour`].
 use serde_json::{json, Map, Value};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -45,6 +45,9 @@ struct Behaviour {
     body: Option<String>,
     /// The assistant text instead of the default "stub reply to: ...".
     content: Option<String>,
+    /// Fields set in the normal body's `usage` over the counted ones (a provider's cache
+    /// counts, say).
+    usage: Option<Map<String, Value>>,
     /// Declare a longer Content-Length than sent, send half the body, close the connection.
     truncate: bool,
     /// Read the request, never answer; the connection stays open until the client closes it
@@ -71,6 +74,7 @@ impl Behaviour {
             retry_after: None,
             body: None,
             content: None,
+            usage: None,
             truncate: false,
             hang: false,
             drip_ms: None,
@@ -110,6 +114,9 @@ impl Behaviour {
                 "content" => {
                     behaviour.content =
                         Some(v.as_str().ok_or_else(|| wrong("a string"))?.to_string())
+                }
+                "usage" => {
+                    behaviour.usage = Some(v.as_object().ok_or_else(|| wrong("an object"))?.clone())
                 }
                 "error_type" => {
                     behaviour.error_type =
@@ -691,9 +698,13 @@ fn provider(server: &Server, request: &Request, conn: u64, provider: Provider) -
     let body_bytes = if let Some(verbatim) = b.and_then(|b| b.body.clone()) {
         verbatim.into_bytes()
     } else if (200..300).contains(&status) {
-        normal_body(provider, &body, seq, b.and_then(|b| b.content.clone()))
-            .to_string()
-            .into_bytes()
+        let mut normal = normal_body(provider, &body, seq, b.and_then(|b| b.content.clone()));
+        if let (Some(usage), Some(Value::Object(counted))) =
+            (b.and_then(|b| b.usage.as_ref()), normal.get_mut("usage"))
+        {
+            counted.extend(usage.clone());
+        }
+        normal.to_string().into_bytes()
     } else {
         let error_type = b
             .and_then(|b| b.error_type.clone())
