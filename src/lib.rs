@@ -66,9 +66,14 @@ pgrx::extension_sql_file!(
     requires = ["incremental_006"]
 );
 pgrx::extension_sql_file!(
+    "../sql/incremental/008-budgets.sql",
+    name = "incremental_008",
+    requires = ["incremental_007"]
+);
+pgrx::extension_sql_file!(
     "../sql/idempotent/guard.sql",
     name = "guard",
-    requires = ["incremental_007"]
+    requires = ["incremental_008"]
 );
 pgrx::extension_sql_file!(
     "../sql/idempotent/agents.sql",
@@ -112,10 +117,15 @@ pgrx::extension_sql_file!(
     ]
 );
 pgrx::extension_sql_file!(
+    "../sql/idempotent/budgets.sql",
+    name = "budgets",
+    requires = ["worker"]
+);
+pgrx::extension_sql_file!(
     "../sql/idempotent/reports.sql",
     name = "reports",
     requires = [
-        "worker",
+        "budgets",
         reports::render_report_markdown,
         reports::forecast_spend
     ]

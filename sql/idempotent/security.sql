@@ -171,7 +171,8 @@ DECLARE
          ai_agents.ai_agent_messages, ai_agents.ai_agent_reports,
          ai_agents.ai_agent_report_templates, ai_agents.ai_agent_usage_hourly,
          ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices,
-         ai_agents.ai_agent_organization_limits';
+         ai_agents.ai_agent_organization_limits, ai_agents.ai_agent_budgets,
+         ai_agents.ai_agent_budget_periods, ai_agents.budget_usage, ai_agents.agent_budget_state';
 BEGIN
     -- Template queries run as the reader (see _run_report_queries); the policies call
     -- _request_organization_ids.
@@ -218,7 +219,8 @@ BEGIN
     FOREACH tbl IN ARRAY ARRAY['ai_agents', 'ai_agent_versions', 'ai_agent_tasks', 'ai_agent_activity_log',
                                'ai_agent_conversations', 'ai_agent_messages', 'ai_agent_reports',
                                'ai_agent_usage_hourly', 'ai_agent_rate_limits',
-                               'ai_agent_organization_limits'] LOOP
+                               'ai_agent_organization_limits', 'ai_agent_budgets',
+                               'ai_agent_budget_periods'] LOOP
         EXECUTE format('ALTER TABLE ai_agents.%I ENABLE ROW LEVEL SECURITY', tbl);
         EXECUTE format('DROP POLICY IF EXISTS organization_rows ON ai_agents.%I', tbl);
         EXECUTE format('CREATE POLICY organization_rows ON ai_agents.%I FOR SELECT

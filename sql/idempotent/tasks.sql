@@ -250,7 +250,7 @@ AS 'MODULE_PATHNAME', 'credential_paused_for_wrapper';
 -- their agents within the rate limits, locked (FOR UPDATE SKIP LOCKED) and each with the
 -- agent version to pin. What the limits refuse stays due and is held back, not rewritten.
 CREATE OR REPLACE FUNCTION ai_agents._choose_due_tasks(max_tasks integer)
-RETURNS TABLE (task_id uuid, version_id uuid)
+RETURNS TABLE (task_id uuid, version_id uuid, budget_pico bigint)
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'choose_due_tasks_wrapper';
 
@@ -265,6 +265,7 @@ AS $$
 DECLARE
     claimable uuid[];
     versions uuid[];
+    reserved bigint[];
 BEGIN
     IF worker IS NULL OR btrim(worker) = '' THEN
         RAISE EXCEPTION 'worker name must not be empty' USING ERRCODE = '22023';
@@ -281,8 +282,9 @@ BEGIN
     -- An agent whose current version is gone (only a superuser bypassing triggers can do
     -- that) has nothing to run: its tasks are claimed without a version and fail without a
     -- call.
-    SELECT coalesce(array_agg(c.task_id), '{}'), coalesce(array_agg(c.version_id), '{}')
-      INTO claimable, versions
+    SELECT coalesce(array_agg(c.task_id), '{}'), coalesce(array_agg(c.version_id), '{}'),
+           coalesce(array_agg(c.budget_pico), '{}')
+      INTO claimable, versions, reserved
       FROM ai_agents._choose_due_tasks(max_tasks) c;
     -- The claimed tasks in one statement: a statement per task cost more in executor start-up
     -- than in the updates themselves.
@@ -300,7 +302,9 @@ BEGIN
            locked_by = worker,
            lease_expires_at = now() + lease,
            fencing_token = nextval('ai_agents.fencing_token_seq'),
-           agent_version_id = versions[array_position(claimable, t.id)]
+           agent_version_id = versions[array_position(claimable, t.id)],
+           -- What the claim reserved against the task's budgets (docs/budgets.md).
+           budget_reserved_usd = reserved[array_position(claimable, t.id)] / 1e12
      WHERE t.id = ANY (claimable)
     RETURNING t.*;
 END

@@ -8,6 +8,7 @@
 //! urgent due tasks. An agent or organization the limits refuse is held back as a whole: its
 //! tasks stay due, unwritten, and are taken as the window frees room. One `rate_limited`
 //! activity row per agent (or organization) and window says how many were held back.
+mod budget;
 mod share;
 
 use crate::error::{Error, OrReport};
@@ -59,7 +60,10 @@ const DUE_AGENTS: &str = concat!(
                ai_agents._credential_paused_for(v.provider, p.agent_id::text, p.organization_id::text,
                                                 v.config ->> 'base_url') END) * 1000000)::int8,
            coalesce(l.weight, 1)::float8,
-           octet_length(v.system_prompt)::int8, v.max_tokens::int8
+           octet_length(v.system_prompt)::int8, v.max_tokens::int8,
+           EXISTS (SELECT FROM ai_agents.ai_agent_budgets b WHERE b.organization_id = p.organization_id
+                      AND (b.agent_id IS NULL OR b.agent_id = p.agent_id)),
+           (pr.input * 1000000)::int8, (pr.output * 1000000)::int8
       FROM pair p
      CROSS JOIN LATERAL
            (SELECT t.priority, t.next_run_at FROM ai_agents.ai_agent_tasks t
@@ -69,7 +73,14 @@ const DUE_AGENTS: &str = concat!(
              ORDER BY t.priority DESC, t.next_run_at LIMIT 1) h
       JOIN ai_agents.ai_agents ag ON ag.id = p.agent_id
       LEFT JOIN ai_agents.ai_agent_versions v ON v.id = ag.current_version_id
-      LEFT JOIN ai_agents.ai_agent_organization_limits l ON l.organization_id = p.organization_id"
+      LEFT JOIN ai_agents.ai_agent_organization_limits l ON l.organization_id = p.organization_id
+      LEFT JOIN LATERAL
+           (SELECT greatest(x.input_usd_per_mtok, coalesce(x.cached_input_usd_per_mtok, 0),
+                            coalesce(x.cache_write_usd_per_mtok, 0)) AS input,
+                   x.output_usd_per_mtok AS output
+              FROM ai_agents.ai_agent_model_prices x
+             WHERE x.provider = v.provider AND x.model = v.model AND x.effective_from <= now()
+             ORDER BY x.effective_from DESC LIMIT 1) pr ON true"
 );
 
 /// Locks up to $3 of an agent's most urgent due tasks, other than those in $4.
@@ -111,7 +122,7 @@ const LOG_HOLD: &str = concat!(
     "INSERT INTO ai_agents.ai_agent_activity_log
          (organization_id, agent_id, action_type, success, error, details)
      SELECT $1, $2, 'rate_limited', false,
-            format('%s rate limit reached; %s due tasks held back for %s s', $3, h.n, round($4::numeric, 1)),
+            format('%s limit reached; %s due tasks held back for %s s', $3, h.n, round($4::numeric, 1)),
             jsonb_build_object('tier', $3, 'held_back', h.n, 'retry_after_seconds', $4,
                                'by', ai_agents._current_actor())
        FROM (SELECT count(*) AS n FROM (SELECT FROM ai_agents.ai_agent_tasks t
@@ -124,6 +135,8 @@ struct Plans {
     due_agents: OwnedPreparedStatement,
     lock: OwnedPreparedStatement,
     prompts: OwnedPreparedStatement,
+    budget_room: OwnedPreparedStatement,
+    budget_reserve: OwnedPreparedStatement,
     still_due: OwnedPreparedStatement,
     log_hold: OwnedPreparedStatement,
 }
@@ -150,6 +163,14 @@ fn plans(client: &SpiClient) -> SpiResult<Rc<Plans>> {
         due_agents: keep(DUE_AGENTS, &[])?,
         lock: keep(LOCK, &[uuid, uuid, PgOid::from(pg_sys::INT8OID), uuids])?,
         prompts: keep(PROMPTS, &[uuids])?,
+        budget_room: keep(
+            "SELECT room_pico, budget_agent_id, seconds_left, busy FROM ai_agents._budget_room($1, $2)",
+            &[uuid, uuid],
+        )?,
+        budget_reserve: keep(
+            "SELECT ai_agents._budget_reserve($1, $2, $3, $4)",
+            &[uuid, uuid, PgOid::from(pg_sys::INT8OID), PgOid::from(pg_sys::INT8OID)],
+        )?,
         still_due: keep(STILL_DUE, &[uuid, uuid, uuids])?,
         log_hold: keep(
             LOG_HOLD,
@@ -194,6 +215,43 @@ struct DueAgent {
     /// The bytes of its version's system prompt, and its max_tokens.
     system_bytes: u64,
     max_tokens: u64,
+    /// Whether a budget applies to its calls, and its model's prices.
+    budgeted: bool,
+    prices: Option<budget::Prices>,
+}
+
+/// What an agent's budgets leave for this claim.
+enum BudgetRoom {
+    /// Room in pico-dollars; the binding budget holds back the agent alone (its own budget)
+    /// or its organization, for so long.
+    Room {
+        pico: u64,
+        agent_budget: bool,
+        retry_after_us: u64,
+    },
+    /// Another claimer holds one of the budgets: look again soon.
+    Busy,
+}
+
+fn budget_room(client: &SpiClient, plans: &Plans, due: &DueAgent) -> SpiResult<Option<BudgetRoom>> {
+    let row = client
+        .select(
+            &plans.budget_room,
+            Some(1),
+            &[due.organization.into(), due.agent.into()],
+        )?
+        .first();
+    if row.get::<bool>(4)? == Some(true) {
+        return Ok(Some(BudgetRoom::Busy));
+    }
+    let Some(pico) = row.get::<i64>(1)? else {
+        return Ok(None);
+    };
+    Ok(Some(BudgetRoom::Room {
+        pico: u64::try_from(pico).unwrap_or(0),
+        agent_budget: row.get::<Uuid>(2)?.is_some(),
+        retry_after_us: (row.get::<f64>(3)?.unwrap_or(0.0).max(0.0) * 1e6) as u64,
+    }))
 }
 
 /// What the limits refused: an agent, or (agent None) an organization.
@@ -311,7 +369,14 @@ fn history_limit() -> u64 {
 #[pg_extern(sql = false)]
 fn choose_due_tasks(
     max_tasks: i32,
-) -> TableIterator<'static, (name!(task_id, Uuid), name!(version_id, Option<Uuid>))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(task_id, Uuid),
+        name!(version_id, Option<Uuid>),
+        name!(budget_pico, Option<i64>),
+    ),
+> {
     NEXT_LOOK.set(None);
     RESERVATIONS.with_borrow_mut(HashMap::clear);
     let wanted = u64::try_from(max_tasks).unwrap_or(0);
@@ -320,7 +385,8 @@ fn choose_due_tasks(
     TableIterator::new(chosen)
 }
 
-type Chosen = Vec<(Uuid, Option<Uuid>)>;
+/// Each task with the version it runs and what its budgets reserved, in pico-dollars.
+type Chosen = Vec<(Uuid, Option<Uuid>, Option<i64>)>;
 
 fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
     let plans = plans(client)?;
@@ -340,6 +406,14 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
             paused: provider.into_iter().chain(credential).max_by_key(|p| p.1),
             system_bytes: row.get::<i64>(9)?.map_or(0, |b| b.max(0) as u64),
             max_tokens: row.get::<i64>(10)?.map_or(0, |b| b.max(0) as u64),
+            budgeted: row.get::<bool>(11)? == Some(true),
+            prices: match (row.get::<i64>(12)?, row.get::<i64>(13)?) {
+                (Some(input), Some(output)) => Some(budget::Prices {
+                    input: input.max(0) as u64,
+                    output: output.max(0) as u64,
+                }),
+                _ => None,
+            },
         });
         heads.push((
             row.get::<i32>(3)?.unwrap_or(0),
@@ -390,7 +464,7 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
         chosen.extend(
             lock(client, i, left, &mut locked)?
                 .into_iter()
-                .map(|id| (id, None)),
+                .map(|id| (id, None, None)),
         );
     }
 
@@ -451,19 +525,80 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
             if (ids.len() as u64) < n {
                 agents[a].due = 0;
             }
-            let bounds = if tokens_on[a] {
-                token_bounds(client, &plans, &due[i], &ids)?
+            let d = &due[i];
+            let bounds = if tokens_on[a] || d.budgeted {
+                token_bounds(client, &plans, d, &ids)?
             } else {
                 vec![0; ids.len()]
             };
-            let (reservations, refused) = take_up_to(&due[i], &bounds).or_report();
+            // Of the locked tasks, those whose most expensive outcome the budgets can pay.
+            let costs: Vec<u64> = bounds
+                .iter()
+                .map(|&b| budget::cost_bound(b, d.max_tokens, d.prices))
+                .collect();
+            let room = if d.budgeted {
+                budget_room(client, &plans, d)?
+            } else {
+                None
+            };
+            let payable = match &room {
+                None => ids.len(),
+                Some(BudgetRoom::Busy) => {
+                    look_within(0);
+                    0
+                }
+                Some(BudgetRoom::Room { pico, .. }) => budget::fitting(&costs, *pico),
+            };
+            let (reservations, refused) = take_up_to(d, &bounds[..payable]).or_report();
             let taken = reservations.len() as u64;
-            let version = due[i].version;
-            chosen.extend(ids.iter().take(reservations.len()).map(|&id| (id, version)));
+            let budgeted = matches!(room, Some(BudgetRoom::Room { .. }));
+            chosen.extend(
+                ids.iter()
+                    .zip(&costs)
+                    .take(reservations.len())
+                    .map(|(&id, &cost)| {
+                        (
+                            id,
+                            d.version,
+                            budgeted.then(|| i64::try_from(cost).unwrap_or(i64::MAX)),
+                        )
+                    }),
+            );
             if tokens_on[a] {
                 RESERVATIONS.with_borrow_mut(|r| {
                     r.extend(ids.iter().map(Uuid::to_string).zip(reservations))
                 });
+            }
+            if let Some(BudgetRoom::Room {
+                agent_budget,
+                retry_after_us,
+                ..
+            }) = room
+            {
+                let reserved: u64 = costs[..taken as usize].iter().sum();
+                let next = costs.get(payable).filter(|_| payable < ids.len());
+                client.update(
+                    &plans.budget_reserve,
+                    None,
+                    &[
+                        d.organization.into(),
+                        d.agent.into(),
+                        i64::try_from(reserved).unwrap_or(i64::MAX).into(),
+                        next.map(|&c| i64::try_from(c).unwrap_or(i64::MAX)).into(),
+                    ],
+                )?;
+                if payable < ids.len() && refused.is_none() {
+                    agents[a].room = 0;
+                    holds.push(Hold {
+                        organization: d.organization,
+                        agent: agent_budget.then_some(d.agent),
+                        tier: "budget",
+                        retry_after_us,
+                    });
+                }
+            }
+            if matches!(room, Some(BudgetRoom::Busy)) {
+                agents[a].room = 0;
             }
             let org = agents[a].organization;
             agents[a].used += taken;
@@ -503,7 +638,7 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
         }
     }
 
-    let taken: Vec<Uuid> = chosen.iter().map(|(id, _)| *id).collect();
+    let taken: Vec<Uuid> = chosen.iter().map(|(id, ..)| *id).collect();
     for hold in &holds {
         look_within(hold.retry_after_us);
         let name = match hold.agent {

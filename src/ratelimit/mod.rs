@@ -55,8 +55,11 @@ fn load_overrides(generation: u64) -> Overrides {
     };
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT organization_id, agent_id, max_per_minute, max_tokens_per_minute
-               FROM ai_agents.ai_agent_rate_limits",
+            // Read through to_jsonb: until ALTER EXTENSION ... UPDATE, 0.1.0's table has no
+            // token column, and this library serves it all the same.
+            "SELECT organization_id, agent_id, max_per_minute,
+                    (to_jsonb(r) ->> 'max_tokens_per_minute')::int4
+               FROM ai_agents.ai_agent_rate_limits r",
             None,
             &[],
         )?;

@@ -2,7 +2,8 @@
 //! once per backend. Every LLM call goes through this check; declared through pgrx's
 //! TableIterator, each call rebuilt the descriptor from the catalog, about a sixth of the cost
 //! of a check (measured with the rate-limit scenario of bench/run). The SQL declarations are in
-//! sql/ratelimit.sql.
+//! sql/ratelimit.sql. 0.1.0's declarations (three arguments, the six call-tier columns) still
+//! call these symbols until `ALTER EXTENSION ... UPDATE`, and get their own row.
 use super::{check_tiers, TierRow};
 use crate::error::OrReport;
 use pgrx::datum::Uuid;
@@ -23,25 +24,30 @@ const COLUMNS: [(&std::ffi::CStr, pg_sys::Oid); 9] = [
     (c"remaining_agent_tokens", pg_sys::INT8OID),
 ];
 
-static mut DESCRIPTOR: pg_sys::TupleDesc = null_mut();
+/// The columns of 0.1.0's declarations: the call tiers only.
+const CALL_COLUMNS: usize = 6;
 
-/// The row type, created in this backend's top memory context on first use.
-unsafe fn descriptor() -> pg_sys::TupleDesc {
+static mut DESCRIPTORS: [pg_sys::TupleDesc; 2] = [null_mut(); 2];
+
+/// The row type of `columns` columns, created in this backend's top memory context on first
+/// use.
+unsafe fn descriptor(columns: usize) -> pg_sys::TupleDesc {
+    let slot = usize::from(columns == COLUMNS.len());
     unsafe {
-        if DESCRIPTOR.is_null() {
+        if DESCRIPTORS[slot].is_null() {
             let previous = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-            let descriptor = pg_sys::CreateTemplateTupleDesc(COLUMNS.len() as i32);
-            for (i, (name, oid)) in COLUMNS.iter().enumerate() {
+            let descriptor = pg_sys::CreateTemplateTupleDesc(columns as i32);
+            for (i, (name, oid)) in COLUMNS.iter().take(columns).enumerate() {
                 pg_sys::TupleDescInitEntry(descriptor, (i + 1) as i16, name.as_ptr(), *oid, -1, 0);
             }
-            DESCRIPTOR = pg_sys::BlessTupleDesc(descriptor);
+            DESCRIPTORS[slot] = pg_sys::BlessTupleDesc(descriptor);
             pg_sys::MemoryContextSwitchTo(previous);
         }
-        DESCRIPTOR
+        DESCRIPTORS[slot]
     }
 }
 
-fn to_datum(row: TierRow) -> pg_sys::Datum {
+fn to_datum(row: TierRow, columns: usize) -> pg_sys::Datum {
     let (
         allowed,
         tier,
@@ -74,23 +80,37 @@ fn to_datum(row: TierRow) -> pg_sys::Datum {
     }
     // SAFETY: the values match the descriptor's column types one by one.
     unsafe {
-        let tuple = pg_sys::heap_form_tuple(descriptor(), values.as_mut_ptr(), nulls.as_mut_ptr());
+        let tuple =
+            pg_sys::heap_form_tuple(descriptor(columns), values.as_mut_ptr(), nulls.as_mut_ptr());
         pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
     }
 }
 
 /// SAFETY: called by Postgres with the arguments of the SQL declaration (uuid, uuid, integer,
-/// bigint).
+/// bigint), or of 0.1.0's (without the bigint).
 unsafe fn verdict(fcinfo: pg_sys::FunctionCallInfo, take: bool) -> pg_sys::Datum {
+    let with_tokens = unsafe { (*fcinfo).nargs } > 3;
     let (organization, agent, cost, tokens) = unsafe {
         (
             pg_getarg::<Uuid>(fcinfo, 0),
             pg_getarg::<Uuid>(fcinfo, 1),
             pg_getarg::<i32>(fcinfo, 2),
-            pg_getarg::<i64>(fcinfo, 3),
+            if with_tokens {
+                pg_getarg::<i64>(fcinfo, 3)
+            } else {
+                Some(0)
+            },
         )
     };
-    to_datum(check_tiers(organization, agent, cost, tokens, take).or_report())
+    let columns = if with_tokens {
+        COLUMNS.len()
+    } else {
+        CALL_COLUMNS
+    };
+    to_datum(
+        check_tiers(organization, agent, cost, tokens, take).or_report(),
+        columns,
+    )
 }
 
 static FUNCTION_INFO_V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };

@@ -1,5 +1,6 @@
 //! Spend under control (issue [cost]): what a call costs is recorded exactly, cached input
 //! at its own rates, and the token tiers hold a minute's tokens to their limit.
+use ai_agents_tests::postgres::fallible_iterator::FallibleIterator;
 use ai_agents_tests::postgres::Client;
 use ai_agents_tests::{create_agent, enqueue, error_of, fresh_database, wait_for, WorkerEnv};
 use serde_json::json;
@@ -409,4 +410,220 @@ fn a_token_limit_holds_every_minute_and_is_used() {
         .unwrap()
         .get(0);
     assert_eq!(lost, 0);
+}
+
+/// A POSIX time zone (PostgreSQL reads offsets to the second) whose day ends `seconds` from
+/// now: a budget's next period, without waiting for midnight.
+fn zone_whose_day_ends_in(c: &mut Client, seconds: i64) -> String {
+    let now: f64 = c
+        .query_one("SELECT extract(epoch FROM now())::float8", &[])
+        .unwrap()
+        .get(0);
+    // Local time = UTC - offset (POSIX counts west as positive).
+    let mut offset = (now as i64 % 86_400 + seconds).rem_euclid(86_400);
+    if offset > 43_200 {
+        offset -= 86_400;
+    }
+    let sign = if offset < 0 { '-' } else { '+' };
+    let o = offset.abs();
+    format!("<BT>{sign}{:02}:{:02}:{:02}", o / 3600, o / 60 % 60, o % 60)
+}
+
+/// Polls `sql` (a boolean) until it holds; panics after `limit`.
+fn wait_until(c: &mut Client, sql: &str, limit: Duration) {
+    let started = Instant::now();
+    while !c.query_one(sql, &[]).unwrap().get::<_, bool>(0) {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {sql}");
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// The current period of the organization's budget: (period_start, spent, reserved, held).
+fn budget_now(c: &mut Client, org: &str) -> (f64, String, String, bool) {
+    let row = c
+        .query_one(
+            "SELECT extract(epoch FROM period_start)::float8, spent_usd::text, reserved_usd::text,
+                    held_since IS NOT NULL
+               FROM budget_usage WHERE organization_id = $1::text::uuid AND agent_id IS NULL",
+            &[&org],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+#[test]
+fn a_budget_is_never_overspent_alerts_once_per_threshold_and_holds_tasks_until_it_allows() {
+    let env = WorkerEnv::start("cost-budget", &[]);
+    let mut c = env.connect();
+    let mut listener = env.connect();
+    listener.batch_execute("LISTEN ai_agents_budget").unwrap();
+    // A model at $10 and $40 per million tokens: a call may cost up to about $0.013.
+    c.batch_execute(
+        "INSERT INTO ai_agent_model_prices (provider, model, input_usd_per_mtok, output_usd_per_mtok)
+         VALUES ('openai', 'budget-model', 10, 40)",
+    )
+    .unwrap();
+    let org: String = c
+        .query_one(
+            "INSERT INTO ai_agents (organization_id, name, agent_type, system_prompt, model, max_tokens)
+             VALUES (gen_random_uuid(), 'Spender', 'finance', 'You watch the money.', 'budget-model', 300)
+             RETURNING organization_id::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let agent: String = c
+        .query_one(
+            "SELECT id::text FROM ai_agents WHERE organization_id = $1::text::uuid",
+            &[&org],
+        )
+        .unwrap()
+        .get(0);
+    // Calls of random cost, within their bounds: 10 to 60 tokens in, 10 to 300 out.
+    let mut seed = 0xb0d6e7_u64;
+    let mut next = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    let usage: Vec<serde_json::Value> = (0..1000)
+        .map(|_| {
+            json!({"usage": {"prompt_tokens": 10 + next(51), "completion_tokens": 10 + next(291)}})
+        })
+        .collect();
+    env.stub.script(serde_json::Value::Array(usage));
+    // $1.00 a day, in a zone whose day ends in 60 s.
+    let zone = zone_whose_day_ends_in(&mut c, 60);
+    let created = Instant::now();
+    c.execute(
+        "INSERT INTO ai_agent_budgets (organization_id, period, timezone, limit_usd)
+         VALUES ($1::text::uuid, 'day', $2, 1.00)",
+        &[&org, &zone],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO ai_agent_tasks (agent_id, title) SELECT $1::text::uuid, 'spend ' || g FROM generate_series(1, 600) g",
+        &[&agent],
+    )
+    .unwrap();
+
+    // The budget runs out: nothing running, the agent held back.
+    let settled = "SELECT NOT EXISTS (SELECT FROM ai_agent_tasks WHERE status = 'running')
+                      AND EXISTS (SELECT FROM agent_budget_state WHERE held)";
+    wait_until(&mut c, settled, Duration::from_secs(30));
+    let (first_period, spent, reserved, held) = budget_now(&mut c, &org);
+    let first_spend: f64 = spent.parse().unwrap();
+    println!(
+        "cost: budget $1.00: spent ${spent} after {:?}, reserved ${reserved}",
+        created.elapsed()
+    );
+    assert!(
+        created.elapsed() < Duration::from_secs(50),
+        "too slow to test within one period"
+    );
+    assert!((0.95..=1.0).contains(&first_spend), "spent {spent}");
+    assert_eq!(reserved, "0.000000000000");
+    assert!(held);
+    // The spend is the exact sum of the calls' recorded costs.
+    let recorded: String = c
+        .query_one(
+            "SELECT sum(cost_usd)::numeric(22, 12)::text FROM ai_agent_tasks WHERE status = 'completed'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, spent);
+    // Later tasks wait: none failed, and those not run have used no attempt.
+    let row = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'failed'),
+                    count(*) FILTER (WHERE status = 'pending' AND attempts = 0),
+                    count(*) FILTER (WHERE status = 'completed')
+               FROM ai_agent_tasks",
+            &[],
+        )
+        .unwrap();
+    let (failed, waiting, completed): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(failed, 0);
+    assert_eq!(waiting + completed, 600);
+    // One alert per threshold, as an activity row and a notification.
+    let alerts = |c: &mut Client| -> Vec<String> {
+        c.query(
+            "SELECT details ->> 'threshold' FROM ai_agent_activity_log
+              WHERE action_type = 'budget_threshold' ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    assert_eq!(alerts(&mut c), ["0.8", "0.95"]);
+    let heard: Vec<serde_json::Value> = listener
+        .notifications()
+        .timeout_iter(Duration::from_millis(500))
+        .map(|n| Ok(serde_json::from_str(n.payload()).unwrap()))
+        .collect()
+        .unwrap();
+    let thresholds: Vec<String> = heard.iter().map(|n| n["threshold"].to_string()).collect();
+    assert_eq!(thresholds, ["0.8", "0.95"]);
+    assert_eq!(heard[0]["organization_id"], org.as_str());
+    let holds: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agent_activity_log
+              WHERE action_type = 'rate_limited' AND details ->> 'tier' = 'budget' AND agent_id IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(holds, 1, "the organization's hold is recorded once");
+
+    // A raised budget releases the tasks at once; the thresholds already alerted stay quiet.
+    let raised = Instant::now();
+    c.execute(
+        "UPDATE ai_agent_budgets SET limit_usd = 1.50 WHERE organization_id = $1::text::uuid",
+        &[&org],
+    )
+    .unwrap();
+    wait_until(
+        &mut c,
+        &format!("SELECT count(*) > {completed} FROM ai_agent_tasks WHERE status = 'completed'"),
+        Duration::from_secs(2),
+    );
+    println!(
+        "cost: a raised budget ran the next task after {:?}",
+        raised.elapsed()
+    );
+    wait_until(&mut c, settled, Duration::from_secs(30));
+    let (period, spent, _, _) = budget_now(&mut c, &org);
+    assert_eq!(period, first_period, "still the first period");
+    let raised_spend: f64 = spent.parse().unwrap();
+    assert!((1.45..=1.5).contains(&raised_spend), "spent {spent}");
+    assert_eq!(alerts(&mut c).len(), 2);
+
+    // The next period runs the rest, and alerts afresh.
+    sleep((created + Duration::from_secs(61)).saturating_duration_since(Instant::now()));
+    wait_until(
+        &mut c,
+        &format!(
+            "SELECT spent_usd > 0 AND extract(epoch FROM period_start) > {first_period}
+               FROM budget_usage WHERE organization_id = '{org}'"
+        ),
+        Duration::from_secs(10),
+    );
+    wait_until(&mut c, settled, Duration::from_secs(30));
+    let (_, spent, _, _) = budget_now(&mut c, &org);
+    let second_spend: f64 = spent.parse().unwrap();
+    println!("cost: the next period spent ${spent}");
+    assert!((1.45..=1.5).contains(&second_spend), "spent {spent}");
+    assert_eq!(alerts(&mut c), ["0.8", "0.95", "0.8", "0.95"]);
+    let failed: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agent_tasks WHERE status = 'failed'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, 0);
 }
