@@ -46,12 +46,13 @@ DECLARE
 BEGIN
     SELECT s INTO unknown FROM unnest(NEW.sections) s
      WHERE s IS NULL OR s NOT IN ('tasks_by_status', 'conversations', 'success_rate', 'latency', 'failures',
-                                  'usage', 'per_agent', 'per_model', 'previous_period', 'trend', 'forecast')
+                                  'usage', 'per_agent', 'per_model', 'previous_period', 'trend', 'forecast',
+                                  'budget')
      LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'unknown report section "%"', coalesce(unknown, 'NULL')
             USING ERRCODE = '22023',
-                  HINT = 'Sections: tasks_by_status, conversations, success_rate, latency, failures, usage, per_agent, per_model, previous_period, trend, forecast.';
+                  HINT = 'Sections: tasks_by_status, conversations, success_rate, latency, failures, usage, per_agent, per_model, previous_period, trend, forecast, budget.';
     END IF;
     SELECT q.key INTO bad_query FROM jsonb_each(NEW.queries) q
      WHERE jsonb_typeof(q.value) <> 'string' OR btrim(q.value #>> '{}') = '' LIMIT 1;
@@ -208,6 +209,32 @@ BEGIN
 END
 $$;
 
+-- The budgets of a report's scope (docs/budgets.md): an organization's report shows every
+-- budget of the organization, an agent's its own and its organization's. Each with what the
+-- window [from_ts, to_ts) allows (the limit pro rata: a month's budget in a month's report is
+-- its limit, a day's budget in a week's report seven times it) and what its scope (the
+-- organization, or the agent) spent in the window.
+CREATE OR REPLACE FUNCTION ai_agents._report_budgets(org uuid, agent uuid, from_ts timestamptz, to_ts timestamptz)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'budget_id', b.id, 'agent_id', b.agent_id, 'name', a.name, 'period', b.period,
+               'limit_usd', b.limit_usd, 'allowance_usd', w.allowance, 'spent_usd', w.spent,
+               'share', round(w.spent / nullif(w.allowance, 0), 4))
+             ORDER BY b.agent_id NULLS FIRST, a.name), '[]')
+      FROM ai_agents.ai_agent_budgets b
+      LEFT JOIN ai_agents.ai_agents a ON a.id = b.agent_id
+     CROSS JOIN LATERAL (SELECT date_trunc(b.period, from_ts, b.timezone) AS start) s
+     CROSS JOIN LATERAL (
+           SELECT round(b.limit_usd * extract(epoch FROM to_ts - from_ts)
+                        / extract(epoch FROM (s.start AT TIME ZONE b.timezone + ('1 ' || b.period)::interval)
+                                             AT TIME ZONE b.timezone - s.start), 12) AS allowance,
+                  (SELECT coalesce(sum(r.cost_usd), 0) FROM ai_agents._report_usage(org, b.agent_id, from_ts, to_ts) r) AS spent) w
+     WHERE b.organization_id = org AND (agent IS NULL OR b.agent_id IS NULL OR b.agent_id = agent)
+$$;
+
 -- The report's figures, section by section, as JSON; the Markdown is rendered from it.
 CREATE OR REPLACE FUNCTION ai_agents._report_data(t ai_agents.ai_agent_report_templates, org uuid, agent uuid,
                                       owner ai_agents.ai_agents, from_ts timestamptz, to_ts timestamptz)
@@ -310,10 +337,23 @@ BEGIN
             data := data || jsonb_build_object('trend', trend);
         END IF;
         IF 'forecast' = ANY (t.sections) THEN
+            -- Compared with what the scope's own budget (an agent's, else its organization's)
+            -- allows in the next period.
             data := data || jsonb_build_object('forecast', ai_agents._forecast_spend(
                 ARRAY(SELECT (x.e ->> 'cost_usd')::float8
-                        FROM jsonb_array_elements(trend) WITH ORDINALITY x(e, i) ORDER BY x.i), t.period));
+                        FROM jsonb_array_elements(trend) WITH ORDINALITY x(e, i) ORDER BY x.i), t.period)
+                || coalesce((SELECT jsonb_build_object('budget_usd', (bb.e ->> 'allowance_usd')::numeric)
+                               FROM jsonb_array_elements(ai_agents._report_budgets(org, agent, to_ts,
+                                        CASE WHEN t.period = 'month'
+                                             THEN ((to_ts AT TIME ZONE tz) + interval '1 month') AT TIME ZONE tz
+                                             ELSE to_ts + (to_ts - from_ts) END)) bb(e)
+                              WHERE (bb.e ->> 'agent_id') IS NULL OR (bb.e ->> 'agent_id') = agent::text
+                              ORDER BY (bb.e ->> 'agent_id') IS NULL
+                              LIMIT 1), '{}'));
         END IF;
+    END IF;
+    IF 'budget' = ANY (t.sections) THEN
+        data := data || jsonb_build_object('budget', ai_agents._report_budgets(org, agent, from_ts, to_ts));
     END IF;
     IF t.queries <> '{}' THEN
         data := data || jsonb_build_object('queries', ai_agents._run_report_queries(t.name, t.queries, org, from_ts, to_ts));

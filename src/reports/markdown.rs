@@ -60,6 +60,7 @@ pub fn render(data: &Value, narrative: Narrative) -> String {
             "previous_period" => previous_period(&mut out, data, kind),
             "trend" => trend(&mut out, &data["trend"], kind),
             "forecast" => forecast(&mut out, &data["forecast"], kind),
+            "budget" => budget(&mut out, &data["budget"], kind),
             _ => {}
         }
     }
@@ -398,15 +399,67 @@ fn trend(out: &mut String, points: &Value, kind: &str) {
 }
 
 fn forecast(out: &mut String, f: &Value, kind: &str) {
-    section(
-        out,
-        "Forecast",
-        &format!(
-            "Next {kind}: about {}. How: {}.",
-            usd(&f["next_period_usd"]),
-            text(&f["method"])
-        ),
+    let mut body = format!(
+        "Next {kind}: about {}. How: {}.",
+        usd(&f["next_period_usd"]),
+        text(&f["method"])
     );
+    if let (Some(expected), Some(allowed)) =
+        (f["next_period_usd"].as_f64(), f["budget_usd"].as_f64())
+    {
+        let verdict = if expected <= allowed {
+            "within it".to_string()
+        } else {
+            format!("over it by {}", usd(&Value::from(expected - allowed)))
+        };
+        let _ = write!(
+            body,
+            " The budget allows {} next {kind}: the forecast is {verdict}.",
+            usd(&f["budget_usd"])
+        );
+    }
+    section(out, "Forecast", &body);
+}
+
+fn budget(out: &mut String, budgets: &Value, kind: &str) {
+    let rows: Vec<Vec<String>> = budgets
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let whose = match b["name"].as_str() {
+                Some(name) => name.to_string(),
+                None if b["agent_id"].is_null() => "Organization".to_string(),
+                None => "(deleted agent)".to_string(),
+            };
+            let share = b["share"]
+                .as_f64()
+                .map_or("-".to_string(), |s| format!("{:.1}%", s * 100.0));
+            vec![
+                whose,
+                format!("{} a {}", usd(&b["limit_usd"]), text(&b["period"])),
+                usd(&b["allowance_usd"]),
+                usd(&b["spent_usd"]),
+                share,
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        section(out, "Budget", "No budget is set.");
+    } else {
+        out.push_str("## Budget\n\n");
+        table(
+            out,
+            &[
+                "Budget",
+                "Limit",
+                &format!("For this {kind}"),
+                "Spent",
+                "Used",
+            ],
+            &rows,
+        );
+    }
 }
 
 fn query_rows(out: &mut String, name: &str, rows: &Value) {
@@ -482,6 +535,39 @@ mod tests {
             "{md}"
         );
         assert!(md.ends_with("|\n") && !md.ends_with("\n\n"));
+    }
+
+    #[test]
+    fn budgets_and_the_forecast_read_against_each_other() {
+        let month = json!({
+            "title": "Finance Monthly Forecast - November 2026", "scope": "organization",
+            "sections": ["forecast", "budget"],
+            "period": {"kind": "month", "first_day": "2026-11-01", "last_day": "2026-11-30", "timezone": "UTC"},
+            "forecast": {"next_period_usd": 62.5, "method": "the average of the last 2 months", "budget_usd": 50},
+            "budget": [
+                {"agent_id": null, "name": null, "period": "month", "limit_usd": 50, "allowance_usd": 50,
+                 "spent_usd": 41.25, "share": 0.825},
+                {"agent_id": "a", "name": "Front desk", "period": "day", "limit_usd": 1, "allowance_usd": 30,
+                 "spent_usd": 0, "share": 0}
+            ]
+        });
+        let md = render(&month, Narrative::Written("x"));
+        for expected in [
+            "Next month: about $62.50. How: the average of the last 2 months. The budget allows $50.00 next month: the forecast is over it by $12.50.",
+            "| Budget | Limit | For this month | Spent | Used |",
+            "| Organization | $50.00 a month | $50.00 | $41.25 | 82.5% |",
+            "| Front desk | $1.00 a day | $30.00 | $0.00 | 0.0% |",
+        ] {
+            assert!(md.contains(expected), "missing {expected:?} in\n{md}");
+        }
+        let within = json!({
+            "title": "T", "scope": "organization", "sections": ["forecast", "budget"],
+            "period": {"kind": "month", "first_day": "2026-11-01", "last_day": "2026-11-30", "timezone": "UTC"},
+            "forecast": {"next_period_usd": 10, "method": "m", "budget_usd": 50}, "budget": []
+        });
+        let md = render(&within, Narrative::Written("x"));
+        assert!(md.contains("the forecast is within it."), "{md}");
+        assert!(md.contains("No budget is set."), "{md}");
     }
 
     #[test]

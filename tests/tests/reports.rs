@@ -301,6 +301,61 @@ fn the_monthly_forecast_equals_independent_computations_even_after_pruning() {
 }
 
 #[test]
+fn the_monthly_forecast_weighs_spend_and_forecast_against_the_budgets() {
+    let (mut c, _db) = fresh_database();
+    fixture(&mut c);
+    c.batch_execute(&format!(
+        "INSERT INTO ai_agents.ai_agent_budgets (organization_id, agent_id, period, limit_usd) VALUES
+           ('{ORG}', NULL, 'month', 50), ('{ORG}', '{BOOKS}', 'day', 0.25), ('{OTHER_ORG}', NULL, 'month', 1)"
+    ))
+    .unwrap();
+    let month = ("2026-11-01 00:00+00", "2026-12-01 00:00+00");
+    let report = build(&mut c, "Finance Monthly Forecast", month.0, month.1, None);
+    let budgets: Vec<(Value, f64, f64, f64)> = report["data"]["budget"]
+        .as_array()
+        .expect("a budget section")
+        .iter()
+        .map(|b| {
+            (
+                b["name"].clone(),
+                f(&b["allowance_usd"]),
+                f(&b["spent_usd"]),
+                f(&b["share"]),
+            )
+        })
+        .collect();
+    // The organization's month: its limit, against everything it spent ($6.585). Books' day:
+    // 30 days of $0.25, against its own $6. Not the other organization's budget.
+    assert_eq!(
+        budgets,
+        vec![
+            (Value::Null, 50.0, 6.585, 0.1317),
+            (json!("Books"), 7.5, 6.0, 0.8)
+        ]
+    );
+    // The forecast ($7.19) against December's budget of the organization.
+    assert_eq!(f(&report["data"]["forecast"]["budget_usd"]), 50.0);
+    let md = report["markdown"].as_str().unwrap();
+    for expected in [
+        "The budget allows $50.00 next month: the forecast is within it.",
+        "| Organization | $50.00 a month | $50.00 | $6.58 | 13.2% |",
+        "| Books | $0.2500 a day | $7.50 | $6.00 | 80.0% |",
+    ] {
+        assert!(md.contains(expected), "missing {expected:?} in\n{md}");
+    }
+    c.batch_execute(&format!(
+        "UPDATE ai_agents.ai_agent_budgets SET limit_usd = 5 WHERE organization_id = '{ORG}' AND agent_id IS NULL"
+    ))
+    .unwrap();
+    let report = build(&mut c, "Finance Monthly Forecast", month.0, month.1, None);
+    let md = report["markdown"].as_str().unwrap();
+    assert!(
+        md.contains("The budget allows $5.00 next month: the forecast is over it by $2.19."),
+        "{md}"
+    );
+}
+
+#[test]
 fn a_template_query_runs_read_only_and_one_that_writes_fails_the_report() {
     let (mut c, _db) = fresh_database();
     fixture(&mut c);
