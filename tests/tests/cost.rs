@@ -627,3 +627,196 @@ fn a_budget_is_never_overspent_alerts_once_per_threshold_and_holds_tasks_until_i
         .get(0);
     assert_eq!(failed, 0);
 }
+
+#[test]
+fn an_agents_budget_holds_that_agent_only_and_every_run_end_settles_its_reservation() {
+    let (mut c, _db) = fresh_database();
+    let (org, capped) = create_agent(&mut c, "Capped");
+    let free: String = c
+        .query_one(
+            "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model)
+             VALUES ($1::text::uuid, 'Free', 'customer_care', 'gpt-4o-mini') RETURNING id::text",
+            &[&org],
+        )
+        .unwrap()
+        .get(0);
+    // A call of gpt-4o-mini with max_tokens 1024 may cost up to about $0.00063: $0.001 a day
+    // pays for one at a time.
+    c.execute(
+        "INSERT INTO ai_agents.ai_agent_budgets (organization_id, agent_id, period, limit_usd)
+         VALUES ($1::text::uuid, $2::text::uuid, 'day', 0.001)",
+        &[&org, &capped],
+    )
+    .unwrap();
+    for agent in [&capped, &free] {
+        for i in 0..3 {
+            enqueue(&mut c, agent, &format!("task {i}"));
+        }
+    }
+    let claimed: Vec<(String, String, i64, Option<String>)> = c
+        .query(
+            "SELECT id::text, agent_id::text, fencing_token, budget_reserved_usd::text
+               FROM ai_agents.claim_due_tasks('w', 10) ORDER BY agent_id = $1::text::uuid",
+            &[&free],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let of = |agent: &str| claimed.iter().filter(|t| t.1 == agent).count();
+    assert_eq!((of(&capped), of(&free)), (1, 3), "{claimed:?}");
+    // The capped task carries its reservation; the free agent's tasks none.
+    let (task, _, token, reserved) = claimed[0].clone();
+    let reserved = reserved.expect("a reservation");
+    assert!(claimed[1..].iter().all(|t| t.3.is_none()));
+    let usage = |c: &mut Client| -> (String, String, bool) {
+        let row = c
+            .query_one(
+                "SELECT spent_usd::text, reserved_usd::text, held_since IS NOT NULL
+                   FROM ai_agents.budget_usage WHERE agent_id = $1::text::uuid",
+                &[&capped],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(
+        usage(&mut c),
+        ("0.000000000000".to_string(), reserved.clone(), true)
+    );
+    let held: Vec<(bool, bool)> = c
+        .query(
+            "SELECT organization_budget, held FROM ai_agents.agent_budget_state WHERE agent_id = $1::text::uuid",
+            &[&capped],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(held, [(false, true)]);
+    let hold: String = c
+        .query_one(
+            "SELECT agent_id::text FROM ai_agents.ai_agent_activity_log
+              WHERE action_type = 'rate_limited' AND details ->> 'tier' = 'budget'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(hold, capped, "the agent is held back, not its organization");
+    // Completion settles at the recorded cost, and the next task fits again.
+    c.execute(
+        "SELECT ai_agents.complete_task($1::text::uuid, $2, 'ok', cost_usd => 0.0001)",
+        &[&task, &token],
+    )
+    .unwrap();
+    assert_eq!(
+        usage(&mut c),
+        (
+            "0.000100000000".to_string(),
+            "0.000000000000".to_string(),
+            true
+        )
+    );
+    let row = c
+        .query_one(
+            "SELECT id::text, fencing_token FROM ai_agents.claim_due_tasks('w', 10)",
+            &[],
+        )
+        .unwrap();
+    let (second, token): (String, i64) = (row.get(0), row.get(1));
+    assert_eq!(usage(&mut c).1, reserved);
+    // A failure settles at nothing, as do a cancellation and a deletion.
+    c.execute(
+        "SELECT ai_agents.fail_task($1::text::uuid, $2, 'upstream 503', 503)",
+        &[&second, &token],
+    )
+    .unwrap();
+    assert_eq!(usage(&mut c).0, "0.000100000000");
+    assert_eq!(usage(&mut c).1, "0.000000000000");
+    c.execute(
+        "UPDATE ai_agents.ai_agent_tasks SET next_run_at = now() WHERE id = $1::text::uuid",
+        &[&second],
+    )
+    .unwrap();
+    let third: String = c
+        .query_one(
+            "SELECT id::text FROM ai_agents.claim_due_tasks('w', 10)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(usage(&mut c).1, reserved);
+    c.execute("SELECT ai_agents.cancel_task($1::text::uuid)", &[&third])
+        .unwrap();
+    assert_eq!(usage(&mut c).1, "0.000000000000");
+    let fourth: String = c
+        .query_one(
+            "SELECT id::text FROM ai_agents.claim_due_tasks('w', 10)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(usage(&mut c).1, reserved);
+    c.execute(
+        "DELETE FROM ai_agents.ai_agent_tasks WHERE id = $1::text::uuid",
+        &[&fourth],
+    )
+    .unwrap();
+    assert_eq!(
+        usage(&mut c),
+        (
+            "0.000100000000".to_string(),
+            "0.000000000000".to_string(),
+            false
+        )
+    );
+    // Bad budgets name the problem.
+    for (sql, code, words) in [
+        (
+            "timezone => 'Mars/Olympus'",
+            "22023",
+            "unknown time zone 'Mars/Olympus'",
+        ),
+        ("limit_usd => 0", "23514", "ai_agent_budgets_limit_check"),
+        (
+            "thresholds => '{0.5, 1.5}'",
+            "23514",
+            "ai_agent_budgets_thresholds_check",
+        ),
+        ("period => 'week'", "23514", "ai_agent_budgets_period_check"),
+        (
+            "agent_id => gen_random_uuid()",
+            "23503",
+            "ai_agent_budgets_agent_fkey",
+        ),
+    ] {
+        let (column, value) = sql.split_once(" => ").unwrap();
+        let mut fields = vec![
+            ("organization_id", format!("'{org}'")),
+            ("period", "'month'".to_string()),
+            ("limit_usd", "1".to_string()),
+        ];
+        fields.retain(|(c, _)| *c != column);
+        fields.push((column, value.to_string()));
+        let (names, values): (Vec<&str>, Vec<String>) = fields.into_iter().unzip();
+        let (got, message) = error_of(
+            &mut c,
+            &format!(
+                "INSERT INTO ai_agents.ai_agent_budgets ({}) VALUES ({})",
+                names.join(", "),
+                values.join(", ")
+            ),
+        );
+        assert_eq!(got, code, "{sql}: {message}");
+        assert!(message.contains(words), "{sql}: {message}");
+    }
+    // Another organization's agent cannot carry this organization's budget.
+    let (_, stranger) = create_agent(&mut c, "Stranger");
+    let (got, _) = error_of(
+        &mut c,
+        &format!(
+            "INSERT INTO ai_agents.ai_agent_budgets (organization_id, agent_id, period, limit_usd)
+             VALUES ('{org}', '{stranger}', 'month', 1)"
+        ),
+    );
+    assert_eq!(got, "23503");
+}
