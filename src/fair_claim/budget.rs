@@ -28,9 +28,12 @@ pub fn fitting(costs: &[u64], room: u64) -> usize {
     let mut total = 0u64;
     costs
         .iter()
-        .take_while(|&&cost| {
-            total = total.saturating_add(cost);
-            total <= room
+        .take_while(|&&cost| match total.checked_add(cost) {
+            Some(sum) if sum <= room => {
+                total = sum;
+                true
+            }
+            _ => false,
         })
         .count()
 }
