@@ -252,13 +252,6 @@ ALTER TABLE ai_agents.ai_agent_tasks ADD COLUMN budget_reserved_usd numeric(20, 
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_budgets', '');
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_budget_periods', '');
 
--- The built-in Finance Monthly Forecast shows the budgets and weighs its forecast against them.
-UPDATE ai_agents.ai_agent_report_templates
-   SET sections = sections || '{budget}',
-       description = description || ' Each budget against the month''s spend, and the forecast against next month''s budget.',
-       narrative_prompt = 'You write for the owner of a gym, who has one minute. In at most five sentences: what the AI agents cost this month and which agent and model spent most, whether spend is rising or falling, what next month will probably cost (say how the forecast was made), and whether that fits the budget. Use only the figures below.'
- WHERE id = '00000000-0000-4000-8000-000000000002' AND is_builtin;
-
 -- ==== sql/idempotent/guard.sql
 
 -- Extension tables may not lose columns, constraints or triggers by hand: the deployment
@@ -2169,6 +2162,20 @@ AS $$
      WHERE b.organization_id = org AND (agent IS NULL OR b.agent_id IS NULL OR b.agent_id = agent)
 $$;
 
+-- Of those, the one of the report's own scope: the agent's, else its organization's (NULL:
+-- none).
+CREATE OR REPLACE FUNCTION ai_agents._report_scope_budget(org uuid, agent uuid, from_ts timestamptz, to_ts timestamptz)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT b.e
+      FROM jsonb_array_elements(ai_agents._report_budgets(org, agent, from_ts, to_ts)) b(e)
+     WHERE (b.e ->> 'agent_id') IS NULL OR (b.e ->> 'agent_id') = agent::text
+     ORDER BY (b.e ->> 'agent_id') IS NULL
+     LIMIT 1
+$$;
+
 -- The report's figures, section by section, as JSON; the Markdown is rendered from it.
 CREATE OR REPLACE FUNCTION ai_agents._report_data(t ai_agents.ai_agent_report_templates, org uuid, agent uuid,
                                       owner ai_agents.ai_agents, from_ts timestamptz, to_ts timestamptz)
@@ -2271,19 +2278,17 @@ BEGIN
             data := data || jsonb_build_object('trend', trend);
         END IF;
         IF 'forecast' = ANY (t.sections) THEN
-            -- Compared with what the scope's own budget (an agent's, else its organization's)
-            -- allows in the next period.
+            -- Weighed against the scope's own budget (an agent's, else its organization's):
+            -- this period's spend, and the forecast against what it allows next period.
             data := data || jsonb_build_object('forecast', ai_agents._forecast_spend(
                 ARRAY(SELECT (x.e ->> 'cost_usd')::float8
                         FROM jsonb_array_elements(trend) WITH ORDINALITY x(e, i) ORDER BY x.i), t.period)
-                || coalesce((SELECT jsonb_build_object('budget_usd', (bb.e ->> 'allowance_usd')::numeric)
-                               FROM jsonb_array_elements(ai_agents._report_budgets(org, agent, to_ts,
-                                        CASE WHEN t.period = 'month'
-                                             THEN ((to_ts AT TIME ZONE tz) + interval '1 month') AT TIME ZONE tz
-                                             ELSE to_ts + (to_ts - from_ts) END)) bb(e)
-                              WHERE (bb.e ->> 'agent_id') IS NULL OR (bb.e ->> 'agent_id') = agent::text
-                              ORDER BY (bb.e ->> 'agent_id') IS NULL
-                              LIMIT 1), '{}'));
+                || jsonb_strip_nulls(jsonb_build_object(
+                       'budget', ai_agents._report_scope_budget(org, agent, from_ts, to_ts),
+                       'budget_usd', ai_agents._report_scope_budget(org, agent, to_ts,
+                                         CASE WHEN t.period = 'month'
+                                              THEN ((to_ts AT TIME ZONE tz) + interval '1 month') AT TIME ZONE tz
+                                              ELSE to_ts + (to_ts - from_ts) END) -> 'allowance_usd')));
         END IF;
     END IF;
     IF 'budget' = ANY (t.sections) THEN

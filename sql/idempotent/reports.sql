@@ -235,6 +235,20 @@ AS $$
      WHERE b.organization_id = org AND (agent IS NULL OR b.agent_id IS NULL OR b.agent_id = agent)
 $$;
 
+-- Of those, the one of the report's own scope: the agent's, else its organization's (NULL:
+-- none).
+CREATE OR REPLACE FUNCTION ai_agents._report_scope_budget(org uuid, agent uuid, from_ts timestamptz, to_ts timestamptz)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT b.e
+      FROM jsonb_array_elements(ai_agents._report_budgets(org, agent, from_ts, to_ts)) b(e)
+     WHERE (b.e ->> 'agent_id') IS NULL OR (b.e ->> 'agent_id') = agent::text
+     ORDER BY (b.e ->> 'agent_id') IS NULL
+     LIMIT 1
+$$;
+
 -- The report's figures, section by section, as JSON; the Markdown is rendered from it.
 CREATE OR REPLACE FUNCTION ai_agents._report_data(t ai_agents.ai_agent_report_templates, org uuid, agent uuid,
                                       owner ai_agents.ai_agents, from_ts timestamptz, to_ts timestamptz)
@@ -337,19 +351,17 @@ BEGIN
             data := data || jsonb_build_object('trend', trend);
         END IF;
         IF 'forecast' = ANY (t.sections) THEN
-            -- Compared with what the scope's own budget (an agent's, else its organization's)
-            -- allows in the next period.
+            -- Weighed against the scope's own budget (an agent's, else its organization's):
+            -- this period's spend, and the forecast against what it allows next period.
             data := data || jsonb_build_object('forecast', ai_agents._forecast_spend(
                 ARRAY(SELECT (x.e ->> 'cost_usd')::float8
                         FROM jsonb_array_elements(trend) WITH ORDINALITY x(e, i) ORDER BY x.i), t.period)
-                || coalesce((SELECT jsonb_build_object('budget_usd', (bb.e ->> 'allowance_usd')::numeric)
-                               FROM jsonb_array_elements(ai_agents._report_budgets(org, agent, to_ts,
-                                        CASE WHEN t.period = 'month'
-                                             THEN ((to_ts AT TIME ZONE tz) + interval '1 month') AT TIME ZONE tz
-                                             ELSE to_ts + (to_ts - from_ts) END)) bb(e)
-                              WHERE (bb.e ->> 'agent_id') IS NULL OR (bb.e ->> 'agent_id') = agent::text
-                              ORDER BY (bb.e ->> 'agent_id') IS NULL
-                              LIMIT 1), '{}'));
+                || jsonb_strip_nulls(jsonb_build_object(
+                       'budget', ai_agents._report_scope_budget(org, agent, from_ts, to_ts),
+                       'budget_usd', ai_agents._report_scope_budget(org, agent, to_ts,
+                                         CASE WHEN t.period = 'month'
+                                              THEN ((to_ts AT TIME ZONE tz) + interval '1 month') AT TIME ZONE tz
+                                              ELSE to_ts + (to_ts - from_ts) END) -> 'allowance_usd')));
         END IF;
     END IF;
     IF 'budget' = ANY (t.sections) THEN

@@ -43,10 +43,3 @@ ALTER TABLE ai_agents.ai_agent_tasks ADD COLUMN budget_reserved_usd numeric(20, 
 
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_budgets', '');
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_budget_periods', '');
-
--- The built-in Finance Monthly Forecast shows the budgets and weighs its forecast against them.
-UPDATE ai_agents.ai_agent_report_templates
-   SET sections = sections || '{budget}',
-       description = description || ' Each budget against the month''s spend, and the forecast against next month''s budget.',
-       narrative_prompt = 'You write for the owner of a gym, who has one minute. In at most five sentences: what the AI agents cost this month and which agent and model spent most, whether spend is rising or falling, what next month will probably cost (say how the forecast was made), and whether that fits the budget. Use only the figures below.'
- WHERE id = '00000000-0000-4000-8000-000000000002' AND is_builtin;

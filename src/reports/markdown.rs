@@ -404,6 +404,16 @@ fn forecast(out: &mut String, f: &Value, kind: &str) {
         usd(&f["next_period_usd"]),
         text(&f["method"])
     );
+    let now = &f["budget"];
+    if let (Some(spent), Some(share)) = (now["spent_usd"].as_f64(), now["share"].as_f64()) {
+        let _ = write!(
+            body,
+            " This {kind}: {} of the budget's {} ({:.1}%).",
+            usd(&Value::from(spent)),
+            usd(&now["allowance_usd"]),
+            share * 100.0
+        );
+    }
     if let (Some(expected), Some(allowed)) =
         (f["next_period_usd"].as_f64(), f["budget_usd"].as_f64())
     {
@@ -543,7 +553,8 @@ mod tests {
             "title": "Finance Monthly Forecast - November 2026", "scope": "organization",
             "sections": ["forecast", "budget"],
             "period": {"kind": "month", "first_day": "2026-11-01", "last_day": "2026-11-30", "timezone": "UTC"},
-            "forecast": {"next_period_usd": 62.5, "method": "the average of the last 2 months", "budget_usd": 50},
+            "forecast": {"next_period_usd": 62.5, "method": "the average of the last 2 months", "budget_usd": 50,
+                         "budget": {"allowance_usd": 50, "spent_usd": 41.25, "share": 0.825}},
             "budget": [
                 {"agent_id": null, "name": null, "period": "month", "limit_usd": 50, "allowance_usd": 50,
                  "spent_usd": 41.25, "share": 0.825},
@@ -553,7 +564,7 @@ mod tests {
         });
         let md = render(&month, Narrative::Written("x"));
         for expected in [
-            "Next month: about $62.50. How: the average of the last 2 months. The budget allows $50.00 next month: the forecast is over it by $12.50.",
+            "Next month: about $62.50. How: the average of the last 2 months. This month: $41.25 of the budget's $50.00 (82.5%). The budget allows $50.00 next month: the forecast is over it by $12.50.",
             "| Budget | Limit | For this month | Spent | Used |",
             "| Organization | $50.00 a month | $50.00 | $41.25 | 82.5% |",
             "| Front desk | $1.00 a day | $30.00 | $0.00 | 0.0% |",

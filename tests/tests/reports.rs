@@ -310,7 +310,22 @@ fn the_monthly_forecast_weighs_spend_and_forecast_against_the_budgets() {
     ))
     .unwrap();
     let month = ("2026-11-01 00:00+00", "2026-12-01 00:00+00");
+    // The built-in forecast: November's spend against the organization's budget, and the
+    // forecast ($7.19) against December's.
     let report = build(&mut c, "Finance Monthly Forecast", month.0, month.1, None);
+    assert_eq!(f(&report["data"]["forecast"]["budget_usd"]), 50.0);
+    let md = report["markdown"].as_str().unwrap();
+    assert!(
+        md.contains("This month: $6.58 of the budget's $50.00 (13.2%). The budget allows $50.00 next month: the forecast is within it."),
+        "{md}"
+    );
+    // An organization's template with the budget section: every budget of the organization.
+    c.batch_execute(&format!(
+        "INSERT INTO ai_agents.ai_agent_report_templates (organization_id, name, report_type, scope, period, sections)
+         VALUES ('{ORG}', 'Spend and budgets', 'custom', 'organization', 'month', '{{budget}}')"
+    ))
+    .unwrap();
+    let report = build(&mut c, "Spend and budgets", month.0, month.1, None);
     let budgets: Vec<(Value, f64, f64, f64)> = report["data"]["budget"]
         .as_array()
         .expect("a budget section")
@@ -333,11 +348,8 @@ fn the_monthly_forecast_weighs_spend_and_forecast_against_the_budgets() {
             (json!("Books"), 7.5, 6.0, 0.8)
         ]
     );
-    // The forecast ($7.19) against December's budget of the organization.
-    assert_eq!(f(&report["data"]["forecast"]["budget_usd"]), 50.0);
     let md = report["markdown"].as_str().unwrap();
     for expected in [
-        "The budget allows $50.00 next month: the forecast is within it.",
         "| Organization | $50.00 a month | $50.00 | $6.58 | 13.2% |",
         "| Books | $0.2500 a day | $7.50 | $6.00 | 80.0% |",
     ] {
