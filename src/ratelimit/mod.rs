@@ -21,6 +21,7 @@ use pgrx::datum::{Interval, Uuid};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use table::{Key, Limit, Outcome};
 
 pub use shmem::SEGMENT;
@@ -170,6 +171,38 @@ fn tier_key(i: usize, organization: &Uuid, agent: &Uuid) -> String {
     }
 }
 
+/// An agent's six tier keys with their hashes, worked out once per backend: building and
+/// hashing the names was a visible share of a check's cost.
+struct TierKeys {
+    names: [String; 6],
+    hashes: [[u64; 2]; 6],
+}
+
+/// Agents whose keys a backend keeps; past that, the cache starts again.
+const TIER_KEYS_KEPT: usize = 4096;
+
+thread_local! {
+    static TIER_KEYS: RefCell<HashMap<([u8; 16], [u8; 16]), Rc<TierKeys>>> =
+        RefCell::new(HashMap::new());
+}
+
+fn tier_keys(organization: &Uuid, agent: &Uuid) -> Rc<TierKeys> {
+    let id = (*organization.as_bytes(), *agent.as_bytes());
+    TIER_KEYS.with_borrow_mut(|cache| {
+        if let Some(keys) = cache.get(&id) {
+            return keys.clone();
+        }
+        if cache.len() >= TIER_KEYS_KEPT {
+            cache.clear();
+        }
+        let names: [String; 6] = std::array::from_fn(|i| tier_key(i, organization, agent));
+        let hashes = std::array::from_fn(|i| key(&names[i]).hash());
+        let keys = Rc::new(TierKeys { names, hashes });
+        cache.insert(id, keys.clone());
+        keys
+    })
+}
+
 pub fn interval_us(us: u64) -> Interval {
     Interval::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
 }
@@ -263,30 +296,24 @@ fn decide(
             TIERS[tier], limits.calls[tier]
         )));
     }
-    // Only the tiers that are on get a key: a token tier that is off costs nothing.
-    let keys: Vec<String> = (0..6)
-        .map(|i| match i {
-            0..3 => tier_key(i, organization, agent),
-            _ if limits.tokens[i - 3].is_some() => tier_key(i, organization, agent),
-            _ => String::new(),
-        })
-        .collect();
+    let keys = tier_keys(organization, agent);
+    let limit = |i: usize, max: u64, cost: u64| {
+        Limit::hashed(key(&keys.names[i]), keys.hashes[i], max, cost)
+    };
     let mut tiers: Vec<&'static str> = TIERS.to_vec();
     let mut costs = vec![calls; 3];
-    let mut checked: Vec<Limit> = (0..3)
-        .map(|i| Limit::new(key(&keys[i]), limits.calls[i], calls))
-        .collect();
-    for i in 0..3 {
+    let mut checked: Vec<Limit> = (0..3).map(|i| limit(i, limits.calls[i], calls)).collect();
+    // Only the token tiers that are on are checked: one that is off costs nothing.
+    for (i, &tier) in TOKEN_TIERS.iter().enumerate() {
         let Some(max) = limits.tokens[i] else {
             continue;
         };
-        tiers.push(TOKEN_TIERS[i]);
+        tiers.push(tier);
         if tokens > max {
             match over {
                 OverLimit::Error => {
                     return Err(Error::InvalidParameter(format!(
-                        "tokens {tokens} exceed the {} limit of {max} per minute",
-                        TOKEN_TIERS[i]
+                        "tokens {tokens} exceed the {tier} limit of {max} per minute"
                     )))
                 }
                 OverLimit::Refused => {
@@ -307,7 +334,7 @@ fn decide(
         }
         let cost = tokens.min(max);
         costs.push(cost);
-        checked.push(Limit::new(key(&keys[3 + i]), max, cost));
+        checked.push(limit(3 + i, max, cost));
     }
     let (outcome, at_us) = shmem::with_table(|table, now| (table.check(now, &checked, take), now))?;
     Ok(Decision {
@@ -415,21 +442,16 @@ fn reserved(organization: &Uuid, agent: &Uuid, decision: &Decision) -> Reservati
 /// Settles a reservation to the tokens the provider reported: each token tier counts `used`
 /// instead of what it reserved, in the window the reservation was taken in.
 pub fn settle(reservation: &Reservation, used: u64) {
-    let adjustments: Vec<(String, i64)> = (0..3)
-        .filter(|&i| reservation.tokens[i] > 0)
-        .map(|i| {
+    let keys = tier_keys(&reservation.organization, &reservation.agent);
+    let settled = shmem::with_table(|table, now| {
+        for (i, &reserved) in reservation.tokens.iter().enumerate() {
+            if reserved == 0 {
+                continue;
+            }
             let delta = i64::try_from(used)
                 .unwrap_or(i64::MAX)
-                .saturating_sub(i64::try_from(reservation.tokens[i]).unwrap_or(i64::MAX));
-            (
-                tier_key(3 + i, &reservation.organization, &reservation.agent),
-                delta,
-            )
-        })
-        .collect();
-    let settled = shmem::with_table(|table, now| {
-        for (name, delta) in &adjustments {
-            table.adjust(key(name), reservation.at_us, *delta, now);
+                .saturating_sub(i64::try_from(reserved).unwrap_or(i64::MAX));
+            table.adjust(key(&keys.names[3 + i]), reservation.at_us, delta, now);
         }
     });
     if let Err(e) = settled {

@@ -56,7 +56,7 @@ pub struct Key<'a> {
 }
 
 impl Key<'_> {
-    fn hash(&self) -> [u64; 2] {
+    pub fn hash(&self) -> [u64; 2] {
         let mut sip = std::collections::hash_map::DefaultHasher::new();
         self.name.hash(&mut sip);
         self.window_us.hash(&mut sip);
@@ -83,9 +83,14 @@ pub struct Limit<'a> {
 
 impl<'a> Limit<'a> {
     pub fn new(key: Key<'a>, max: u64, cost: u64) -> Limit<'a> {
+        Limit::hashed(key, key.hash(), max, cost)
+    }
+
+    /// A limit whose key's hash the caller worked out before (it must be `key.hash()`).
+    pub fn hashed(key: Key<'a>, hash: [u64; 2], max: u64, cost: u64) -> Limit<'a> {
         Limit {
             key,
-            hash: key.hash(),
+            hash,
             max,
             cost,
         }

@@ -8,7 +8,10 @@
 //! - a call is refused at most g earlier than an ideal sliding log would refuse it: that is the
 //!   granularity (0.5 s for the per-minute limits).
 //!
-//! Memory: 8 + 8 + 4 + 4 x (BUCKETS + 1) = 504 bytes per key, whatever the limit.
+//! The window keeps the total of its buckets, so that a check that fits reads one number
+//! under the table's lock instead of summing the buckets.
+//!
+//! Memory: 8 + 8 + 8 + 4 + 4 x (BUCKETS + 1) = 512 bytes per key, whatever the limit.
 
 /// Buckets per window: the granularity is W / 120 (500 ms for a one-minute window).
 pub const BUCKETS: u64 = 120;
@@ -20,6 +23,8 @@ pub struct Window {
     window_us: u64,
     /// Tick (time / bucket width) of the newest bucket.
     newest_tick: u64,
+    /// The sum of `counts`.
+    total: u64,
     /// Index of the newest bucket in `counts`; the oldest follows it.
     newest: u32,
     counts: [u32; RING],
@@ -38,6 +43,7 @@ impl Window {
     pub const EMPTY: Window = Window {
         window_us: BUCKETS,
         newest_tick: 0,
+        total: 0,
         newest: 0,
         counts: [0; RING],
     };
@@ -48,6 +54,7 @@ impl Window {
         Window {
             window_us,
             newest_tick: now_us / window_us.div_ceil(BUCKETS),
+            total: 0,
             newest: 0,
             counts: [0; RING],
         }
@@ -67,9 +74,11 @@ impl Window {
         let steps = tick - self.newest_tick;
         if steps >= RING as u64 {
             self.counts = [0; RING];
+            self.total = 0;
         } else {
             for _ in 0..steps {
                 self.newest = (self.newest + 1) % RING as u32;
+                self.total -= u64::from(self.counts[self.newest as usize]);
                 self.counts[self.newest as usize] = 0;
             }
         }
@@ -79,7 +88,7 @@ impl Window {
     /// Admissions counted against a call at `now_us`.
     pub fn used(&mut self, now_us: u64) -> u64 {
         self.advance(now_us);
-        self.counts.iter().map(|&c| u64::from(c)).sum()
+        self.total
     }
 
     /// Whether `cost` fits under `limit` at `now_us`, without taking it.
@@ -109,8 +118,17 @@ impl Window {
     /// Takes `cost` at `now_us` (after a `check` that said it fits).
     pub fn take(&mut self, now_us: u64, cost: u64) {
         self.advance(now_us);
-        let bucket = &mut self.counts[self.newest as usize];
-        *bucket = bucket.saturating_add(u32::try_from(cost).unwrap_or(u32::MAX));
+        let index = self.newest as usize;
+        self.set(
+            index,
+            self.counts[index].saturating_add(u32::try_from(cost).unwrap_or(u32::MAX)),
+        );
+    }
+
+    /// Sets a bucket's count, keeping the total.
+    fn set(&mut self, index: usize, count: u32) {
+        self.total = self.total - u64::from(self.counts[index]) + u64::from(count);
+        self.counts[index] = count;
     }
 
     /// Corrects what was taken at `at_us` by `delta` (a reservation settled to what was used),
@@ -122,14 +140,17 @@ impl Window {
         if age >= RING as u64 {
             return;
         }
-        let index = (self.newest as u64 + RING as u64 - age) % RING as u64;
-        let bucket = &mut self.counts[index as usize];
+        let index = ((self.newest as u64 + RING as u64 - age) % RING as u64) as usize;
+        let bucket = self.counts[index];
         let magnitude = u32::try_from(delta.unsigned_abs()).unwrap_or(u32::MAX);
-        *bucket = if delta < 0 {
-            bucket.saturating_sub(magnitude)
-        } else {
-            bucket.saturating_add(magnitude)
-        };
+        self.set(
+            index,
+            if delta < 0 {
+                bucket.saturating_sub(magnitude)
+            } else {
+                bucket.saturating_add(magnitude)
+            },
+        );
     }
 
     pub fn window_us(&self) -> u64 {
@@ -268,6 +289,11 @@ mod tests {
                 }
             }
             admitted.retain(|&t| t + 2 * MINUTE > now);
+            // The kept total is the buckets' sum, whatever happened.
+            assert_eq!(
+                w.used(now),
+                w.counts.iter().map(|&c| u64::from(c)).sum::<u64>()
+            );
         }
     }
 
