@@ -545,6 +545,7 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
                 None => ids.len(),
                 Some(BudgetRoom::Busy) => {
                     look_within(0);
+                    agents[a].room = 0;
                     0
                 }
                 Some(BudgetRoom::Room { pico, .. }) => budget::fitting(&costs, *pico),
@@ -576,7 +577,7 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
             }) = room
             {
                 let reserved: u64 = costs[..taken as usize].iter().sum();
-                let next = costs.get(payable).filter(|_| payable < ids.len());
+                let next = costs.get(payable);
                 client.update(
                     &plans.budget_reserve,
                     None,
@@ -596,9 +597,6 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
                         retry_after_us,
                     });
                 }
-            }
-            if matches!(room, Some(BudgetRoom::Busy)) {
-                agents[a].room = 0;
             }
             let org = agents[a].organization;
             agents[a].used += taken;
