@@ -69,6 +69,17 @@ pub(super) fn interpret(
             "\"model\" contains a NUL character (\\u0000)".to_string(),
         ));
     }
+    if let Some(call) = parsed.tool_calls.iter().find(|call| {
+        [&call.id, &call.name, &call.arguments]
+            .iter()
+            .any(|text| text.contains('\0'))
+    }) {
+        return Err(malformed(format!(
+            "the tool call {:?} contains a NUL character (\\u0000), which PostgreSQL text \
+             cannot store",
+            truncate_chars(&call.name, 64)
+        )));
+    }
     Ok(Reply {
         content: parsed.content,
         input_tokens: parsed.input_tokens,
@@ -80,6 +91,7 @@ pub(super) fn interpret(
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| requested_model.to_string()),
         request_id,
+        tool_calls: parsed.tool_calls,
     })
 }
 
@@ -444,6 +456,7 @@ mod tests {
                 output_tokens: 3,
                 model: "gpt-4o-2024".into(),
                 request_id: Some("req_123".into()),
+                tool_calls: vec![],
             }
         );
     }
@@ -751,6 +764,10 @@ mod tests {
             (
                 br#"{"choices":[{"message":{"content":"x"}}],"model":"a\u0000"}"#,
                 "\"model\" contains a NUL",
+            ),
+            (
+                br#"{"choices":[{"message":{"content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a\":\"\u0000\"}"}}]}}]}"#,
+                "the tool call \"f\" contains a NUL character",
             ),
         ];
         for (body, expected) in cases {

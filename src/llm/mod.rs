@@ -12,6 +12,11 @@
 //! * `transport.rs` - the HTTP exchange itself (ureq), mapping network errors;
 //! * `prompt.rs` - the messages of a call: a task's user message or a conversation's history.
 //!
+//! Tools and structured answers are part of the same call: a [`Request`] may offer
+//! [`ToolSpec`]s and ask for an answer following a JSON Schema; a [`Reply`] then carries either
+//! the [`ToolCall`]s the model asked for or the final answer. Running the tools is the
+//! worker's business; this module only speaks both wire formats.
+//!
 //! The api key is never part of a message, a `Debug` output or a log line: `Request`'s
 //! `Debug` prints `<redacted>`, and every [`Failure`] message is scrubbed of the key before
 //! it is returned, in case a provider or proxy echoes it back.
@@ -99,18 +104,46 @@ impl fmt::Display for Provider {
     }
 }
 
+/// The name of the tool through which Anthropic gives a structured answer: Anthropic has no
+/// response format, so the answer's JSON Schema is offered as this tool's input and the
+/// model is made to call a tool. Tool names given in a [`Request`] may not use it.
+pub const ANSWER_TOOL: &str = "ai_agents_final_answer";
+
+/// A tool the model may call: sent as OpenAI `tools[].function` / Anthropic `tools[]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// A JSON Schema object describing the tool's arguments.
+    pub parameters: serde_json::Value,
+}
+
+/// A tool call the model asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text as the model sent it (OpenAI sends a string that may be invalid JSON;
+    /// Anthropic's `input` object is serialized).
+    pub arguments: String,
+}
+
 /// Who wrote a message of the conversation. The system prompt is separate ([`Request::system`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     User,
     Assistant,
+    /// The result of a tool call, answering an assistant message's [`ToolCall`].
+    Tool,
 }
 
 impl Role {
+    /// The role as OpenAI names it (Anthropic sends tool results as the user's).
     fn as_str(self) -> &'static str {
         match self {
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
 }
@@ -120,6 +153,48 @@ impl Role {
 pub struct Message {
     pub role: Role,
     pub content: String,
+    /// Assistant messages: the tools it called, in order (empty otherwise).
+    pub tool_calls: Vec<ToolCall>,
+    /// Tool messages: the call this result answers.
+    pub tool_call_id: Option<String>,
+    /// Tool messages: the tool failed (Anthropic `is_error`).
+    pub is_error: bool,
+}
+
+impl Message {
+    pub fn user(content: impl Into<String>) -> Message {
+        Message {
+            role: Role::User,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            is_error: false,
+        }
+    }
+
+    pub fn assistant(content: impl Into<String>, tool_calls: Vec<ToolCall>) -> Message {
+        Message {
+            role: Role::Assistant,
+            content: content.into(),
+            tool_calls,
+            tool_call_id: None,
+            is_error: false,
+        }
+    }
+
+    pub fn tool_result(
+        tool_call_id: impl Into<String>,
+        content: impl Into<String>,
+        is_error: bool,
+    ) -> Message {
+        Message {
+            role: Role::Tool,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: Some(tool_call_id.into()),
+            is_error,
+        }
+    }
 }
 
 /// Everything needed for one call.
@@ -140,6 +215,11 @@ pub struct Request {
     pub messages: Vec<Message>,
     pub temperature: f64,
     pub max_tokens: u32,
+    /// The tools the model may call; none are sent when empty.
+    pub tools: Vec<ToolSpec>,
+    /// A JSON Schema the final answer must follow: OpenAI `response_format`, Anthropic the
+    /// [`ANSWER_TOOL`].
+    pub output_schema: Option<serde_json::Value>,
 }
 
 impl fmt::Debug for Request {
@@ -153,6 +233,8 @@ impl fmt::Debug for Request {
             .field("messages", &self.messages)
             .field("temperature", &self.temperature)
             .field("max_tokens", &self.max_tokens)
+            .field("tools", &self.tools)
+            .field("output_schema", &self.output_schema)
             .finish()
     }
 }
@@ -170,6 +252,9 @@ pub struct Reply {
     pub model: String,
     /// OpenAI: header `x-request-id`; Anthropic: header `request-id`.
     pub request_id: Option<String>,
+    /// The tools the model asked to call, in order; empty for a final answer (which, with
+    /// [`Request::output_schema`], is the structured answer's JSON text in `content`).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// Why a call did not produce a [`Reply`].
@@ -218,14 +303,16 @@ const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 /// HTTP agent, so no connection is reused either).
 ///
 /// Before anything is sent, the request is checked (base URL scheme, non-empty model and
-/// messages, finite temperature, an api key that fits in an HTTP header); a bad request is a
-/// permanent [`Failure`] without an HTTP status.
+/// messages, finite temperature, an api key that fits in an HTTP header, tool results that
+/// name their call, tool names that are given, distinct and not [`ANSWER_TOOL`]); a bad
+/// request is a permanent [`Failure`] without an HTTP status.
 ///
 /// For Anthropic, which requires the conversation to start with a user message and roles to
 /// alternate, consecutive messages of the same role are merged (joined by a blank line, empty
-/// ones skipped) and, when the first message is the assistant's, a user message
-/// `(conversation continues)` is put in front of it. A trailing assistant message is sent as
-/// is, so Anthropic continues it (a "prefill").
+/// ones skipped; tool results count as the user's and come first in their message) and,
+/// when the first message is the assistant's, a user message `(conversation continues)` is
+/// put in front of it. A trailing assistant message is sent as is, so Anthropic continues it
+/// (a "prefill").
 pub fn call(request: &Request, timeouts: Timeouts) -> Result<Reply, Failure> {
     let api_key = request
         .api_key
@@ -302,6 +389,34 @@ fn validate(request: &Request, api_key: Option<&str>) -> Result<(), Failure> {
             "invalid temperature {} for {provider}: it must be a finite number",
             request.temperature
         )));
+    }
+    if let Some(i) = request.messages.iter().position(|m| {
+        m.role == Role::Tool
+            && m.tool_call_id
+                .as_deref()
+                .is_none_or(|id| id.trim().is_empty())
+    }) {
+        return Err(Failure::not_sent(format!(
+            "message {i} of the {provider} request is a tool result without a tool_call_id"
+        )));
+    }
+    for (i, tool) in request.tools.iter().enumerate() {
+        if tool.name.trim().is_empty() {
+            return Err(Failure::not_sent(format!(
+                "tool {i} of the {provider} request has no name"
+            )));
+        }
+        if tool.name == ANSWER_TOOL {
+            return Err(Failure::not_sent(format!(
+                "the tool name {ANSWER_TOOL:?} is reserved for structured answers"
+            )));
+        }
+        if request.tools[..i].iter().any(|t| t.name == tool.name) {
+            return Err(Failure::not_sent(format!(
+                "the {provider} request offers two tools named {:?}",
+                tool.name
+            )));
+        }
     }
     if let Some(key) = api_key {
         if !key.bytes().all(|b| b.is_ascii_graphic()) {

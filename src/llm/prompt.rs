@@ -56,22 +56,33 @@ pub struct PromptSize {
     pub message_bytes: u64,
     /// A conversation task: the most bytes of history it sends, and the most messages.
     pub history: Option<(u64, u64)>,
+    /// The agent loop: the bytes of its tool declarations and stored steps (texts, ids,
+    /// arguments, results), and how many there are.
+    pub tools_and_steps: (u64, u64),
 }
 
 impl PromptSize {
     /// The most tokens the call can use, input and output. Byte-level BPE tokenizers, as
     /// OpenAI's and Anthropic's are, make no token of less than one byte of text, so a
     /// text's bytes bound its tokens; each message (the system prompt is one) adds its
-    /// framing, and the reply at most `max_tokens`.
+    /// framing, and the reply at most `max_tokens`. A tool declaration or a step is framed
+    /// twice over: a declaration's wrapping and a step's ids and role outweigh a message's.
     pub fn token_bound(&self, max_tokens: u64) -> u64 {
         let (bytes, messages) = match self.history {
             // A conversation with no messages yet sends the task's message instead.
             Some((history, count)) => (history.max(self.message_bytes), count.max(1)),
             None => (self.message_bytes, 1),
         };
+        let (loop_bytes, loop_items) = self.tools_and_steps;
         self.system_bytes
             .saturating_add(bytes)
             .saturating_add(TOKENS_PER_MESSAGE.saturating_mul(messages + 2))
+            .saturating_add(loop_bytes)
+            .saturating_add(
+                TOKENS_PER_MESSAGE
+                    .saturating_mul(2)
+                    .saturating_mul(loop_items),
+            )
             .saturating_add(max_tokens)
     }
 }
@@ -88,22 +99,17 @@ pub fn messages(
         .unwrap_or_default()
         .iter()
         .filter_map(|m| {
-            let role = match m.get("role")?.as_str()? {
-                "user" => super::Role::User,
-                "assistant" => super::Role::Assistant,
-                _ => return None,
-            };
-            Some(super::Message {
-                role,
-                content: m.get("content")?.as_str()?.to_string(),
-            })
+            let content = m.get("content")?.as_str()?;
+            match m.get("role")?.as_str()? {
+                "user" => Some(super::Message::user(content)),
+                "assistant" => Some(super::Message::assistant(content, Vec::new())),
+                _ => None,
+            }
         })
         .collect();
     if from_history.is_empty() {
-        vec![super::Message {
-            role: super::Role::User,
-            content: task_message(title, description, input),
-        }]
+        let task = task_message(title, description, input);
+        vec![super::Message::user(task)]
     } else {
         from_history
     }
@@ -130,6 +136,7 @@ mod tests {
             system_bytes: 40,
             message_bytes: bytes,
             history: None,
+            tools_and_steps: (0, 0),
         };
         assert_eq!(
             task.token_bound(256),
@@ -153,10 +160,20 @@ mod tests {
         );
         // An input the worker cannot read still has a bound.
         assert_eq!(task_message_bytes("t", None, "{bad"), 5);
+        // The loop: its tools and steps, each framed twice over.
+        let looped = PromptSize {
+            tools_and_steps: (500, 3),
+            ..task
+        };
+        assert_eq!(
+            looped.token_bound(256),
+            task.token_bound(256) + 500 + 6 * TOKENS_PER_MESSAGE
+        );
         let huge = PromptSize {
             system_bytes: u64::MAX,
             message_bytes: 1,
             history: None,
+            tools_and_steps: (u64::MAX, u64::MAX),
         };
         assert_eq!(huge.token_bound(u64::MAX), u64::MAX);
     }

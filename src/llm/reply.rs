@@ -1,8 +1,10 @@
 //! What the two providers' reply parsers share: the parsed shape and the readers of the JSON
 //! fields both protocols have (`usage`, `model`), with the wording of their errors. Plain
 //! functions; the parsers (openai.rs, anthropic.rs) and classify.rs import this file, and it
-//! imports none of them.
+//! imports none of them (only the public types of mod.rs).
 use serde_json::Value;
+
+use super::ToolCall;
 
 /// A provider's reply parser: the JSON object of a 2xx body to the reply, or why it is unusable.
 pub(super) type ParseReply = fn(&serde_json::Map<String, Value>) -> Result<Parsed, String>;
@@ -20,6 +22,8 @@ pub(super) struct Parsed {
     pub output_tokens: u64,
     /// `None` when the body names no model.
     pub model: Option<String>,
+    /// Empty for a final answer.
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// `usage.<field>` as a token count: absent or null counts as 0; anything but a

@@ -171,6 +171,17 @@ fn msg(role: Role, content: &str) -> Message {
     Message {
         role,
         content: content.into(),
+        tool_calls: vec![],
+        tool_call_id: None,
+        is_error: false,
+    }
+}
+
+fn tool(name: &str) -> ToolSpec {
+    ToolSpec {
+        name: name.into(),
+        description: String::new(),
+        parameters: json!({"type": "object"}),
     }
 }
 
@@ -184,6 +195,8 @@ fn request(provider: Provider, base_url: &str) -> Request {
         messages: vec![msg(Role::User, "Hello \"there\"\nsecond line")],
         temperature: 0.3,
         max_tokens: 100,
+        tools: vec![],
+        output_schema: None,
     }
 }
 
@@ -235,6 +248,7 @@ fn openai_request_and_reply() {
             output_tokens: 2,
             model: "test-model-0613".into(),
             request_id: Some("req_oa_1".into()),
+            tool_calls: vec![],
         }
     );
     let seen = server.request();
@@ -315,6 +329,7 @@ fn anthropic_request_and_reply() {
             output_tokens: 4,
             model: "claude-test-1".into(),
             request_id: Some("req_an_1".into()),
+            tool_calls: vec![],
         }
     );
     let seen = server.request();
@@ -353,6 +368,103 @@ fn anthropic_without_system_or_key() {
     assert_eq!(seen.header("anthropic-version"), Some("2023-06-01"));
     let body = seen.json();
     assert!(body.get("system").is_none(), "{body}");
+}
+
+/// A tool-calling turn end to end: the tools and the earlier calls go out, the new calls
+/// come back in the [`Reply`], for each provider's wire format.
+#[test]
+fn tool_calls_round_trip() {
+    let spec = ToolSpec {
+        name: "lookup".into(),
+        description: "Look a member up.".into(),
+        parameters: json!({"type": "object", "properties": {"id": {"type": "integer"}}}),
+    };
+    let earlier = ToolCall {
+        id: "c0".into(),
+        name: "lookup".into(),
+        arguments: r#"{"id":1}"#.into(),
+    };
+    let replies = [
+        (
+            Provider::OpenAi,
+            json!({"model": "m", "choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{\"id\":2}"}}
+            ]}, "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 9, "completion_tokens": 4}}),
+        ),
+        (
+            Provider::Anthropic,
+            json!({"type": "message", "model": "m", "content": [
+                {"type": "tool_use", "id": "c1", "name": "lookup", "input": {"id": 2}}
+            ], "stop_reason": "tool_use", "usage": {"input_tokens": 9, "output_tokens": 4}}),
+        ),
+    ];
+    for (provider, reply) in replies {
+        let server = serve(json_response(200, &[], reply));
+        let mut req = request(provider, &server.base_url);
+        req.tools = vec![spec.clone()];
+        req.messages = vec![
+            Message::user("Members 1 and 2?"),
+            Message::assistant("", vec![earlier.clone()]),
+            Message::tool_result("c0", r#"{"name":"Ana"}"#, false),
+        ];
+        let reply = call(&req, TIMEOUTS).unwrap();
+        assert_eq!(reply.content, "", "{provider}");
+        assert_eq!(
+            reply.tool_calls,
+            vec![ToolCall {
+                id: "c1".into(),
+                name: "lookup".into(),
+                arguments: r#"{"id":2}"#.into(),
+            }],
+            "{provider}"
+        );
+        assert_eq!((reply.input_tokens, reply.output_tokens), (9, 4));
+        let body = server.request().json();
+        assert_eq!(
+            body["tools"].as_array().map(Vec::len),
+            Some(1),
+            "{provider}"
+        );
+        let messages = body["messages"].as_array().cloned().unwrap_or_default();
+        let sent_calls = match provider {
+            Provider::OpenAi => &messages[2]["tool_calls"][0]["id"],
+            Provider::Anthropic => &messages[1]["content"][0]["id"],
+        };
+        assert_eq!(sent_calls, "c0", "{provider}: {body}");
+    }
+}
+
+/// A structured answer end to end: OpenAI's comes back as the content; Anthropic's as the
+/// answer tool's input, which becomes the content.
+#[test]
+fn structured_answers_round_trip() {
+    let schema = json!({"type": "object", "properties": {"ok": {"type": "boolean"}}});
+    let replies = [
+        (
+            Provider::OpenAi,
+            json!({"choices": [{"message": {"content": "{\"ok\":true}"}}]}),
+        ),
+        (
+            Provider::Anthropic,
+            json!({"type": "message", "content": [
+                {"type": "tool_use", "id": "t", "name": ANSWER_TOOL, "input": {"ok": true}}
+            ]}),
+        ),
+    ];
+    for (provider, reply) in replies {
+        let server = serve(json_response(200, &[], reply));
+        let mut req = request(provider, &server.base_url);
+        req.output_schema = Some(schema.clone());
+        let reply = call(&req, TIMEOUTS).unwrap();
+        assert_eq!(reply.content, r#"{"ok":true}"#, "{provider}");
+        assert!(reply.tool_calls.is_empty(), "{provider}");
+        let body = server.request().json();
+        let sent_schema = match provider {
+            Provider::OpenAi => &body["response_format"]["json_schema"]["schema"],
+            Provider::Anthropic => &body["tools"][0]["input_schema"],
+        };
+        assert_eq!(sent_schema, &schema, "{provider}: {body}");
+    }
 }
 
 #[test]
@@ -705,6 +817,41 @@ fn invalid_requests_fail_permanently_before_sending() {
             },
             "api key contains characters",
         ),
+        (
+            Request {
+                messages: vec![msg(Role::User, "q"), msg(Role::Tool, "result")],
+                ..base.clone()
+            },
+            "message 1 of the openai request is a tool result without a tool_call_id",
+        ),
+        (
+            Request {
+                messages: vec![Message::tool_result(" ", "result", false)],
+                ..base.clone()
+            },
+            "message 0 of the openai request is a tool result without a tool_call_id",
+        ),
+        (
+            Request {
+                tools: vec![tool("f"), tool(" ")],
+                ..base.clone()
+            },
+            "tool 1 of the openai request has no name",
+        ),
+        (
+            Request {
+                tools: vec![tool(ANSWER_TOOL)],
+                ..base.clone()
+            },
+            "the tool name \"ai_agents_final_answer\" is reserved for structured answers",
+        ),
+        (
+            Request {
+                tools: vec![tool("f"), tool("g"), tool("f")],
+                ..base.clone()
+            },
+            "the openai request offers two tools named \"f\"",
+        ),
     ];
     for (req, expected) in cases {
         let failure = call(&req, TIMEOUTS).unwrap_err();
@@ -728,6 +875,15 @@ fn request_debug_hides_the_key() {
     assert!(debug.contains("api_key: Some(\"<redacted>\")"), "{debug}");
     let pretty = format!("{req:#?}");
     assert!(!pretty.contains(FAKE_KEY));
+    let with_tools = Request {
+        tools: vec![tool("lookup")],
+        output_schema: Some(json!({"type": "object"})),
+        ..req.clone()
+    };
+    let debug = format!("{with_tools:?}");
+    assert!(debug.contains("name: \"lookup\""), "{debug}");
+    assert!(debug.contains("output_schema: Some("), "{debug}");
+    assert!(!debug.contains(FAKE_KEY), "{debug}");
     let none = Request {
         api_key: None,
         ..req

@@ -20,7 +20,18 @@
 //! - `POST /_stub/shutdown`: answers, then exits.
 //!
 //! A behaviour has optional fields `status`, `delay_ms`, `retry_after`, `body`, `content`,
-//! `usage`, `truncate`, `hang`, `drip_ms`, `error_type` and `match`; see [`Behaviour`].
+//! `tool_calls`, `usage`, `truncate`, `hang`, `drip_ms`, `error_type` and `match`; see
+//! [`Behaviour`].
+//!
+//! `tool_calls` is an array of `{"id"?: string, "name": string, "arguments": any JSON}`: the
+//! normal reply asks for these calls in the provider's wire format. OpenAI:
+//! `choices[0].message` is `{"role": "assistant", "content": <content or null>,
+//! "tool_calls": [{"id", "type": "function", "function": {"name", "arguments"}}]}` with the
+//! arguments serialized to a JSON string, and `finish_reason` is `"tool_calls"`. Anthropic:
+//! `content` is a text block (only when `content` is given) followed by `{"type":
+//! "tool_use", "id", "name", "input": <arguments>}` blocks, and `stop_reason` is
+//! `"tool_use"`. Without an `id`, call i (from 0) of request N gets `call_N_i` (OpenAI) or
+//! `toolu_N_i` (Anthropic). Completion tokens count only the text, as without tool calls.
 use serde_json::{json, Map, Value};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -43,8 +54,11 @@ struct Behaviour {
     retry_after: Option<String>,
     /// Sent verbatim instead of the normal (or error) body.
     body: Option<String>,
-    /// The assistant text instead of the default "stub reply to: ...".
+    /// The assistant text instead of the default "stub reply to: ..."; with `tool_calls`,
+    /// no text at all unless given.
     content: Option<String>,
+    /// The tools the reply asks to call.
+    tool_calls: Option<Vec<ToolCall>>,
     /// Fields set in the normal body's `usage` over the counted ones (a provider's cache
     /// counts, say).
     usage: Option<Map<String, Value>>,
@@ -63,6 +77,63 @@ struct Behaviour {
     source: Value,
 }
 
+/// A scripted tool call.
+#[derive(Debug)]
+struct ToolCall {
+    /// Generated from the request's number when absent.
+    id: Option<String>,
+    name: String,
+    arguments: Value,
+}
+
+impl ToolCall {
+    fn parse(i: usize, value: &Value) -> Result<ToolCall, String> {
+        let at = format!("behaviour field \"tool_calls\"[{i}]");
+        let object = value
+            .as_object()
+            .ok_or_else(|| format!("{at} must be an object, not {value}"))?;
+        let mut call = ToolCall {
+            id: None,
+            name: String::new(),
+            arguments: Value::Null,
+        };
+        let mut has_arguments = false;
+        for (key, v) in object {
+            match key.as_str() {
+                "id" => {
+                    call.id = Some(
+                        v.as_str()
+                            .filter(|id| !id.is_empty())
+                            .ok_or_else(|| format!("{at}.id must be a non-empty string, not {v}"))?
+                            .to_string(),
+                    )
+                }
+                "name" => {
+                    call.name = v
+                        .as_str()
+                        .filter(|name| !name.is_empty())
+                        .ok_or_else(|| format!("{at}.name must be a non-empty string, not {v}"))?
+                        .to_string()
+                }
+                "arguments" => {
+                    call.arguments = v.clone();
+                    has_arguments = true;
+                }
+                _ => return Err(format!("unknown field {key:?} in {at}")),
+            }
+        }
+        if call.name.is_empty() {
+            return Err(format!("{at} needs a \"name\""));
+        }
+        if !has_arguments {
+            return Err(format!(
+                "{at} needs \"arguments\" (any JSON, {{}} for none)"
+            ));
+        }
+        Ok(call)
+    }
+}
+
 impl Behaviour {
     fn parse(value: &Value) -> Result<Behaviour, String> {
         let object = value
@@ -74,6 +145,7 @@ impl Behaviour {
             retry_after: None,
             body: None,
             content: None,
+            tool_calls: None,
             usage: None,
             truncate: false,
             hang: false,
@@ -114,6 +186,16 @@ impl Behaviour {
                 "content" => {
                     behaviour.content =
                         Some(v.as_str().ok_or_else(|| wrong("a string"))?.to_string())
+                }
+                "tool_calls" => {
+                    let calls = v.as_array().ok_or_else(|| wrong("an array"))?;
+                    behaviour.tool_calls = Some(
+                        calls
+                            .iter()
+                            .enumerate()
+                            .map(|(i, call)| ToolCall::parse(i, call))
+                            .collect::<Result<_, _>>()?,
+                    );
                 }
                 "usage" => {
                     behaviour.usage = Some(v.as_object().ok_or_else(|| wrong("an object"))?.clone())
@@ -698,7 +780,13 @@ fn provider(server: &Server, request: &Request, conn: u64, provider: Provider) -
     let body_bytes = if let Some(verbatim) = b.and_then(|b| b.body.clone()) {
         verbatim.into_bytes()
     } else if (200..300).contains(&status) {
-        let mut normal = normal_body(provider, &body, seq, b.and_then(|b| b.content.clone()));
+        let mut normal = normal_body(
+            provider,
+            &body,
+            seq,
+            b.and_then(|b| b.content.clone()),
+            b.and_then(|b| b.tool_calls.as_deref()),
+        );
         if let (Some(usage), Some(Value::Object(counted))) =
             (b.and_then(|b| b.usage.as_ref()), normal.get_mut("usage"))
         {
@@ -739,8 +827,14 @@ fn provider(server: &Server, request: &Request, conn: u64, provider: Provider) -
 
 /// The normal 200 body, with the usage counted as documented: prompt tokens are
 /// ceil(chars of every message's content, plus Anthropic's `system`, / 4) and at least 1;
-/// completion tokens are ceil(chars of the reply / 4).
-fn normal_body(provider: Provider, request: &Value, seq: u64, content: Option<String>) -> Value {
+/// completion tokens are ceil(chars of the reply's text / 4).
+fn normal_body(
+    provider: Provider,
+    request: &Value,
+    seq: u64,
+    content: Option<String>,
+    tool_calls: Option<&[ToolCall]>,
+) -> Value {
     let empty = Vec::new();
     let messages = request
         .get("messages")
@@ -755,30 +849,38 @@ fn normal_body(provider: Provider, request: &Value, seq: u64, content: Option<St
             .get("system")
             .map_or(0, |s| text_of(s).chars().count());
     }
-    let text = content.unwrap_or_else(|| {
-        let last_user = messages
-            .iter()
-            .rev()
-            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .and_then(|m| m.get("content"))
-            .map(text_of)
-            .unwrap_or_default();
-        format!(
-            "stub reply to: {}",
-            last_user.chars().take(60).collect::<String>()
-        )
-    });
+    // A reply that calls tools has the text it was given, or none (null / no text block).
+    let text = match tool_calls {
+        Some(_) => content,
+        None => Some(content.unwrap_or_else(|| default_text(messages))),
+    };
     let prompt_tokens = prompt_chars.div_ceil(4).max(1);
-    let completion_tokens = text.chars().count().div_ceil(4);
+    let completion_tokens = text.as_deref().map_or(0, |t| t.chars().count().div_ceil(4));
     let model = request
         .get("model")
         .cloned()
         .unwrap_or_else(|| json!("stub-model"));
+    let calls = tool_calls.unwrap_or_default();
     match provider {
         Provider::OpenAi => {
             let created = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
+            let mut message = json!({"role": "assistant", "content": text});
+            if tool_calls.is_some() {
+                let wire: Vec<Value> = calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, call)| {
+                        json!({
+                            "id": call.id.clone().unwrap_or_else(|| format!("call_{seq}_{i}")),
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": call.arguments.to_string()},
+                        })
+                    })
+                    .collect();
+                message["tool_calls"] = Value::Array(wire);
+            }
             json!({
                 "id": format!("chatcmpl-stub-{seq}"),
                 "object": "chat.completion",
@@ -786,8 +888,8 @@ fn normal_body(provider: Provider, request: &Value, seq: u64, content: Option<St
                 "model": model,
                 "choices": [{
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
+                    "message": message,
+                    "finish_reason": if tool_calls.is_some() { "tool_calls" } else { "stop" },
                 }],
                 "usage": {
                     "prompt_tokens": prompt_tokens,
@@ -796,17 +898,46 @@ fn normal_body(provider: Provider, request: &Value, seq: u64, content: Option<St
                 },
             })
         }
-        Provider::Anthropic => json!({
-            "id": format!("msg_stub_{seq}"),
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
-            "stop_sequence": null,
-            "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
-        }),
+        Provider::Anthropic => {
+            let text_block = text.map(|text| json!({"type": "text", "text": text}));
+            let blocks: Vec<Value> = text_block
+                .into_iter()
+                .chain(calls.iter().enumerate().map(|(i, call)| {
+                    json!({
+                        "type": "tool_use",
+                        "id": call.id.clone().unwrap_or_else(|| format!("toolu_{seq}_{i}")),
+                        "name": call.name,
+                        "input": call.arguments,
+                    })
+                }))
+                .collect();
+            json!({
+                "id": format!("msg_stub_{seq}"),
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": blocks,
+                "stop_reason": if tool_calls.is_some() { "tool_use" } else { "end_turn" },
+                "stop_sequence": null,
+                "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
+            })
+        }
     }
+}
+
+/// "stub reply to: " and the start of the last user message.
+fn default_text(messages: &[Value]) -> String {
+    let last_user = messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .and_then(|m| m.get("content"))
+        .map(text_of)
+        .unwrap_or_default();
+    format!(
+        "stub reply to: {}",
+        last_user.chars().take(60).collect::<String>()
+    )
 }
 
 fn usage() -> ! {
