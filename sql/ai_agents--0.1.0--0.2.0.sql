@@ -252,6 +252,105 @@ ALTER TABLE ai_agents.ai_agent_tasks ADD COLUMN budget_reserved_usd numeric(20, 
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_budgets', '');
 SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_budget_periods', '');
 
+-- ==== sql/incremental/009-tools.sql
+
+-- 0.2.0: agents that act (docs/tools.md). Tools are SQL functions an organization registers;
+-- an agent's configuration names the ones it may call, and every LLM call and tool call of a
+-- task's loop is a stored step. Tenant tables, keyed with organization_id first
+-- (docs/releases.md).
+CREATE TABLE ai_agents.ai_agent_tools (
+    organization_id uuid NOT NULL,
+    -- As both providers accept a tool's name; the ai_agents_ prefix is the worker's own.
+    name            text NOT NULL CONSTRAINT ai_agent_tools_name_check
+                    CHECK (name ~ '^[a-zA-Z0-9_-]{1,64}$' AND name NOT LIKE 'ai\_agents\_%'),
+    description     text NOT NULL DEFAULT ''
+                    CONSTRAINT ai_agent_tools_description_check CHECK (octet_length(description) <= 4096),
+    -- The JSON Schema of the arguments (an object); checked before every call.
+    parameters      jsonb NOT NULL DEFAULT '{"type": "object", "properties": {}}'
+                    CONSTRAINT ai_agent_tools_parameters_check
+                    CHECK (jsonb_typeof(parameters) = 'object' AND octet_length(parameters::text) <= 65536),
+    -- A function (args jsonb) RETURNS jsonb, run as ai_agents_tool_runner.
+    function        regprocedure NOT NULL,
+    read_only       boolean NOT NULL DEFAULT true,
+    timeout_ms      integer NOT NULL DEFAULT 5000
+                    CONSTRAINT ai_agent_tools_timeout_check CHECK (timeout_ms BETWEEN 1 AND 600000),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (organization_id, name)
+);
+
+-- An agent's tools (by name) and the most LLM calls of one run: configuration, so versions
+-- snapshot them and activate_agent_version restores them.
+ALTER TABLE ai_agents.ai_agents
+    ADD COLUMN tools text[] NOT NULL DEFAULT '{}'
+        CONSTRAINT ai_agents_tools_check CHECK (cardinality(tools) <= 64 AND array_position(tools, NULL) IS NULL),
+    ADD COLUMN max_steps integer NOT NULL DEFAULT 8
+        CONSTRAINT ai_agents_max_steps_check CHECK (max_steps BETWEEN 1 AND 100);
+ALTER TABLE ai_agents.ai_agent_versions
+    ADD COLUMN tools text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN max_steps integer NOT NULL DEFAULT 8;
+
+-- Steps are numbered over the task's life; those of the current run are numbered from
+-- run_first_step on (a recurring task's next run starts afresh, a retried run resumes).
+ALTER TABLE ai_agents.ai_agent_tasks
+    ADD COLUMN step_count integer NOT NULL DEFAULT 0,
+    ADD COLUMN run_first_step integer NOT NULL DEFAULT 1,
+    ADD CONSTRAINT ai_agent_tasks_id_organization_key UNIQUE (id, organization_id);
+
+-- One LLM call (kind 'llm') or one tool call (kind 'tool') of a task's loop. A tool step is
+-- inserted in the transaction that ran the tool, so its effects and its row commit together.
+CREATE TABLE ai_agents.ai_agent_task_steps (
+    organization_id uuid NOT NULL,
+    task_id         uuid NOT NULL,
+    step_number     integer NOT NULL CONSTRAINT ai_agent_task_steps_number_check CHECK (step_number > 0),
+    agent_id        uuid NOT NULL,
+    kind            text NOT NULL CONSTRAINT ai_agent_task_steps_kind_check CHECK (kind IN ('llm', 'tool')),
+    -- llm: the reply's text and the tool calls it asked for ([{id, name, arguments}]).
+    content         text,
+    tool_calls      jsonb,
+    -- tool: the call it answers, its arguments (NULL when they were not JSON), and its
+    -- result or its error with SQLSTATE.
+    tool_call_id    text,
+    tool_name       text,
+    arguments       jsonb,
+    result          jsonb,
+    error           text,
+    error_code      text,
+    input_tokens    integer,
+    output_tokens   integer,
+    cost_usd        numeric(20, 12),
+    model           text,
+    request_id      text,
+    duration_ms     integer,
+    fencing_token   bigint NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (organization_id, task_id, step_number),
+    CONSTRAINT ai_agent_task_steps_task_fkey FOREIGN KEY (task_id, organization_id)
+        REFERENCES ai_agents.ai_agent_tasks (id, organization_id) ON DELETE CASCADE
+);
+
+SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_tools', '');
+SELECT pg_catalog.pg_extension_config_dump('ai_agents.ai_agent_task_steps', '');
+
+-- _claim_llm_calls returns the loop's tools and steps: a result that changed, so it is made
+-- again by sql/idempotent/worker.sql (the guard paused as in 007-token-limits.sql).
+DO $$
+DECLARE
+    guarded boolean := EXISTS (SELECT FROM pg_catalog.pg_event_trigger
+                                WHERE evtname = 'ai_agents_guard_extension_objects');
+BEGIN
+    IF to_regprocedure('ai_agents._claim_llm_calls(text, integer, interval, integer)') IS NOT NULL THEN
+        IF guarded THEN
+            ALTER EVENT TRIGGER ai_agents_guard_extension_objects DISABLE;
+        END IF;
+        DROP FUNCTION ai_agents._claim_llm_calls(text, integer, interval, integer);
+        IF guarded THEN
+            ALTER EVENT TRIGGER ai_agents_guard_extension_objects ENABLE;
+        END IF;
+    END IF;
+END
+$$;
+
 -- ==== sql/idempotent/guard.sql
 
 -- Extension tables may not lose columns, constraints or triggers by hand: the deployment
@@ -338,20 +437,20 @@ BEGIN
     END IF;
     SELECT * INTO cur FROM ai_agents.ai_agent_versions WHERE id = a.current_version_id;
     IF FOUND AND (cur.name, cur.agent_type, cur.system_prompt, cur.provider, cur.model,
-                  cur.temperature, cur.max_tokens, cur.config)
+                  cur.temperature, cur.max_tokens, cur.config, cur.tools, cur.max_steps)
                  IS NOT DISTINCT FROM
                  (a.name, a.agent_type, a.system_prompt, a.provider, a.model,
-                  a.temperature, a.max_tokens, a.config) THEN
+                  a.temperature, a.max_tokens, a.config, a.tools, a.max_steps) THEN
         RETURN cur;
     END IF;
     INSERT INTO ai_agents.ai_agent_versions
         (agent_id, organization_id, version_number, name, agent_type, system_prompt, provider,
-         model, temperature, max_tokens, config, change_note, created_by)
+         model, temperature, max_tokens, config, tools, max_steps, change_note, created_by)
     VALUES
         (a.id, a.organization_id,
          coalesce((SELECT max(v.version_number) FROM ai_agents.ai_agent_versions v WHERE v.agent_id = a.id), 0) + 1,
          a.name, a.agent_type, a.system_prompt, a.provider, a.model, a.temperature, a.max_tokens,
-         a.config, create_agent_version_from_current.change_note, ai_agents._current_actor())
+         a.config, a.tools, a.max_steps, create_agent_version_from_current.change_note, ai_agents._current_actor())
     RETURNING * INTO cur;
     UPDATE ai_agents.ai_agents SET current_version_id = cur.id WHERE id = a.id;
     RETURN cur;
@@ -380,7 +479,8 @@ BEGIN
     UPDATE ai_agents.ai_agents
        SET current_version_id = v.id, name = v.name, agent_type = v.agent_type,
            system_prompt = v.system_prompt, provider = v.provider, model = v.model,
-           temperature = v.temperature, max_tokens = v.max_tokens, config = v.config
+           temperature = v.temperature, max_tokens = v.max_tokens, config = v.config,
+           tools = v.tools, max_steps = v.max_steps
      WHERE id = v.agent_id
     RETURNING * INTO a;
     INSERT INTO ai_agents.ai_agent_activity_log
@@ -410,14 +510,15 @@ CREATE OR REPLACE TRIGGER ai_agents_version_on_insert
     EXECUTE FUNCTION ai_agents._snapshot_agent_version();
 
 CREATE OR REPLACE TRIGGER ai_agents_version_on_change
-    AFTER UPDATE OF name, agent_type, system_prompt, provider, model, temperature, max_tokens, config
+    AFTER UPDATE OF name, agent_type, system_prompt, provider, model, temperature, max_tokens, config,
+                    tools, max_steps
     ON ai_agents.ai_agents
     FOR EACH ROW
     WHEN ((OLD.name, OLD.agent_type, OLD.system_prompt, OLD.provider, OLD.model, OLD.temperature,
-           OLD.max_tokens, OLD.config)
+           OLD.max_tokens, OLD.config, OLD.tools, OLD.max_steps)
           IS DISTINCT FROM
           (NEW.name, NEW.agent_type, NEW.system_prompt, NEW.provider, NEW.model, NEW.temperature,
-           NEW.max_tokens, NEW.config))
+           NEW.max_tokens, NEW.config, NEW.tools, NEW.max_steps))
     EXECUTE FUNCTION ai_agents._snapshot_agent_version();
 
 CREATE OR REPLACE FUNCTION ai_agents._touch_updated_at() RETURNS trigger
@@ -1425,7 +1526,8 @@ $$;
 CREATE OR REPLACE FUNCTION ai_agents._claim_llm_calls(worker text, max_calls integer, lease interval, history_limit integer)
 RETURNS TABLE (task_id uuid, fencing_token bigint, provider text, model text, system_prompt text,
                temperature float8, max_tokens integer, title text, description text, input jsonb,
-               history jsonb, agent_id uuid, organization_id uuid, base_url text)
+               history jsonb, agent_id uuid, organization_id uuid, base_url text, tools jsonb,
+               steps jsonb)
 LANGUAGE plpgsql -- not sql: PL/pgSQL keeps the plan from call to call
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1456,7 +1558,25 @@ BEGIN
                         WINDOW w AS (ORDER BY newest.created_at DESC, newest.id DESC)) m
                  WHERE m.bytes <= max_bytes OR m.n = 1)
            END,
-           t.agent_id, t.organization_id, v.config ->> 'base_url'
+           t.agent_id, t.organization_id, v.config ->> 'base_url',
+           -- An agent with tools: their declarations, in the version's order (one no longer
+           -- registered is left out; a call of it is refused), and the run's steps so far.
+           CASE WHEN cardinality(v.tools) > 0 THEN
+               (SELECT coalesce(jsonb_agg(jsonb_build_object('name', tl.name, 'description', tl.description,
+                                                             'parameters', tl.parameters) ORDER BY n.i), '[]')
+                  FROM unnest(v.tools) WITH ORDINALITY n(name, i)
+                  JOIN ai_agents.ai_agent_tools tl ON tl.organization_id = t.organization_id AND tl.name = n.name)
+           END,
+           CASE WHEN cardinality(v.tools) > 0 THEN
+               (SELECT coalesce(jsonb_agg(jsonb_build_object('step_number', s.step_number, 'kind', s.kind,
+                                                             'content', s.content, 'tool_calls', s.tool_calls,
+                                                             'tool_call_id', s.tool_call_id, 'tool_name', s.tool_name,
+                                                             'result', s.result, 'error', s.error)
+                                          ORDER BY s.step_number), '[]')
+                  FROM ai_agents.ai_agent_task_steps s
+                 WHERE s.organization_id = t.organization_id AND s.task_id = t.id
+                   AND s.step_number >= t.run_first_step)
+           END
       FROM unnest(claimed) t
       -- No version (it was deleted behind the extension's back): the worker fails the task.
       LEFT JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
@@ -1922,6 +2042,423 @@ CREATE OR REPLACE VIEW ai_agents.agent_budget_state WITH (security_invoker = tru
       JOIN ai_agents.budget_usage u
         ON u.organization_id = a.organization_id AND (u.agent_id IS NULL OR u.agent_id = a.id);
 
+
+-- ==== sql/idempotent/tools.sql
+
+-- Agents that act (docs/tools.md): tools, the steps of a task's loop, and the run of one tool.
+--
+-- The worker drives the loop (src/worker/steps.rs): a reply that calls tools is recorded as
+-- an 'llm' step by _record_llm_step, each call runs in a transaction of its own through
+-- _run_tool_step, and _continue_task puts the task back to be claimed for its next LLM call,
+-- which passes the rate limits and budgets like any other call.
+
+-- A tool's function takes the arguments and returns the result, both jsonb, so a call is
+-- never built from text; and it must not run with more rights than the tool runner has.
+CREATE OR REPLACE FUNCTION ai_agents._check_tool_function(fn regprocedure, tool text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p record;
+BEGIN
+    SELECT pr.prorettype, pr.pronargs = 1 AND pr.proargtypes[0] = 'jsonb'::regtype AS takes_jsonb, pr.prokind, pr.proretset, pr.prosecdef,
+           r.rolsuper OR r.rolbypassrls AS owner_unbound
+      INTO p
+      FROM pg_proc pr JOIN pg_roles r ON r.oid = pr.proowner
+     WHERE pr.oid = fn;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the function of tool % no longer exists', tool USING ERRCODE = '42883';
+    END IF;
+    IF p.prokind <> 'f' OR p.proretset OR p.prorettype <> 'jsonb'::regtype
+       OR NOT p.takes_jsonb THEN
+        RAISE EXCEPTION 'the function % of tool % must take (args jsonb) and return jsonb', fn, tool
+            USING ERRCODE = '42P13';
+    END IF;
+    IF p.prosecdef AND p.owner_unbound THEN
+        RAISE EXCEPTION 'the function % of tool % is SECURITY DEFINER with an owner that is a superuser or bypasses row-level security', fn, tool
+            USING ERRCODE = '42501',
+                  HINT = 'Tools run as ai_agents_tool_runner under the organization''s row-level security; give the function an owner without those rights, or make it SECURITY INVOKER.';
+    END IF;
+    IF NOT has_function_privilege('ai_agents_tool_runner', fn, 'EXECUTE') THEN
+        RAISE EXCEPTION 'ai_agents_tool_runner may not execute %, the function of tool %', fn, tool
+            USING ERRCODE = '42501',
+                  HINT = format('GRANT EXECUTE ON FUNCTION %s TO ai_agents_tool_runner', fn);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ai_agents._validate_tool() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM ai_agents._check_tool_function(NEW.function, NEW.name);
+    PERFORM ai_agents._check_json_schema(NEW.parameters, format('the parameters of tool %s', NEW.name));
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER ai_agent_tools_validate
+    BEFORE INSERT OR UPDATE ON ai_agents.ai_agent_tools
+    FOR EACH ROW EXECUTE FUNCTION ai_agents._validate_tool();
+
+CREATE OR REPLACE TRIGGER ai_agent_tools_touch BEFORE UPDATE ON ai_agents.ai_agent_tools
+    FOR EACH ROW EXECUTE FUNCTION ai_agents._touch_updated_at();
+
+-- Raises 22023 naming `what` when `schema` is not a JSON Schema the worker can check.
+CREATE OR REPLACE FUNCTION ai_agents._check_json_schema(schema jsonb, what text) RETURNS void
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'check_json_schema_wrapper';
+
+-- Why `instance` does not follow `schema` (at most 10 reasons), or an empty array.
+CREATE OR REPLACE FUNCTION ai_agents._json_schema_errors(schema jsonb, instance jsonb) RETURNS text[]
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'json_schema_errors_wrapper';
+
+-- The tool's function, run as ai_agents_tool_runner and cancelled after timeout_ms (57014).
+CREATE OR REPLACE FUNCTION ai_agents._call_tool(fn regprocedure, args jsonb, timeout_ms integer) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'call_tool_wrapper';
+
+-- An agent may name only its organization's tools, each once.
+CREATE OR REPLACE FUNCTION ai_agents._validate_agent_tools() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    missing text;
+BEGIN
+    IF cardinality(NEW.tools) <> (SELECT count(DISTINCT n) FROM unnest(NEW.tools) n) THEN
+        RAISE EXCEPTION 'agent % names a tool twice: %', NEW.name, NEW.tools USING ERRCODE = '22023';
+    END IF;
+    SELECT n INTO missing FROM unnest(NEW.tools) n
+     WHERE NOT EXISTS (SELECT FROM ai_agents.ai_agent_tools t
+                        WHERE t.organization_id = NEW.organization_id AND t.name = n)
+     LIMIT 1;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'agent % names tool %, which its organization has not registered', NEW.name, missing
+            USING ERRCODE = '23503',
+                  HINT = 'Register it in ai_agents.ai_agent_tools first.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER ai_agents_validate_tools
+    BEFORE INSERT OR UPDATE OF tools, organization_id ON ai_agents.ai_agents
+    FOR EACH ROW WHEN (cardinality(NEW.tools) > 0)
+    EXECUTE FUNCTION ai_agents._validate_agent_tools();
+
+-- A run that ends (completed, failed, cancelled) leaves its steps behind: a recurring task's
+-- next run starts afresh.
+CREATE OR REPLACE FUNCTION ai_agents._steps_run_ended() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.run_first_step := NEW.step_count + 1;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER ai_agent_tasks_steps_run_ended
+    BEFORE UPDATE ON ai_agents.ai_agent_tasks
+    FOR EACH ROW WHEN (NEW.status IN ('completed', 'failed', 'cancelled') AND NEW.step_count >= NEW.run_first_step)
+    EXECUTE FUNCTION ai_agents._steps_run_ended();
+
+-- The claims a tool call sees in request.jwt.claims: a request of the task's organization, at
+-- the path the application's policies read (ai_agents.jwt_organization_claim).
+CREATE OR REPLACE FUNCTION ai_agents._tool_claims(t ai_agents.ai_agent_tasks, tool_call_id text) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    path text[] := string_to_array(coalesce(nullif(current_setting('ai_agents.jwt_organization_claim', true), ''),
+                                            'organization_id'), '.');
+    claims jsonb := to_jsonb(t.organization_id);
+BEGIN
+    FOR i IN REVERSE cardinality(path)..1 LOOP
+        claims := jsonb_build_object(path[i], claims);
+    END LOOP;
+    RETURN jsonb_build_object('role', 'authenticated', 'organization_id', t.organization_id)
+           || claims
+           || jsonb_build_object('ai_agents', jsonb_build_object('task_id', t.id, 'agent_id', t.agent_id,
+                                                                  'tool_call_id', tool_call_id));
+END
+$$;
+
+-- Runs one tool call of a task's loop and stores it as step `step_number`, in the caller's
+-- transaction: a write tool's effects commit with its step, or neither does. A step already
+-- stored is never run again ('done'); a run no longer current runs nothing ('stale'). A tool
+-- the version does not name, arguments that are not JSON or do not follow the tool's schema,
+-- and any error the tool raises are stored as the step's error, for the model to read.
+CREATE OR REPLACE FUNCTION ai_agents._run_tool_step(task_id uuid, fencing_token bigint, step_number integer,
+                                        tool_call_id text, tool_name text, arguments text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    max_bytes constant integer := 65536;
+    t ai_agents.ai_agent_tasks;
+    tool ai_agents.ai_agent_tools;
+    attached boolean;
+    args jsonb;
+    outcome jsonb;
+    err text;
+    code text;
+    problems text[];
+    started timestamptz := clock_timestamp();
+BEGIN
+    SELECT * INTO t FROM ai_agents.ai_agent_tasks tt WHERE tt.id = _run_tool_step.task_id FOR UPDATE;
+    IF NOT FOUND OR t.status <> 'running' OR t.fencing_token IS DISTINCT FROM _run_tool_step.fencing_token THEN
+        RETURN 'stale';
+    END IF;
+    IF EXISTS (SELECT FROM ai_agents.ai_agent_task_steps s
+                WHERE s.organization_id = t.organization_id AND s.task_id = t.id
+                  AND s.step_number = _run_tool_step.step_number) THEN
+        RETURN 'done';
+    END IF;
+    SELECT _run_tool_step.tool_name = ANY (v.tools) INTO attached
+      FROM ai_agents.ai_agent_versions v WHERE v.id = t.agent_version_id;
+    SELECT * INTO tool FROM ai_agents.ai_agent_tools tl
+     WHERE tl.organization_id = t.organization_id AND tl.name = _run_tool_step.tool_name;
+    IF NOT coalesce(attached, false) THEN
+        err := format('tool %s is not one of this agent''s tools', left(_run_tool_step.tool_name, 64));
+        code := '42501';
+    ELSIF tool.name IS NULL THEN
+        err := format('tool %s is no longer registered', _run_tool_step.tool_name);
+        code := '42704';
+    ELSIF octet_length(_run_tool_step.arguments) > max_bytes THEN
+        err := format('the arguments are %s bytes, more than the %s a tool call may send',
+                      octet_length(_run_tool_step.arguments), max_bytes);
+        code := '54000';
+    ELSE
+        BEGIN
+            args := _run_tool_step.arguments::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            err := format('the arguments are not JSON: %s', SQLERRM);
+            code := SQLSTATE;
+        END;
+        IF err IS NULL THEN
+            problems := ai_agents._json_schema_errors(tool.parameters, args);
+            IF cardinality(problems) > 0 THEN
+                err := 'the arguments do not follow the tool''s schema: ' || array_to_string(problems, '; ');
+                code := '22023';
+            END IF;
+        END IF;
+    END IF;
+    IF err IS NULL THEN
+        BEGIN
+            PERFORM ai_agents._check_tool_function(tool.function, tool.name);
+            PERFORM set_config('request.jwt.claims', ai_agents._tool_claims(t, _run_tool_step.tool_call_id)::text, true);
+            PERFORM set_config('ai_agents.tool_call_id', _run_tool_step.tool_call_id, true);
+            PERFORM set_config('ai_agents_tool.organization', t.organization_id::text, true);
+            IF tool.read_only THEN
+                SET LOCAL transaction_read_only = on;
+            END IF;
+            outcome := ai_agents._call_tool(tool.function, args, tool.timeout_ms);
+            IF octet_length(outcome::text) > max_bytes THEN
+                RAISE EXCEPTION 'the result is % bytes, more than the % a step keeps', octet_length(outcome::text), max_bytes
+                    USING ERRCODE = '54000';
+            END IF;
+            IF tool.read_only THEN
+                -- Leaves the subtransaction through its rollback, which also ends its read-only
+                -- mode: the step is written next, in the same transaction.
+                RAISE EXCEPTION USING ERRCODE = 'AIRO0';
+            END IF;
+        EXCEPTION
+            WHEN SQLSTATE 'AIRO0' THEN NULL;
+            WHEN OTHERS THEN
+                err := SQLERRM;
+                code := SQLSTATE;
+                outcome := NULL;
+        END;
+    END IF;
+    INSERT INTO ai_agents.ai_agent_task_steps
+        (organization_id, task_id, step_number, agent_id, kind, tool_call_id, tool_name, arguments,
+         result, error, error_code, duration_ms, fencing_token)
+    VALUES (t.organization_id, t.id, _run_tool_step.step_number, t.agent_id, 'tool',
+            left(_run_tool_step.tool_call_id, 256), left(_run_tool_step.tool_name, 256), args, outcome,
+            err, code, (extract(epoch FROM clock_timestamp() - started) * 1000)::integer, t.fencing_token);
+    UPDATE ai_agents.ai_agent_tasks tt SET step_count = greatest(tt.step_count, _run_tool_step.step_number)
+     WHERE tt.id = t.id;
+    INSERT INTO ai_agents.ai_agent_activity_log
+        (organization_id, agent_id, task_id, action_type, success, attempt, execution_time_ms, error, details)
+    VALUES (t.organization_id, t.agent_id, t.id, 'tool_called', err IS NULL, t.attempts,
+            (extract(epoch FROM clock_timestamp() - started) * 1000)::integer, err,
+            jsonb_build_object('step_number', _run_tool_step.step_number, 'tool', left(_run_tool_step.tool_name, 256),
+                               'tool_call_id', left(_run_tool_step.tool_call_id, 256), 'error_code', code));
+    RETURN CASE WHEN err IS NULL THEN 'ran' ELSE 'failed' END;
+END
+$$;
+REVOKE ALL ON FUNCTION ai_agents._run_tool_step(uuid, bigint, integer, text, text, text) FROM PUBLIC;
+
+-- A tool step whose transaction could not commit (the tool left it unable to: a deferred
+-- constraint, a read-only mode of its own): stored with the error, nothing of the tool kept.
+CREATE OR REPLACE FUNCTION ai_agents._record_tool_failure(task_id uuid, fencing_token bigint, step_number integer,
+                                              tool_call_id text, tool_name text, error text, error_code text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t ai_agents.ai_agent_tasks;
+BEGIN
+    SELECT * INTO t FROM ai_agents.ai_agent_tasks tt WHERE tt.id = _record_tool_failure.task_id FOR UPDATE;
+    IF NOT FOUND OR t.status <> 'running' OR t.fencing_token IS DISTINCT FROM _record_tool_failure.fencing_token THEN
+        RETURN 'stale';
+    END IF;
+    INSERT INTO ai_agents.ai_agent_task_steps
+        (organization_id, task_id, step_number, agent_id, kind, tool_call_id, tool_name, error, error_code, fencing_token)
+    VALUES (t.organization_id, t.id, _record_tool_failure.step_number, t.agent_id, 'tool',
+            left(_record_tool_failure.tool_call_id, 256), left(_record_tool_failure.tool_name, 256),
+            'the tool''s transaction could not commit: ' || _record_tool_failure.error,
+            _record_tool_failure.error_code, t.fencing_token)
+    ON CONFLICT DO NOTHING;
+    UPDATE ai_agents.ai_agent_tasks tt SET step_count = greatest(tt.step_count, _record_tool_failure.step_number)
+     WHERE tt.id = t.id;
+    INSERT INTO ai_agents.ai_agent_activity_log
+        (organization_id, agent_id, task_id, action_type, success, attempt, error, details)
+    VALUES (t.organization_id, t.agent_id, t.id, 'tool_called', false, t.attempts, _record_tool_failure.error,
+            jsonb_build_object('step_number', _record_tool_failure.step_number,
+                               'tool', left(_record_tool_failure.tool_name, 256),
+                               'tool_call_id', left(_record_tool_failure.tool_call_id, 256),
+                               'error_code', _record_tool_failure.error_code));
+    RETURN 'failed';
+END
+$$;
+REVOKE ALL ON FUNCTION ai_agents._record_tool_failure(uuid, bigint, integer, text, text, text, text) FROM PUBLIC;
+
+-- Records one LLM reply of a task's loop as its next step; the call's budget reservation
+-- settles at its cost here. Then, per reply:
+--   * tool calls within max_steps: 'tools', and the step numbers of the calls follow
+--     `step_number` in order (the worker runs them, then _continue_task);
+--   * tool calls on the max_steps-th call: the task fails for good ('max_steps_exceeded');
+--   * a final answer: the task completes with the run's tokens and cost ('completed').
+-- 'busy': another session holds the task row (offered again next turn); 'discarded': the run
+-- is no longer current.
+CREATE OR REPLACE FUNCTION ai_agents._record_llm_step(task_id uuid, fencing_token bigint, content text,
+                                          tool_calls jsonb, input_tokens bigint, output_tokens bigint,
+                                          cached_input_tokens bigint, cache_write_tokens bigint,
+                                          model text, request_id text, execution_time_ms integer)
+RETURNS TABLE (status text, step_number integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t ai_agents.ai_agent_tasks;
+    v ai_agents.ai_agent_versions;
+    n integer;
+    calls integer;
+    cost numeric;
+    total record;
+    details jsonb;
+BEGIN
+    BEGIN
+        SELECT * INTO t FROM ai_agents.ai_agent_tasks tt WHERE tt.id = _record_llm_step.task_id FOR UPDATE NOWAIT;
+    EXCEPTION WHEN lock_not_available THEN
+        status := 'busy';
+        RETURN NEXT;
+        RETURN;
+    END;
+    IF NOT FOUND OR t.status <> 'running' OR t.fencing_token IS DISTINCT FROM _record_llm_step.fencing_token THEN
+        BEGIN
+            PERFORM ai_agents._refuse_stale_token(_record_llm_step.task_id, _record_llm_step.fencing_token);
+        EXCEPTION WHEN object_not_in_prerequisite_state OR no_data_found THEN
+            PERFORM ai_agents._log_discarded_result(_record_llm_step.task_id, _record_llm_step.fencing_token,
+                                                   SQLERRM, _record_llm_step.request_id);
+        END;
+        status := 'discarded';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    SELECT * INTO v FROM ai_agents.ai_agent_versions vv WHERE vv.id = t.agent_version_id;
+    n := t.step_count + 1;
+    cost := ai_agents._llm_cost_usd(v.provider, _record_llm_step.model, _record_llm_step.input_tokens,
+                                    _record_llm_step.output_tokens, _record_llm_step.cached_input_tokens,
+                                    _record_llm_step.cache_write_tokens);
+    details := jsonb_build_object('step_number', n, 'request_id', _record_llm_step.request_id,
+                                  'model', _record_llm_step.model,
+                                  'input_tokens', _record_llm_step.input_tokens,
+                                  'output_tokens', _record_llm_step.output_tokens,
+                                  'cached_input_tokens', _record_llm_step.cached_input_tokens,
+                                  'cache_write_tokens', _record_llm_step.cache_write_tokens,
+                                  'tool_calls', jsonb_array_length(_record_llm_step.tool_calls));
+    INSERT INTO ai_agents.ai_agent_task_steps
+        (organization_id, task_id, step_number, agent_id, kind, content, tool_calls, input_tokens,
+         output_tokens, cost_usd, model, request_id, duration_ms, fencing_token)
+    VALUES (t.organization_id, t.id, n, t.agent_id, 'llm', _record_llm_step.content, _record_llm_step.tool_calls,
+            least(_record_llm_step.input_tokens, 2147483647)::integer,
+            least(_record_llm_step.output_tokens, 2147483647)::integer, cost, _record_llm_step.model,
+            _record_llm_step.request_id, _record_llm_step.execution_time_ms, t.fencing_token);
+    INSERT INTO ai_agents.ai_agent_activity_log
+        (organization_id, agent_id, task_id, action_type, success, attempt, tokens_used, cost_usd,
+         execution_time_ms, details)
+    VALUES (t.organization_id, t.agent_id, t.id, 'llm_step', true, t.attempts,
+            least(_record_llm_step.input_tokens + _record_llm_step.output_tokens, 2147483647)::integer, cost,
+            _record_llm_step.execution_time_ms, details);
+    calls := jsonb_array_length(_record_llm_step.tool_calls);
+    SELECT least(sum(s.input_tokens::bigint + s.output_tokens), 2147483647)::integer AS tokens,
+           sum(s.cost_usd) AS cost, count(*) AS llm_calls
+      INTO total
+      FROM ai_agents.ai_agent_task_steps s
+     WHERE s.organization_id = t.organization_id AND s.task_id = t.id
+       AND s.step_number >= t.run_first_step AND s.kind = 'llm';
+    -- This call's budget reservation settles now, at its cost: the task's later calls bring
+    -- reservations of their own.
+    IF t.budget_reserved_usd IS NOT NULL THEN
+        PERFORM ai_agents._budget_settle(t.organization_id, t.agent_id, t.execution_started_at,
+                                         t.budget_reserved_usd, coalesce(cost, 0));
+    END IF;
+    UPDATE ai_agents.ai_agent_tasks tt
+       SET step_count = n, tokens_used = total.tokens, cost_usd = total.cost, budget_reserved_usd = NULL
+     WHERE tt.id = t.id;
+    IF calls > 0 AND total.llm_calls >= v.max_steps THEN
+        PERFORM ai_agents.fail_task(t.id, t.fencing_token,
+            format('max_steps_exceeded: the model still called tools after %s LLM calls, the version''s max_steps', total.llm_calls),
+            permanent => true, tokens_used => total.tokens, cost_usd => total.cost,
+            execution_time_ms => _record_llm_step.execution_time_ms,
+            details => jsonb_build_object('request_id', _record_llm_step.request_id, 'reason', 'max_steps_exceeded'));
+        status := 'max_steps_exceeded';
+    ELSIF calls > 0 THEN
+        status := 'tools';
+    ELSE
+        PERFORM ai_agents.complete_tasks(ARRAY[t.id], ARRAY[t.fencing_token], ARRAY[_record_llm_step.content], NULL,
+                                         ARRAY[total.tokens], ARRAY[total.cost],
+                                         ARRAY[_record_llm_step.execution_time_ms], ARRAY[details]);
+        IF t.conversation_id IS NOT NULL THEN
+            INSERT INTO ai_agents.ai_agent_messages (conversation_id, organization_id, role, content, tokens)
+            VALUES (t.conversation_id, t.organization_id, 'assistant', _record_llm_step.content,
+                    least(_record_llm_step.output_tokens, 2147483647)::integer);
+        END IF;
+        status := 'completed';
+    END IF;
+    step_number := n;
+    RETURN NEXT;
+END
+$$;
+REVOKE ALL ON FUNCTION ai_agents._record_llm_step(uuid, bigint, text, jsonb, bigint, bigint, bigint, bigint, text, text, integer) FROM PUBLIC;
+
+-- After its tool calls, a task goes back to be claimed for its next LLM call. That claim is
+-- the same attempt: claim_due_tasks counts one more, taken back here.
+CREATE OR REPLACE FUNCTION ai_agents._continue_task(task_id uuid, fencing_token bigint) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    UPDATE ai_agents.ai_agent_tasks t
+       SET status = 'pending', next_run_at = now(), attempts = greatest(t.attempts - 1, 0),
+           locked_by = NULL, lease_expires_at = NULL
+     WHERE t.id = _continue_task.task_id AND t.status = 'running' AND t.fencing_token = _continue_task.fencing_token;
+    RETURN FOUND;
+END
+$$;
+REVOKE ALL ON FUNCTION ai_agents._continue_task(uuid, bigint) FROM PUBLIC;
 
 -- ==== sql/idempotent/reports.sql
 
@@ -2588,6 +3125,11 @@ BEGIN
     IF current_user = 'ai_agents_report_reader' THEN
         RETURN ARRAY[current_setting('ai_agents_report.organization')::uuid];
     END IF;
+    -- A tool's function, run as the tool runner for its task's organization (only
+    -- _call_tool becomes the runner, after _run_tool_step set the organization).
+    IF current_user = 'ai_agents_tool_runner' THEN
+        RETURN ARRAY[current_setting('ai_agents_tool.organization')::uuid];
+    END IF;
     -- Asked first: the call loads the library, so the superuser-only settings read below hold
     -- their real values, never one a member set before the library was loaded.
     ids := ai_agents._hook_organization_ids();
@@ -2705,13 +3247,19 @@ DECLARE
          ai_agents.ai_agent_report_templates, ai_agents.ai_agent_usage_hourly,
          ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices,
          ai_agents.ai_agent_organization_limits, ai_agents.ai_agent_budgets,
-         ai_agents.ai_agent_budget_periods, ai_agents.budget_usage, ai_agents.agent_budget_state';
+         ai_agents.ai_agent_budget_periods, ai_agents.budget_usage, ai_agents.agent_budget_state,
+         ai_agents.ai_agent_tools, ai_agents.ai_agent_task_steps';
 BEGIN
     -- Template queries run as the reader (see _run_report_queries); the policies call
     -- _request_organization_ids.
     GRANT USAGE ON SCHEMA ai_agents TO ai_agents_report_reader;
     EXECUTE format('GRANT SELECT ON %s TO ai_agents_report_reader', tenant_tables);
     GRANT EXECUTE ON FUNCTION ai_agents._request_organization_ids() TO ai_agents_report_reader;
+    -- Tools run as the runner (_run_tool_step): it reads what a member of the task's
+    -- organization reads here, and whatever the application grants it.
+    GRANT USAGE ON SCHEMA ai_agents TO ai_agents_tool_runner;
+    EXECUTE format('GRANT SELECT ON %s TO ai_agents_tool_runner', tenant_tables);
+    GRANT EXECUTE ON FUNCTION ai_agents._request_organization_ids() TO ai_agents_tool_runner;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
         GRANT USAGE ON SCHEMA ai_agents TO service_role;
         GRANT ALL ON ALL TABLES IN SCHEMA ai_agents TO service_role;
@@ -2753,7 +3301,7 @@ BEGIN
                                'ai_agent_conversations', 'ai_agent_messages', 'ai_agent_reports',
                                'ai_agent_usage_hourly', 'ai_agent_rate_limits',
                                'ai_agent_organization_limits', 'ai_agent_budgets',
-                               'ai_agent_budget_periods'] LOOP
+                               'ai_agent_budget_periods', 'ai_agent_tools', 'ai_agent_task_steps'] LOOP
         EXECUTE format('ALTER TABLE ai_agents.%I ENABLE ROW LEVEL SECURITY', tbl);
         EXECUTE format('DROP POLICY IF EXISTS organization_rows ON ai_agents.%I', tbl);
         EXECUTE format('CREATE POLICY organization_rows ON ai_agents.%I FOR SELECT
@@ -2783,6 +3331,17 @@ DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ai_agents_report_reader') THEN
         CREATE ROLE ai_agents_report_reader NOLOGIN NOINHERIT;
+    END IF;
+END
+$$;
+
+-- Tools run as this role (_run_tool_step, docs/tools.md): no superuser, no RLS bypass, no
+-- login. The application grants it what its tools read and write (or makes it a member of
+-- `authenticated`, so that tools have a member's rights). Cluster-wide, like the reader.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ai_agents_tool_runner') THEN
+        CREATE ROLE ai_agents_tool_runner NOLOGIN;
     END IF;
 END
 $$;

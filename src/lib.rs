@@ -16,6 +16,7 @@ mod run_as;
 mod schedule;
 mod settings;
 mod shmem;
+mod tools;
 mod worker;
 
 pgrx::pg_module_magic!();
@@ -71,9 +72,14 @@ pgrx::extension_sql_file!(
     requires = ["incremental_007"]
 );
 pgrx::extension_sql_file!(
+    "../sql/incremental/009-tools.sql",
+    name = "incremental_009",
+    requires = ["incremental_008"]
+);
+pgrx::extension_sql_file!(
     "../sql/idempotent/guard.sql",
     name = "guard",
-    requires = ["incremental_008"]
+    requires = ["incremental_009"]
 );
 pgrx::extension_sql_file!(
     "../sql/idempotent/agents.sql",
@@ -122,10 +128,15 @@ pgrx::extension_sql_file!(
     requires = ["worker"]
 );
 pgrx::extension_sql_file!(
+    "../sql/idempotent/tools.sql",
+    name = "tools",
+    requires = ["budgets"]
+);
+pgrx::extension_sql_file!(
     "../sql/idempotent/reports.sql",
     name = "reports",
     requires = [
-        "budgets",
+        "tools",
         reports::render_report_markdown,
         reports::forecast_spend
     ]

@@ -55,6 +55,11 @@ BEGIN
     IF current_user = 'ai_agents_report_reader' THEN
         RETURN ARRAY[current_setting('ai_agents_report.organization')::uuid];
     END IF;
+    -- A tool's function, run as the tool runner for its task's organization (only
+    -- _call_tool becomes the runner, after _run_tool_step set the organization).
+    IF current_user = 'ai_agents_tool_runner' THEN
+        RETURN ARRAY[current_setting('ai_agents_tool.organization')::uuid];
+    END IF;
     -- Asked first: the call loads the library, so the superuser-only settings read below hold
     -- their real values, never one a member set before the library was loaded.
     ids := ai_agents._hook_organization_ids();
@@ -172,13 +177,19 @@ DECLARE
          ai_agents.ai_agent_report_templates, ai_agents.ai_agent_usage_hourly,
          ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices,
          ai_agents.ai_agent_organization_limits, ai_agents.ai_agent_budgets,
-         ai_agents.ai_agent_budget_periods, ai_agents.budget_usage, ai_agents.agent_budget_state';
+         ai_agents.ai_agent_budget_periods, ai_agents.budget_usage, ai_agents.agent_budget_state,
+         ai_agents.ai_agent_tools, ai_agents.ai_agent_task_steps';
 BEGIN
     -- Template queries run as the reader (see _run_report_queries); the policies call
     -- _request_organization_ids.
     GRANT USAGE ON SCHEMA ai_agents TO ai_agents_report_reader;
     EXECUTE format('GRANT SELECT ON %s TO ai_agents_report_reader', tenant_tables);
     GRANT EXECUTE ON FUNCTION ai_agents._request_organization_ids() TO ai_agents_report_reader;
+    -- Tools run as the runner (_run_tool_step): it reads what a member of the task's
+    -- organization reads here, and whatever the application grants it.
+    GRANT USAGE ON SCHEMA ai_agents TO ai_agents_tool_runner;
+    EXECUTE format('GRANT SELECT ON %s TO ai_agents_tool_runner', tenant_tables);
+    GRANT EXECUTE ON FUNCTION ai_agents._request_organization_ids() TO ai_agents_tool_runner;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
         GRANT USAGE ON SCHEMA ai_agents TO service_role;
         GRANT ALL ON ALL TABLES IN SCHEMA ai_agents TO service_role;
@@ -220,7 +231,7 @@ BEGIN
                                'ai_agent_conversations', 'ai_agent_messages', 'ai_agent_reports',
                                'ai_agent_usage_hourly', 'ai_agent_rate_limits',
                                'ai_agent_organization_limits', 'ai_agent_budgets',
-                               'ai_agent_budget_periods'] LOOP
+                               'ai_agent_budget_periods', 'ai_agent_tools', 'ai_agent_task_steps'] LOOP
         EXECUTE format('ALTER TABLE ai_agents.%I ENABLE ROW LEVEL SECURITY', tbl);
         EXECUTE format('DROP POLICY IF EXISTS organization_rows ON ai_agents.%I', tbl);
         EXECUTE format('CREATE POLICY organization_rows ON ai_agents.%I FOR SELECT
@@ -250,6 +261,17 @@ DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ai_agents_report_reader') THEN
         CREATE ROLE ai_agents_report_reader NOLOGIN NOINHERIT;
+    END IF;
+END
+$$;
+
+-- Tools run as this role (_run_tool_step, docs/tools.md): no superuser, no RLS bypass, no
+-- login. The application grants it what its tools read and write (or makes it a member of
+-- `authenticated`, so that tools have a member's rights). Cluster-wide, like the reader.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ai_agents_tool_runner') THEN
+        CREATE ROLE ai_agents_tool_runner NOLOGIN;
     END IF;
 END
 $$;

@@ -94,9 +94,11 @@ const LOCK: &str = concat!(
         FOR UPDATE OF t SKIP LOCKED"
 );
 
-/// What a call of each task in $1 will send: the text its user message is made of and, for a
+/// What a call of each task in $1 will send: the text its user message is made of; for a
 /// conversation task, how many bytes of history it may send at most (the newest message
-/// always, others up to ai_agents.history_max_bytes).
+/// always, others up to ai_agents.history_max_bytes); and for an agent with tools, the bytes
+/// and the number of its tools' declarations and of the run's steps (as the claim will pin
+/// the agent's current version).
 const PROMPTS: &str = "
     SELECT t.id, t.title, t.description, t.input::text,
            CASE WHEN t.conversation_id IS NOT NULL THEN
@@ -104,8 +106,25 @@ const PROMPTS: &str = "
                         (SELECT octet_length(m.content) FROM ai_agents.ai_agent_messages m
                           WHERE m.conversation_id = t.conversation_id AND m.role IN ('user', 'assistant')
                           ORDER BY m.created_at DESC, m.id DESC LIMIT 1))
-           END
-      FROM ai_agents.ai_agent_tasks t WHERE t.id = ANY ($1)";
+           END,
+           l.bytes, l.items
+      FROM ai_agents.ai_agent_tasks t
+      JOIN ai_agents.ai_agents ag ON ag.id = t.agent_id
+      LEFT JOIN LATERAL (
+           SELECT sum(x.bytes)::int8 AS bytes, sum(x.items)::int8 AS items
+             FROM (SELECT sum(octet_length(tl.name) + octet_length(tl.description)
+                              + octet_length(tl.parameters::text)) AS bytes, count(*) AS items
+                     FROM ai_agents.ai_agent_tools tl
+                    WHERE tl.organization_id = t.organization_id AND tl.name = ANY (ag.tools)
+                   UNION ALL
+                   SELECT sum(coalesce(octet_length(s.content), 0) + coalesce(octet_length(s.tool_calls::text), 0)
+                              + coalesce(octet_length(s.tool_call_id), 0) + coalesce(octet_length(s.result::text), 0)
+                              + coalesce(octet_length(s.error), 0) + 16), count(*)
+                     FROM ai_agents.ai_agent_task_steps s
+                    WHERE s.organization_id = t.organization_id AND s.task_id = t.id
+                      AND s.step_number >= t.run_first_step) x
+            WHERE cardinality(ag.tools) > 0) l ON true
+     WHERE t.id = ANY ($1)";
 
 /// Whether an agent has due tasks besides those in $3.
 const STILL_DUE: &str = concat!(
@@ -349,6 +368,10 @@ fn token_bounds(
             system_bytes: due.system_bytes,
             message_bytes: llm::task_message_bytes(&title, description.as_deref(), &input),
             history: history.map(|bytes| (u64::try_from(bytes).unwrap_or(0), history_limit())),
+            tools_and_steps: (
+                row.get::<i64>(6)?.map_or(0, |b| b.max(0) as u64),
+                row.get::<i64>(7)?.map_or(0, |n| n.max(0) as u64),
+            ),
         };
         by_id.insert(id, prompt.token_bound(due.max_tokens));
     }

@@ -5,6 +5,7 @@ use super::credential;
 use super::pool::Job;
 use super::secrets::Keys;
 use super::statements::Statements;
+use super::steps::{self, NumberedCalls, ToolRun};
 use crate::fair_claim;
 use crate::llm;
 use crate::settings::{self, HISTORY_LIMIT, HTTP_TIMEOUT_S, LEASE_S};
@@ -27,14 +28,16 @@ fn lease() -> Duration {
     asked.max(timeouts().total + Duration::from_secs(30))
 }
 
-/// Claims up to `free` tasks and turns them into jobs.
-pub fn claim(st: &Statements, worker: &str, free: usize) -> Vec<Job> {
+/// Claims up to `free` tasks and turns them into jobs; a task whose run stopped between a
+/// reply and its tool calls gets those calls to run instead of a call.
+pub fn claim(st: &Statements, worker: &str, free: usize) -> (Vec<Job>, Vec<ToolRun>) {
     let free = i32::try_from(free).unwrap_or(i32::MAX);
     let lease = lease().as_secs_f64();
     let history = HISTORY_LIMIT.get();
     let allowlist = settings::text(&settings::ALLOWED_BASE_URLS);
     Spi::connect(|client| {
         let mut jobs = vec![];
+        let mut runs = vec![];
         let mut keys = Keys::default();
         for row in client.select(
             &st.claim,
@@ -42,10 +45,23 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> Vec<Job> {
             &[worker.into(), free.into(), lease.into(), history.into()],
         )? {
             let claimed = Claimed::decode(&row)?;
+            let looped = claimed.tools.is_some();
             // A row that cannot become a call fails alone, as that call's permanent failure.
             let call = match claimed.provider_and_messages() {
                 Err(failure) => Err(failure),
-                Ok((provider, messages)) => {
+                Ok((_, _, pending)) if !pending.is_empty() => {
+                    // Its reservation is given back: no call is made for it.
+                    if let Some(reservation) = fair_claim::reservation(&claimed.task_id) {
+                        crate::ratelimit::settle(&reservation, 0);
+                    }
+                    runs.push(ToolRun {
+                        task_id: claimed.task_id,
+                        fencing_token: claimed.fencing_token,
+                        calls: pending,
+                    });
+                    continue;
+                }
+                Ok((provider, messages, _)) => {
                     // An agent may name its own endpoint (config.base_url), within the allowlist.
                     let base_url = credential::base_url(provider, claimed.base_url);
                     match llm::check_base_url(&base_url, &allowlist) {
@@ -64,12 +80,15 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> Vec<Job> {
                             messages,
                             temperature: claimed.temperature,
                             max_tokens: claimed.max_tokens,
+                            tools: claimed.tools.clone().unwrap_or_default(),
+                            output_schema: None,
                         }),
                     }
                 }
             };
             jobs.push(Job {
                 pass: None,
+                looped,
                 reservation: fair_claim::reservation(&claimed.task_id),
                 task_id: claimed.task_id,
                 fencing_token: claimed.fencing_token,
@@ -77,7 +96,7 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> Vec<Job> {
                 timeouts: timeouts(),
             });
         }
-        Ok::<_, pgrx::spi::Error>(jobs)
+        Ok::<_, pgrx::spi::Error>((jobs, runs))
     })
     .unwrap_or_else(|e| error!("{e}"))
 }
@@ -102,6 +121,10 @@ struct Claimed {
     agent_id: String,
     organization_id: String,
     base_url: Option<String>,
+    /// The version's tools (None: it has none, and the task makes one call).
+    tools: Option<Vec<llm::ToolSpec>>,
+    /// The run's stored steps (jsonb as text), when the version has tools.
+    steps: Option<String>,
 }
 
 impl Claimed {
@@ -124,11 +147,18 @@ impl Claimed {
             agent_id: row.get_by_name("agent_id")?.unwrap_or_default(),
             organization_id: row.get_by_name("organization_id")?.unwrap_or_default(),
             base_url: row.get_by_name("base_url")?,
+            tools: row
+                .get_by_name::<pgrx::JsonB, _>("tools")?
+                .map(|tools| tool_specs(&tools.0)),
+            steps: row.get_by_name("steps")?,
         })
     }
 
-    /// The provider and the messages of the call, or why this row cannot become a call.
-    fn provider_and_messages(&self) -> Result<(llm::Provider, Vec<llm::Message>), llm::Failure> {
+    /// The provider and the messages of the call, with the run's steps after the task's own,
+    /// and the tool calls of the run still to run; or why this row cannot become a call.
+    fn provider_and_messages(
+        &self,
+    ) -> Result<(llm::Provider, Vec<llm::Message>, NumberedCalls), llm::Failure> {
         let Some(name) = self.provider.as_deref() else {
             return Err(llm::Failure::not_sent(
                 "the task's agent version no longer exists".to_string(),
@@ -145,9 +175,38 @@ impl Claimed {
             .as_deref()
             .map(|history| json("conversation history", history))
             .transpose()?;
-        let messages = llm::messages(&self.title, self.description.as_deref(), &input, history);
-        Ok((provider, messages))
+        let mut messages = llm::messages(&self.title, self.description.as_deref(), &input, history);
+        let (done, pending) = match self.steps.as_deref() {
+            Some(stored) => steps::replay(&json("steps", stored)?),
+            None => (vec![], vec![]),
+        };
+        messages.extend(done);
+        Ok((provider, messages, pending))
     }
+}
+
+/// The declarations of a version's tools, `[{name, description, parameters}]`.
+fn tool_specs(tools: &serde_json::Value) -> Vec<llm::ToolSpec> {
+    let text = |tool: &serde_json::Value, field: &str| {
+        tool.get(field)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    tools
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|tool| llm::ToolSpec {
+            name: text(tool, "name"),
+            description: text(tool, "description"),
+            parameters: tool
+                .get("parameters")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+        })
+        .collect()
 }
 
 /// A jsonb value of the claimed row, parsed for the call.

@@ -14,6 +14,7 @@ mod record;
 mod scheduled_reports;
 mod secrets;
 mod statements;
+mod steps;
 mod wake;
 
 use crate::fair_claim;
@@ -31,6 +32,7 @@ use pool::{Done, Pool};
 use statements::Statements;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
+use steps::{Ran, ToolRun};
 use wake::PassFigures;
 
 pub use wake::SEGMENT;
@@ -154,23 +156,28 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
         // Two short transactions a turn: record what finished, then claim what fits and find
         // out when to look again. A step that fails is logged and tried again: nothing in a
         // row, and no lock another session holds, ends the worker.
-        let (outcomes, busy) = record_finished(st, finished);
+        let (outcomes, busy, mut tool_runs) = record_finished(st, finished);
         unrecorded = busy;
+        // The tool calls of the replies just stored run before the claim, which can then
+        // take their tasks' next calls at once.
+        run_tools(st, std::mem::take(&mut tool_runs));
         let claimed = step("claiming", || {
-            let jobs = if want > 0 {
+            let (jobs, runs) = if want > 0 {
                 claim::claim(st, &name, want)
             } else {
-                vec![]
+                (vec![], vec![])
             };
             // A full pool is woken by its calls; otherwise by the next due time.
-            let wait = if want > 0 && jobs.len() < want {
+            let wait = if want > 0 && jobs.len() + runs.len() < want {
                 until_next_due(st)
             } else {
                 IDLE_WAIT
             };
-            (jobs, wait)
+            (jobs, runs, wait)
         });
-        let (jobs, wait) = claimed.unwrap_or((vec![], FAILED_WAIT));
+        let (jobs, resumed, wait) = claimed.unwrap_or((vec![], vec![], FAILED_WAIT));
+        let resumed_any = !resumed.is_empty();
+        run_tools(st, resumed);
         for (job_pass, succeeded) in outcomes {
             if let Some(current) = pass.as_mut().filter(|p| Some(p.id) == job_pass) {
                 current.count(succeeded);
@@ -208,7 +215,7 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
             next_prune = prune::run_once();
             housekept = true;
         }
-        if housekept {
+        if housekept || resumed_any {
             continue;
         }
         let now = Instant::now();
@@ -229,7 +236,8 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
     unrecorded.extend(arrived);
     // Calls are only ever submitted after the statements were planned.
     if let (false, Some(st)) = (unrecorded.is_empty(), &statements) {
-        let (_, busy) = record_finished(st, unrecorded);
+        // Tool calls of replies stored now run when the task is claimed again.
+        let (_, busy, _) = record_finished(st, unrecorded);
         if !busy.is_empty() {
             // Their leases expire and the tasks are rescued and run again.
             log(&format!(
@@ -304,10 +312,21 @@ fn release_orphaned_runs(worker: &str) -> bool {
 /// An ERROR inside (a timeout, a lock wait over ai_agents.worker_lock_timeout, anything a row
 /// holds) rolls the transaction back and is logged, and None comes back: the worker goes on.
 fn step<R>(what: &str, body: impl FnOnce() -> R) -> Option<R> {
+    attempt(what, body).ok()
+}
+
+/// An ERROR that ended a step: its message and SQLSTATE.
+struct StepError {
+    message: String,
+    code: String,
+}
+
+/// `step`, telling what ended it.
+fn attempt<R>(what: &str, body: impl FnOnce() -> R) -> Result<R, StepError> {
     let limit =
         Duration::from_millis(u64::try_from(WORKER_STATEMENT_TIMEOUT_MS.get()).unwrap_or(0));
     PgTryBuilder::new(AssertUnwindSafe(|| {
-        Some(crate::deadline::within(limit, || {
+        Ok(crate::deadline::within(limit, || {
             BackgroundWorker::transaction(AssertUnwindSafe(body))
         }))
     }))
@@ -324,9 +343,46 @@ fn step<R>(what: &str, body: impl FnOnce() -> R) -> Option<R> {
             report.message(),
             report.sql_error_code()
         );
-        None
+        Err(StepError {
+            message: report.message().to_string(),
+            code: sqlstate(report.sql_error_code()),
+        })
     })
     .execute()
+}
+
+/// The five characters of a SQLSTATE.
+fn sqlstate(code: pgrx::PgSqlErrorCode) -> String {
+    let mut packed = code as i32;
+    (0..5)
+        .map(|_| {
+            let c = char::from(b'0' + (packed & 0x3f) as u8);
+            packed >>= 6;
+            c
+        })
+        .collect()
+}
+
+/// Runs the tool calls of each run, each in a transaction of its own, then puts the task back
+/// to be claimed for its next call. A call whose transaction cannot commit is stored with that
+/// error; a run that is no longer this worker's stops; a step that cannot even be recorded
+/// leaves the run to its lease (rescued and resumed from its stored steps).
+fn run_tools(st: &Statements, runs: Vec<ToolRun>) {
+    'runs: for run in runs {
+        for (number, call) in &run.calls {
+            let ran = match attempt("running a tool", || steps::run_one(st, &run, *number, call)) {
+                Ok(ran) => Some(ran),
+                Err(failed) => step("recording a failed tool", || {
+                    steps::record_failure(st, &run, *number, call, &failed.message, &failed.code)
+                }),
+            };
+            match ran {
+                Some(Ran::Stored) => {}
+                Some(Ran::Stale) | None => continue 'runs,
+            }
+        }
+        step("continuing a task", || steps::continue_task(st, &run));
+    }
 }
 
 /// The worker's session settings: lock_timeout from ai_agents.worker_lock_timeout, so that a
@@ -350,22 +406,29 @@ fn apply_session_settings() {
     }
 }
 
+/// Per recorded call, the pass that claimed it and whether it succeeded.
+type Outcomes = Vec<(Option<u64>, bool)>;
+
 /// Records the finished calls in one transaction. When that fails, each call is recorded in a
 /// transaction of its own, so that one which cannot be recorded waits alone; the calls not
 /// recorded (their task row was locked, or recording failed) come back for the next turn.
-fn record_finished(st: &Statements, finished: Vec<Done>) -> (Vec<(Option<u64>, bool)>, Vec<Done>) {
+fn record_finished(st: &Statements, finished: Vec<Done>) -> (Outcomes, Vec<Done>, Vec<ToolRun>) {
     if finished.is_empty() {
-        return (vec![], vec![]);
+        return (vec![], vec![], vec![]);
     }
-    if let Some(recorded) = step("recording results", || record::record(st, &finished)) {
-        return recorded.split(finished);
+    if let Some(mut recorded) = step("recording results", || record::record(st, &finished)) {
+        let runs = std::mem::take(&mut recorded.tool_runs);
+        let (outcomes, left) = recorded.split(finished);
+        return (outcomes, left, runs);
     }
     let mut outcomes = vec![];
     let mut left = vec![];
+    let mut runs = vec![];
     for done in finished {
         let one = std::slice::from_ref(&done);
         match step("recording one result", || record::record(st, one)) {
-            Some(recorded) => {
+            Some(mut recorded) => {
+                runs.append(&mut recorded.tool_runs);
                 let (o, l) = recorded.split(vec![done]);
                 outcomes.extend(o);
                 left.extend(l);
@@ -373,7 +436,7 @@ fn record_finished(st: &Statements, finished: Vec<Done>) -> (Vec<(Option<u64>, b
             None => left.push(done),
         }
     }
-    (outcomes, left)
+    (outcomes, left, runs)
 }
 
 /// Whether the extension is installed in this database at this library's version. A library

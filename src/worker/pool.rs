@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub struct Job {
     /// The run_scheduler_once pass that claimed it, if any.
     pub pass: Option<u64>,
+    /// The task runs the agent loop: its replies are stored as steps (steps.rs).
+    pub looped: bool,
     pub task_id: String,
     pub fencing_token: i64,
     /// The request to send, or why none is sent (its row cannot be turned into a call, its
@@ -24,6 +26,7 @@ pub struct Job {
 
 pub struct Done {
     pub pass: Option<u64>,
+    pub looped: bool,
     pub task_id: String,
     pub fencing_token: i64,
     pub outcome: Result<llm::Reply, llm::Failure>,
@@ -141,6 +144,7 @@ fn serve(jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake_write: RawFd) {
         };
         let finished = Done {
             pass: job.pass,
+            looped: job.looped,
             task_id: job.task_id,
             fencing_token: job.fencing_token,
             outcome,

@@ -3,6 +3,7 @@
 //! session holds locked is not waited on: it comes back to be recorded next turn.
 use super::pool::Done;
 use super::statements::Statements;
+use super::steps::{self, ToolRun};
 use crate::llm;
 use crate::ratelimit;
 use pgrx::prelude::*;
@@ -13,6 +14,8 @@ pub struct Recorded {
     completed: HashSet<String>,
     /// The calls whose task rows were locked: to be recorded again next turn.
     busy: HashSet<String>,
+    /// The tool calls of replies stored as steps, to run once this transaction commits.
+    pub tool_runs: Vec<ToolRun>,
 }
 
 impl Recorded {
@@ -31,15 +34,37 @@ impl Recorded {
 }
 
 /// Records the finished calls. The replies are recorded together, in one statement (see
-/// _record_llm_replies); the failures, rarer and each with its own retry decision, one by one.
-/// An ERROR ends the caller's transaction, and nothing of it is kept.
+/// _record_llm_replies), but those of the agent loop, each stored as a step; the failures,
+/// rarer and each with its own retry decision, one by one. An ERROR ends the caller's
+/// transaction, and nothing of it is kept.
 pub fn record(st: &Statements, finished: &[Done]) -> Recorded {
-    let replies: Vec<(&Done, &llm::Reply)> = finished
+    let (looped, replies): (Replies, Replies) = finished
         .iter()
         .filter_map(|done| done.outcome.as_ref().ok().map(|reply| (done, reply)))
-        .collect();
+        .partition(|(done, _)| done.looped);
     let mut completed = HashSet::new();
     let mut busy = HashSet::new();
+    let mut tool_runs = vec![];
+    for (done, reply) in looped {
+        match record_step(st, done, reply) {
+            Step::Completed => {
+                completed.insert(done.task_id.clone());
+            }
+            Step::Busy => {
+                busy.insert(done.task_id.clone());
+            }
+            Step::Tools(first) => {
+                // The call succeeded: its task goes on (to a run_scheduler_once pass too).
+                completed.insert(done.task_id.clone());
+                tool_runs.push(ToolRun {
+                    task_id: done.task_id.clone(),
+                    fencing_token: done.fencing_token,
+                    calls: (first..).zip(reply.tool_calls.iter().cloned()).collect(),
+                });
+            }
+            Step::Ended => {}
+        }
+    }
     if !replies.is_empty() {
         let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         Spi::connect(|client| {
@@ -115,7 +140,61 @@ pub fn record(st: &Statements, finished: &[Done]) -> Recorded {
             busy.insert(done.task_id.clone());
         }
     }
-    Recorded { completed, busy }
+    Recorded {
+        completed,
+        busy,
+        tool_runs,
+    }
+}
+
+/// Finished calls with their replies.
+type Replies<'a> = Vec<(&'a Done, &'a llm::Reply)>;
+
+/// What storing one reply of the loop came to.
+enum Step {
+    Completed,
+    Busy,
+    /// Its tool calls are to run, the first stored as this step.
+    Tools(i32),
+    /// Failed for good (max_steps) or discarded (the run is no longer current).
+    Ended,
+}
+
+fn record_step(st: &Statements, done: &Done, reply: &llm::Reply) -> Step {
+    let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let calls = steps::stored_calls(&reply.tool_calls).to_string();
+    let row = Spi::connect(|client| {
+        let row = client
+            .select(
+                &st.llm_step,
+                Some(1),
+                &[
+                    done.task_id.as_str().into(),
+                    done.fencing_token.into(),
+                    reply.content.as_str().into(),
+                    calls.as_str().into(),
+                    tokens(reply.input_tokens).into(),
+                    tokens(reply.output_tokens).into(),
+                    tokens(reply.cached_input_tokens).into(),
+                    tokens(reply.cache_write_tokens).into(),
+                    reply.model.as_str().into(),
+                    reply.request_id.as_deref().into(),
+                    elapsed_ms(done).into(),
+                ],
+            )?
+            .first();
+        Ok::<_, pgrx::spi::SpiError>((
+            row.get_by_name::<String, _>("status")?,
+            row.get_by_name::<i32, _>("step_number")?,
+        ))
+    })
+    .unwrap_or_else(|e| error!("recording a step of task {} failed: {e}", done.task_id));
+    match row {
+        (Some(status), _) if status == "completed" => Step::Completed,
+        (Some(status), _) if status == "busy" => Step::Busy,
+        (Some(status), Some(number)) if status == "tools" => Step::Tools(number + 1),
+        _ => Step::Ended,
+    }
 }
 
 /// Settles the token reservations of calls that have just finished, once each (a reply that

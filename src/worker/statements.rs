@@ -11,6 +11,10 @@ pub struct Statements {
     pub replies: OwnedPreparedStatement,
     pub failure: OwnedPreparedStatement,
     pub wakeup: OwnedPreparedStatement,
+    pub llm_step: OwnedPreparedStatement,
+    pub tool: OwnedPreparedStatement,
+    pub tool_failure: OwnedPreparedStatement,
+    pub continue_task: OwnedPreparedStatement,
 }
 
 impl Statements {
@@ -33,7 +37,7 @@ impl Statements {
                 claim: keep(
                     "SELECT task_id::text, fencing_token, provider, model, system_prompt, temperature, \
                             max_tokens, title, description, input::text, history::text, agent_id::text, \
-                            organization_id::text, base_url \
+                            organization_id::text, base_url, tools, steps::text \
                        FROM ai_agents._claim_llm_calls($1, $2, make_interval(secs => $3), $4)",
                     &[text, int4, float8, int4],
                 )?,
@@ -49,6 +53,24 @@ impl Statements {
                 wakeup: keep(
                     "SELECT extract(epoch FROM ai_agents._next_wakeup() - clock_timestamp())::float8",
                     &[],
+                )?,
+                // Decoded in record.rs.
+                llm_step: keep(
+                    "SELECT status, step_number \
+                       FROM ai_agents._record_llm_step($1::uuid, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11)",
+                    &[text, int8, text, text, int8, int8, int8, int8, text, text, int4],
+                )?,
+                tool: keep(
+                    "SELECT ai_agents._run_tool_step($1::uuid, $2, $3, $4, $5, $6)",
+                    &[text, int8, int4, text, text, text],
+                )?,
+                tool_failure: keep(
+                    "SELECT ai_agents._record_tool_failure($1::uuid, $2, $3, $4, $5, $6, $7)",
+                    &[text, int8, int4, text, text, text, text],
+                )?,
+                continue_task: keep(
+                    "SELECT ai_agents._continue_task($1::uuid, $2)",
+                    &[text, int8],
                 )?,
             })
         })

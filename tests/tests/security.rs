@@ -25,6 +25,10 @@ fn tenant_database() -> (Client, String) {
         .unwrap()
         .get(0);
     assert_eq!(applied, vec!["service_role", "authenticated"]);
+    c.batch_execute(
+        "CREATE FUNCTION public.echo_tool(args jsonb) RETURNS jsonb LANGUAGE sql AS 'SELECT args'",
+    )
+    .expect("a tool's function");
     for (org, agent) in [(ORG_A, AGENT_A), (ORG_B, AGENT_B)] {
         c.batch_execute(&format!(
             "INSERT INTO ai_agents.ai_agents (id, organization_id, name, agent_type, model)
@@ -36,6 +40,10 @@ fn tenant_database() -> (Client, String) {
              INSERT INTO ai_agents.ai_agent_organization_limits (organization_id, max_waiting_tasks) VALUES ('{org}', 100);
              INSERT INTO ai_agents.ai_agent_budgets (organization_id, period, limit_usd) VALUES ('{org}', 'month', 50);
              SELECT ai_agents._budget_room('{org}', '{agent}');
+             INSERT INTO ai_agents.ai_agent_tools (organization_id, name, function) VALUES ('{org}', 'echo', 'public.echo_tool(jsonb)');
+             INSERT INTO ai_agents.ai_agent_task_steps (organization_id, task_id, step_number, agent_id, kind, content, fencing_token)
+             SELECT organization_id, id, 1, agent_id, 'llm', 'a step of {org}', 0
+               FROM ai_agents.ai_agent_tasks WHERE organization_id = '{org}' AND task_type = 'adhoc';
              INSERT INTO ai_agents.ai_agent_activity_log (organization_id, agent_id, action_type, success)
              VALUES ('{org}', '{agent}', 'task_completed', true);
              INSERT INTO ai_agents.ai_agent_usage_hourly
@@ -64,6 +72,8 @@ const TENANT_TABLES: &[&str] = &[
     "ai_agent_organization_limits",
     "ai_agent_budgets",
     "ai_agent_budget_periods",
+    "ai_agent_tools",
+    "ai_agent_task_steps",
     "budget_usage",
     "agent_budget_state",
 ];
@@ -82,6 +92,8 @@ const AUTHENTICATED_FUNCTIONS: &[&str] = &[
     "ai_agents.get_latest_agent_report(uuid,text)",
     "ai_agents.task_summary(interval,uuid)",
 ];
+/// The roles that run what others wrote: template queries (the reader) and tools (the runner).
+const RESTRICTED_ROLES: &[&str] = &["ai_agents_report_reader", "ai_agents_tool_runner"];
 /// SECURITY DEFINER only where a browser's call must write: each checks the organization.
 const SECURITY_DEFINER: &[&str] = &[
     "ai_agents.enqueue_task(uuid,text,text,jsonb,text,integer,timestamp with time zone,text,text,text,integer,uuid)",
@@ -134,15 +146,31 @@ fn the_permission_matrix_generated_from_the_catalog_holds_cell_by_cell() {
         "relations nobody classified: {unclassified:?}"
     );
 
+    // The roles that run SQL others wrote (report template queries, tools): no superuser, no
+    // RLS bypass, no login.
+    for role in RESTRICTED_ROLES {
+        let unbound: bool = c
+            .query_one(
+                "SELECT rolsuper OR rolbypassrls OR rolcanlogin FROM pg_roles WHERE rolname = $1",
+                &[role],
+            )
+            .unwrap()
+            .get(0);
+        assert!(!unbound, "{role} is a superuser, bypasses RLS or logs in");
+    }
     // Privileges, from the catalog: PUBLIC (as the role `nobody` and as 'public'), anon,
-    // authenticated and service_role, on every relation and function.
+    // authenticated, service_role and the restricted roles, on every relation and function.
+    let roles = ["public", "nobody", "anon", "authenticated", "service_role"]
+        .into_iter()
+        .chain(RESTRICTED_ROLES.iter().copied());
+    let roles: Vec<&str> = roles.collect();
     let mut cells = 0;
     for relation in &relations {
         for privilege in ["SELECT", "INSERT", "UPDATE", "DELETE"] {
-            for role in ["public", "nobody", "anon", "authenticated", "service_role"] {
+            for &role in &roles {
                 let expected = match role {
                     "service_role" => true,
-                    "authenticated" => {
+                    "authenticated" | "ai_agents_report_reader" | "ai_agents_tool_runner" => {
                         privilege == "SELECT" && TENANT_TABLES.contains(&relation.as_str())
                     }
                     _ => false,
@@ -160,10 +188,14 @@ fn the_permission_matrix_generated_from_the_catalog_holds_cell_by_cell() {
         }
     }
     for function in &functions {
-        for role in ["public", "nobody", "anon", "authenticated", "service_role"] {
+        for &role in &roles {
             let expected = match role {
                 "service_role" => true,
                 "authenticated" => AUTHENTICATED_FUNCTIONS.contains(&function.as_str()),
+                // Only what the policies call.
+                "ai_agents_report_reader" | "ai_agents_tool_runner" => {
+                    function == "ai_agents._request_organization_ids()"
+                }
                 _ => false,
             };
             let got: bool = c

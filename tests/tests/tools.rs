@@ -1,0 +1,587 @@
+//! Agents that act (issue [tools]): SQL functions as tools, run by the worker's loop under the
+//! task's organization, every LLM call and tool call stored as a step. Each test scripts the
+//! stub for requests carrying its own marker, so the tests run side by side on one worker.
+use ai_agents_tests::postgres::Client;
+use ai_agents_tests::{enqueue, error_of, wait_for, WorkerEnv};
+use serde_json::{json, Value};
+use std::sync::{Once, OnceLock};
+use std::time::Duration;
+
+fn env() -> &'static WorkerEnv {
+    static ENV: OnceLock<WorkerEnv> = OnceLock::new();
+    let env = WorkerEnv::kept(&ENV, "tools", &[]);
+    static GYM: Once = Once::new();
+    GYM.call_once(|| gym_schema(&mut env.connect()));
+    env
+}
+
+/// A gym application's tables under row-level security by the organization in the request's
+/// JWT claims, as a Supabase app writes them, and its three tools' functions.
+fn gym_schema(c: &mut Client) {
+    c.batch_execute(
+        r#"
+        CREATE SCHEMA gym;
+        CREATE TABLE gym.members (organization_id uuid NOT NULL, name text NOT NULL, plan text NOT NULL,
+                                  frozen boolean NOT NULL DEFAULT false);
+        CREATE TABLE gym.freezes (organization_id uuid NOT NULL, name text NOT NULL, tool_call_id text NOT NULL);
+        ALTER TABLE gym.members ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE gym.freezes ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY by_organization ON gym.members
+            USING (organization_id = (current_setting('request.jwt.claims', true)::jsonb ->> 'organization_id')::uuid);
+        CREATE POLICY by_organization ON gym.freezes
+            USING (organization_id = (current_setting('request.jwt.claims', true)::jsonb ->> 'organization_id')::uuid);
+        GRANT USAGE ON SCHEMA gym TO ai_agents_tool_runner;
+        GRANT SELECT, UPDATE ON gym.members TO ai_agents_tool_runner;
+        GRANT SELECT, INSERT ON gym.freezes TO ai_agents_tool_runner;
+        CREATE FUNCTION gym.member_lookup(args jsonb) RETURNS jsonb LANGUAGE sql STABLE
+            SET search_path = pg_catalog AS $$
+            SELECT jsonb_build_object(
+                'members', coalesce((SELECT jsonb_agg(jsonb_build_object('name', m.name, 'plan', m.plan) ORDER BY m.plan)
+                                       FROM gym.members m WHERE m.name = args ->> 'name'), '[]'),
+                'agents_visible', (SELECT count(*) FROM ai_agents.ai_agents))
+        $$;
+        CREATE FUNCTION gym.class_schedule(args jsonb) RETURNS jsonb LANGUAGE sql STABLE
+            SET search_path = pg_catalog AS $$
+            SELECT jsonb_build_object('day', args ->> 'day', 'classes', jsonb_build_array('spin 07:00', 'yoga 18:00'))
+        $$;
+        CREATE FUNCTION gym.freeze_membership(args jsonb) RETURNS jsonb LANGUAGE plpgsql
+            SET search_path = pg_catalog AS $$
+        DECLARE
+            org uuid := (current_setting('request.jwt.claims')::jsonb ->> 'organization_id')::uuid;
+        BEGIN
+            UPDATE gym.members SET frozen = true WHERE name = args ->> 'name';
+            INSERT INTO gym.freezes VALUES (org, args ->> 'name', current_setting('ai_agents.tool_call_id'));
+            RETURN jsonb_build_object('frozen', args ->> 'name');
+        END
+        $$;
+        "#,
+    )
+    .expect("the gym schema");
+}
+
+/// A gym (organization) with a member Ana on `plan`, its three tools registered, and an agent
+/// of `provider` with `tools` attached; returns (organization, agent).
+fn gym(c: &mut Client, provider: &str, plan: &str, tools: &[&str]) -> (String, String) {
+    let model = if provider == "openai" {
+        "gpt-4o-mini"
+    } else {
+        "claude-3-5-haiku-latest"
+    };
+    let org: String = c
+        .query_one("SELECT gen_random_uuid()::text", &[])
+        .unwrap()
+        .get(0);
+    c.batch_execute(&format!(
+        r#"INSERT INTO gym.members VALUES ('{org}', 'Ana', '{plan}');
+           INSERT INTO ai_agents.ai_agent_tools (organization_id, name, description, parameters, function, read_only) VALUES
+             ('{org}', 'member_lookup', 'A member''s plan, by name.',
+              '{{"type": "object", "properties": {{"name": {{"type": "string"}}}}, "required": ["name"], "additionalProperties": false}}',
+              'gym.member_lookup(jsonb)', true),
+             ('{org}', 'class_schedule', 'The classes of a day.',
+              '{{"type": "object", "properties": {{"day": {{"type": "string"}}}}, "required": ["day"]}}',
+              'gym.class_schedule(jsonb)', true),
+             ('{org}', 'freeze_membership', 'Freezes a member''s membership.',
+              '{{"type": "object", "properties": {{"name": {{"type": "string"}}}}, "required": ["name"]}}',
+              'gym.freeze_membership(jsonb)', false);"#
+    ))
+    .expect("a gym");
+    let tools: Vec<String> = tools.iter().map(|t| t.to_string()).collect();
+    let agent: String = c
+        .query_one(
+            "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, system_prompt, provider, model, tools)
+             VALUES ($1::text::uuid, 'Customer Care', 'customer_care', 'You help gym members.', $2, $3, $4)
+             RETURNING id::text",
+            &[&org, &provider, &model, &tools],
+        )
+        .expect("an agent with tools")
+        .get(0);
+    (org, agent)
+}
+
+/// Scripts the stub's `replies` for requests carrying `marker`, enqueues a task titled with it
+/// for `agent`, and waits for the task to reach `status`; returns the task.
+fn run(c: &mut Client, agent: &str, marker: &str, replies: Value, status: &str) -> String {
+    env().stub.script(replies);
+    let task = enqueue(c, agent, marker);
+    wait_for(
+        c,
+        &task,
+        &format!("status = '{status}'"),
+        Duration::from_secs(20),
+    );
+    task
+}
+
+/// The stub's requests that carry `marker`, oldest first.
+fn requests_with(marker: &str) -> Vec<Value> {
+    env()
+        .stub
+        .requests()
+        .into_iter()
+        .filter(|r| r["body"].to_string().contains(marker))
+        .map(|r| r["body"].clone())
+        .collect()
+}
+
+/// One scripted reply for requests carrying `marker`.
+fn reply(marker: &str, content: Option<&str>, calls: Value) -> Value {
+    let mut behaviour = json!({"match": marker, "tool_calls": calls});
+    if let Some(content) = content {
+        behaviour["content"] = json!(content);
+    }
+    if calls.as_array().is_some_and(Vec::is_empty) {
+        behaviour.as_object_mut().unwrap().remove("tool_calls");
+    }
+    behaviour
+}
+
+/// A stored step, as the tests look at it.
+#[derive(Debug)]
+struct Step {
+    kind: String,
+    tool: Option<String>,
+    code: Option<String>,
+}
+
+/// The steps of a task, in order.
+fn steps(c: &mut Client, task: &str) -> Vec<Step> {
+    c.query(
+        "SELECT kind, tool_name, error_code FROM ai_agents.ai_agent_task_steps
+          WHERE task_id = $1::text::uuid ORDER BY step_number",
+        &[&task],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| Step {
+        kind: r.get(0),
+        tool: r.get(1),
+        code: r.get(2),
+    })
+    .collect()
+}
+
+fn three_step_conversation(provider: &str) {
+    let env = env();
+    let mut c = env.connect();
+    let (_, agent) = gym(
+        &mut c,
+        provider,
+        "gold",
+        &["member_lookup", "class_schedule"],
+    );
+    // Another gym's Ana, whom the tool must not see.
+    gym(&mut c, provider, "platinum-elsewhere", &[]);
+    let marker = format!("freeze-question-{provider}-{agent}");
+    let task = run(
+        &mut c,
+        &agent,
+        &marker,
+        json!([
+            reply(
+                &marker,
+                None,
+                json!([{"id": "call_a", "name": "member_lookup", "arguments": {"name": "Ana"}}])
+            ),
+            reply(
+                &marker,
+                Some("Checking classes."),
+                json!([{"id": "call_b", "name": "class_schedule", "arguments": {"day": "monday"}}])
+            ),
+            reply(&marker, Some("Ana is on gold; spin at 07:00."), json!([])),
+        ]),
+        "completed",
+    );
+
+    let sent = requests_with(&marker);
+    assert_eq!(sent.len(), 3, "three LLM calls: {sent:#?}");
+    let declared: Vec<String> = sent[0]["tools"]
+        .as_array()
+        .expect("tools declared")
+        .iter()
+        .map(|t| {
+            let name = if provider == "openai" {
+                &t["function"]["name"]
+            } else {
+                &t["name"]
+            };
+            name.as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(declared, ["member_lookup", "class_schedule"]);
+    let messages = |i: usize| sent[i]["messages"].as_array().unwrap().clone();
+    if provider == "openai" {
+        let second = messages(1);
+        // system, the task, the assistant's call, its result.
+        assert_eq!(second.len(), 4, "{second:#?}");
+        assert_eq!(second[2]["role"], "assistant");
+        assert_eq!(second[2]["tool_calls"][0]["id"], "call_a");
+        assert_eq!(
+            second[2]["tool_calls"][0]["function"]["name"],
+            "member_lookup"
+        );
+        assert_eq!(second[3]["role"], "tool");
+        assert_eq!(second[3]["tool_call_id"], "call_a");
+        let result: Value = serde_json::from_str(second[3]["content"].as_str().unwrap()).unwrap();
+        assert_eq!(result["members"], json!([{"name": "Ana", "plan": "gold"}]));
+        assert_eq!(
+            result["agents_visible"], 1,
+            "the tool reads its organization's agents only"
+        );
+        let third = messages(2);
+        assert_eq!(third.len(), 6);
+        assert_eq!(third[4]["content"], "Checking classes.");
+        assert_eq!(third[4]["tool_calls"][0]["id"], "call_b");
+        assert_eq!(third[5]["role"], "tool");
+        assert_eq!(third[5]["tool_call_id"], "call_b");
+    } else {
+        let second = messages(1);
+        // the task, the assistant's tool_use, the user's tool_result.
+        assert_eq!(second.len(), 3, "{second:#?}");
+        assert_eq!(second[1]["role"], "assistant");
+        assert_eq!(second[1]["content"][0]["type"], "tool_use");
+        assert_eq!(second[1]["content"][0]["id"], "call_a");
+        assert_eq!(second[1]["content"][0]["input"], json!({"name": "Ana"}));
+        assert_eq!(second[2]["role"], "user");
+        assert_eq!(second[2]["content"][0]["type"], "tool_result");
+        assert_eq!(second[2]["content"][0]["tool_use_id"], "call_a");
+        let result: Value =
+            serde_json::from_str(second[2]["content"][0]["content"].as_str().unwrap()).unwrap();
+        assert_eq!(result["members"], json!([{"name": "Ana", "plan": "gold"}]));
+        let third = messages(2);
+        assert_eq!(third.len(), 5);
+        assert_eq!(third[3]["content"][0]["text"], "Checking classes.");
+        assert_eq!(third[3]["content"][1]["id"], "call_b");
+        assert_eq!(third[4]["content"][0]["tool_use_id"], "call_b");
+    }
+    let row = c
+        .query_one(
+            "SELECT output, attempts, tokens_used,
+                    (SELECT sum(input_tokens + output_tokens) FROM ai_agents.ai_agent_task_steps s WHERE s.task_id = t.id)::int,
+                    (SELECT count(*) FROM ai_agents.ai_agent_activity_log l WHERE l.task_id = t.id AND l.action_type IN ('llm_step', 'tool_called'))
+               FROM ai_agents.ai_agent_tasks t WHERE id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "Ana is on gold; spin at 07:00.");
+    assert_eq!(row.get::<_, i32>(1), 1, "the steps used one attempt");
+    assert_eq!(
+        row.get::<_, i32>(2),
+        row.get::<_, i32>(3),
+        "tokens summed over the steps"
+    );
+    assert_eq!(row.get::<_, i64>(4), 5, "an activity row per step");
+    let kinds: Vec<(String, Option<String>)> = steps(&mut c, &task)
+        .into_iter()
+        .map(|s| (s.kind, s.tool))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("llm".to_string(), None),
+            ("tool".to_string(), Some("member_lookup".to_string())),
+            ("llm".to_string(), None),
+            ("tool".to_string(), Some("class_schedule".to_string())),
+            ("llm".to_string(), None),
+        ]
+    );
+}
+
+#[test]
+fn a_three_step_tool_conversation_over_openai() {
+    three_step_conversation("openai");
+}
+
+#[test]
+fn a_three_step_tool_conversation_over_anthropic() {
+    three_step_conversation("anthropic");
+}
+
+#[test]
+fn a_write_tool_commits_once_with_its_step_and_sees_its_call_id() {
+    let env = env();
+    let mut c = env.connect();
+    let (org, agent) = gym(&mut c, "openai", "silver", &["freeze_membership"]);
+    let marker = format!("freeze-me-{agent}");
+    let task = run(
+        &mut c,
+        &agent,
+        &marker,
+        json!([
+            reply(
+                &marker,
+                None,
+                json!([{"id": "call_freeze", "name": "freeze_membership", "arguments": {"name": "Ana"}}])
+            ),
+            reply(&marker, Some("Frozen."), json!([])),
+        ]),
+        "completed",
+    );
+    let rows: Vec<(String, bool)> = c
+        .query(
+            "SELECT f.tool_call_id, m.frozen FROM gym.freezes f JOIN gym.members m USING (organization_id, name)
+              WHERE f.organization_id = $1::text::uuid",
+            &[&org],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, [("call_freeze".to_string(), true)]);
+    let stored: Vec<(String, Option<String>)> = c
+        .query(
+            "SELECT kind, tool_call_id FROM ai_agents.ai_agent_task_steps
+              WHERE task_id = $1::text::uuid ORDER BY step_number",
+            &[&task],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("llm".to_string(), None),
+            ("tool".to_string(), Some("call_freeze".to_string())),
+            ("llm".to_string(), None)
+        ]
+    );
+    // The other gyms' Anas are untouched.
+    let frozen_elsewhere: i64 = c
+        .query_one(
+            "SELECT count(*) FROM gym.members WHERE frozen AND organization_id <> $1::text::uuid",
+            &[&org],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(frozen_elsewhere, 0);
+}
+
+#[test]
+fn a_tool_not_attached_is_refused_recorded_and_reported_to_the_model() {
+    let env = env();
+    let mut c = env.connect();
+    // freeze_membership is registered for the gym, but not attached to this agent.
+    let (org, agent) = gym(&mut c, "openai", "bronze", &["member_lookup"]);
+    let marker = format!("sneaky-{agent}");
+    let task = run(
+        &mut c,
+        &agent,
+        &marker,
+        json!([
+            reply(
+                &marker,
+                None,
+                json!([{"id": "call_x", "name": "freeze_membership", "arguments": {"name": "Ana"}}])
+            ),
+            reply(&marker, Some("I could not."), json!([])),
+        ]),
+        "completed",
+    );
+    let recorded = steps(&mut c, &task);
+    assert_eq!(recorded[1].code.as_deref(), Some("42501"), "{recorded:?}");
+    let sent = requests_with(&marker);
+    let result = &sent[1]["messages"][3];
+    assert_eq!(result["tool_call_id"], "call_x");
+    assert!(
+        result["content"]
+            .as_str()
+            .unwrap()
+            .contains("not one of this agent's tools"),
+        "{result}"
+    );
+    let frozen: i64 = c
+        .query_one(
+            "SELECT count(*) FROM gym.freezes WHERE organization_id = $1::text::uuid",
+            &[&org],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(frozen, 0, "never executed");
+}
+
+#[test]
+fn a_read_only_tool_that_writes_fails_its_step_with_25006() {
+    let env = env();
+    let mut c = env.connect();
+    let (org, agent) = gym(&mut c, "openai", "gold", &["freeze_membership"]);
+    c.batch_execute(&format!(
+        "UPDATE ai_agents.ai_agent_tools SET read_only = true WHERE organization_id = '{org}' AND name = 'freeze_membership'"
+    ))
+    .unwrap();
+    let marker = format!("readonly-{agent}");
+    let task = run(
+        &mut c,
+        &agent,
+        &marker,
+        json!([
+            reply(
+                &marker,
+                None,
+                json!([{"id": "call_ro", "name": "freeze_membership", "arguments": {"name": "Ana"}}])
+            ),
+            reply(&marker, Some("No."), json!([])),
+        ]),
+        "completed",
+    );
+    let recorded = steps(&mut c, &task);
+    assert_eq!(recorded[1].code.as_deref(), Some("25006"), "{recorded:?}");
+    let (frozen, logged): (i64, i64) = {
+        let row = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM gym.members WHERE organization_id = $1::text::uuid AND frozen),
+                        (SELECT count(*) FROM ai_agents.ai_agent_activity_log
+                          WHERE task_id = $2::text::uuid AND action_type = 'tool_called' AND NOT success
+                            AND details ->> 'error_code' = '25006')",
+                &[&org, &task],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((frozen, logged), (0, 1));
+}
+
+#[test]
+fn arguments_against_the_schema_are_refused_before_the_call() {
+    let env = env();
+    let mut c = env.connect();
+    let (_, agent) = gym(&mut c, "anthropic", "gold", &["member_lookup"]);
+    let marker = format!("bad-args-{agent}");
+    let task = run(
+        &mut c,
+        &agent,
+        &marker,
+        json!([
+            reply(
+                &marker,
+                None,
+                json!([{"id": "call_bad", "name": "member_lookup", "arguments": {"name": 7, "x": 1}}])
+            ),
+            reply(&marker, Some("Sorry."), json!([])),
+        ]),
+        "completed",
+    );
+    let error: String = c
+        .query_one(
+            "SELECT error FROM ai_agents.ai_agent_task_steps WHERE task_id = $1::text::uuid AND kind = 'tool'",
+            &[&task],
+        )
+        .unwrap()
+        .get(0);
+    assert!(error.contains("do not follow the tool's schema"), "{error}");
+    assert!(error.contains("/name"), "{error}");
+    let sent = requests_with(&marker);
+    let result = &sent[1]["messages"][2]["content"][0];
+    assert_eq!(result["is_error"], true, "{result}");
+}
+
+#[test]
+fn max_steps_ends_a_model_that_always_calls_a_tool() {
+    let env = env();
+    let mut c = env.connect();
+    let (_, agent) = gym(&mut c, "openai", "gold", &["class_schedule"]);
+    c.batch_execute(&format!(
+        "UPDATE ai_agents.ai_agents SET max_steps = 3 WHERE id = '{agent}'"
+    ))
+    .unwrap();
+    let marker = format!("loop-forever-{agent}");
+    let always: Vec<Value> = (0..6)
+        .map(|_| {
+            reply(
+                &marker,
+                None,
+                json!([{"name": "class_schedule", "arguments": {"day": "monday"}}]),
+            )
+        })
+        .collect();
+    let task = run(&mut c, &agent, &marker, Value::Array(always), "failed");
+    let row = c
+        .query_one(
+            "SELECT error_message, attempts FROM ai_agents.ai_agent_tasks WHERE id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap();
+    let (error, attempts): (String, i32) = (row.get(0), row.get(1));
+    assert!(error.starts_with("max_steps_exceeded"), "{error}");
+    assert_eq!(attempts, 1);
+    assert_eq!(
+        requests_with(&marker).len(),
+        3,
+        "exactly max_steps LLM calls"
+    );
+    let kinds: Vec<String> = steps(&mut c, &task).into_iter().map(|s| s.kind).collect();
+    assert_eq!(kinds, ["llm", "tool", "llm", "tool", "llm"]);
+}
+
+#[test]
+fn a_version_rollback_restores_the_tool_set() {
+    let env = env();
+    let mut c = env.connect();
+    let (_, agent) = gym(&mut c, "openai", "gold", &["member_lookup"]);
+    c.batch_execute(&format!(
+        "UPDATE ai_agents.ai_agents SET tools = ARRAY['member_lookup', 'freeze_membership'], max_steps = 4 WHERE id = '{agent}';
+         SELECT ai_agents.activate_agent_version('{agent}', 1);"
+    ))
+    .unwrap();
+    let row = c
+        .query_one(
+            "SELECT a.tools, a.max_steps, (SELECT array_agg(v.tools::text ORDER BY v.version_number)
+                                             FROM ai_agents.ai_agent_versions v WHERE v.agent_id = a.id)
+               FROM ai_agents.ai_agents a WHERE a.id = $1::text::uuid",
+            &[&agent],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, Vec<String>>(0), ["member_lookup"]);
+    assert_eq!(row.get::<_, i32>(1), 8);
+    assert_eq!(
+        row.get::<_, Vec<String>>(2),
+        ["{member_lookup}", "{member_lookup,freeze_membership}"]
+    );
+}
+
+#[test]
+fn tools_are_checked_when_registered_and_attached() {
+    let env = env();
+    let mut c = env.connect();
+    let (org, agent) = gym(&mut c, "openai", "gold", &[]);
+    c.batch_execute(
+        "CREATE FUNCTION gym.wrong_shape(args text) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$;
+         CREATE FUNCTION gym.as_owner(args jsonb) RETURNS jsonb LANGUAGE sql SECURITY DEFINER AS $$ SELECT args $$;
+         CREATE FUNCTION gym.hidden(args jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT args $$;
+         REVOKE EXECUTE ON FUNCTION gym.hidden(jsonb) FROM PUBLIC;",
+    )
+    .unwrap();
+    let register = |name: &str, function: &str, parameters: &str| {
+        format!(
+            "INSERT INTO ai_agents.ai_agent_tools (organization_id, name, function, parameters)
+             VALUES ('{org}', '{name}', '{function}', '{parameters}')"
+        )
+    };
+    let object = r#"{"type": "object"}"#;
+    for (sql, code, words) in [
+        (register("shape", "gym.wrong_shape(text)", object), "42P13", "must take (args jsonb) and return jsonb"),
+        (register("owner", "gym.as_owner(jsonb)", object), "42501", "SECURITY DEFINER"),
+        (register("hidden", "gym.hidden(jsonb)", object), "42501", "may not execute"),
+        (register("bad name!", "gym.class_schedule(jsonb)", object), "23514", "ai_agent_tools_name_check"),
+        (register("ai_agents_final_answer", "gym.class_schedule(jsonb)", object), "23514", "ai_agent_tools_name_check"),
+        (register("schema", "gym.class_schedule(jsonb)", r#"{"type": 12}"#), "22023", "not a valid JSON Schema"),
+        (
+            format!("UPDATE ai_agents.ai_agents SET tools = ARRAY['nope'] WHERE id = '{agent}'"),
+            "23503",
+            "has not registered",
+        ),
+        (
+            format!("UPDATE ai_agents.ai_agents SET tools = ARRAY['member_lookup', 'member_lookup'] WHERE id = '{agent}'"),
+            "22023",
+            "names a tool twice",
+        ),
+        (
+            format!("UPDATE ai_agents.ai_agents SET max_steps = 0 WHERE id = '{agent}'"),
+            "23514",
+            "ai_agents_max_steps_check",
+        ),
+    ] {
+        let (got, message) = error_of(&mut c, &sql);
+        assert_eq!(got, code, "{sql}: {message}");
+        assert!(message.contains(words), "{sql}: {message}");
+    }
+}
