@@ -279,15 +279,19 @@ CREATE TABLE ai_agents.ai_agent_tools (
     PRIMARY KEY (organization_id, name)
 );
 
--- An agent's tools (by name) and the most LLM calls of one run: configuration, so versions
--- snapshot them and activate_agent_version restores them.
+-- An agent's tools (by name), the JSON Schema of its final answer and the most LLM calls of
+-- one run: configuration, so versions snapshot them and activate_agent_version restores them.
 ALTER TABLE ai_agents.ai_agents
     ADD COLUMN tools text[] NOT NULL DEFAULT '{}'
         CONSTRAINT ai_agents_tools_check CHECK (cardinality(tools) <= 64 AND array_position(tools, NULL) IS NULL),
+    ADD COLUMN output_schema jsonb
+        CONSTRAINT ai_agents_output_schema_check
+        CHECK (jsonb_typeof(output_schema) = 'object' AND octet_length(output_schema::text) <= 65536),
     ADD COLUMN max_steps integer NOT NULL DEFAULT 8
         CONSTRAINT ai_agents_max_steps_check CHECK (max_steps BETWEEN 1 AND 100);
 ALTER TABLE ai_agents.ai_agent_versions
     ADD COLUMN tools text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN output_schema jsonb,
     ADD COLUMN max_steps integer NOT NULL DEFAULT 8;
 
 -- Steps are numbered over the task's life; those of the current run are numbered from
@@ -437,20 +441,20 @@ BEGIN
     END IF;
     SELECT * INTO cur FROM ai_agents.ai_agent_versions WHERE id = a.current_version_id;
     IF FOUND AND (cur.name, cur.agent_type, cur.system_prompt, cur.provider, cur.model,
-                  cur.temperature, cur.max_tokens, cur.config, cur.tools, cur.max_steps)
+                  cur.temperature, cur.max_tokens, cur.config, cur.tools, cur.output_schema, cur.max_steps)
                  IS NOT DISTINCT FROM
                  (a.name, a.agent_type, a.system_prompt, a.provider, a.model,
-                  a.temperature, a.max_tokens, a.config, a.tools, a.max_steps) THEN
+                  a.temperature, a.max_tokens, a.config, a.tools, a.output_schema, a.max_steps) THEN
         RETURN cur;
     END IF;
     INSERT INTO ai_agents.ai_agent_versions
         (agent_id, organization_id, version_number, name, agent_type, system_prompt, provider,
-         model, temperature, max_tokens, config, tools, max_steps, change_note, created_by)
+         model, temperature, max_tokens, config, tools, output_schema, max_steps, change_note, created_by)
     VALUES
         (a.id, a.organization_id,
          coalesce((SELECT max(v.version_number) FROM ai_agents.ai_agent_versions v WHERE v.agent_id = a.id), 0) + 1,
          a.name, a.agent_type, a.system_prompt, a.provider, a.model, a.temperature, a.max_tokens,
-         a.config, a.tools, a.max_steps, create_agent_version_from_current.change_note, ai_agents._current_actor())
+         a.config, a.tools, a.output_schema, a.max_steps, create_agent_version_from_current.change_note, ai_agents._current_actor())
     RETURNING * INTO cur;
     UPDATE ai_agents.ai_agents SET current_version_id = cur.id WHERE id = a.id;
     RETURN cur;
@@ -480,7 +484,7 @@ BEGIN
        SET current_version_id = v.id, name = v.name, agent_type = v.agent_type,
            system_prompt = v.system_prompt, provider = v.provider, model = v.model,
            temperature = v.temperature, max_tokens = v.max_tokens, config = v.config,
-           tools = v.tools, max_steps = v.max_steps
+           tools = v.tools, output_schema = v.output_schema, max_steps = v.max_steps
      WHERE id = v.agent_id
     RETURNING * INTO a;
     INSERT INTO ai_agents.ai_agent_activity_log
@@ -511,14 +515,14 @@ CREATE OR REPLACE TRIGGER ai_agents_version_on_insert
 
 CREATE OR REPLACE TRIGGER ai_agents_version_on_change
     AFTER UPDATE OF name, agent_type, system_prompt, provider, model, temperature, max_tokens, config,
-                    tools, max_steps
+                    tools, output_schema, max_steps
     ON ai_agents.ai_agents
     FOR EACH ROW
     WHEN ((OLD.name, OLD.agent_type, OLD.system_prompt, OLD.provider, OLD.model, OLD.temperature,
-           OLD.max_tokens, OLD.config, OLD.tools, OLD.max_steps)
+           OLD.max_tokens, OLD.config, OLD.tools, OLD.output_schema, OLD.max_steps)
           IS DISTINCT FROM
           (NEW.name, NEW.agent_type, NEW.system_prompt, NEW.provider, NEW.model, NEW.temperature,
-           NEW.max_tokens, NEW.config, NEW.tools, NEW.max_steps))
+           NEW.max_tokens, NEW.config, NEW.tools, NEW.output_schema, NEW.max_steps))
     EXECUTE FUNCTION ai_agents._snapshot_agent_version();
 
 CREATE OR REPLACE FUNCTION ai_agents._touch_updated_at() RETURNS trigger
@@ -1527,7 +1531,7 @@ CREATE OR REPLACE FUNCTION ai_agents._claim_llm_calls(worker text, max_calls int
 RETURNS TABLE (task_id uuid, fencing_token bigint, provider text, model text, system_prompt text,
                temperature float8, max_tokens integer, title text, description text, input jsonb,
                history jsonb, agent_id uuid, organization_id uuid, base_url text, tools jsonb,
-               steps jsonb)
+               steps jsonb, output_schema jsonb)
 LANGUAGE plpgsql -- not sql: PL/pgSQL keeps the plan from call to call
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1559,15 +1563,16 @@ BEGIN
                  WHERE m.bytes <= max_bytes OR m.n = 1)
            END,
            t.agent_id, t.organization_id, v.config ->> 'base_url',
-           -- An agent with tools: their declarations, in the version's order (one no longer
-           -- registered is left out; a call of it is refused), and the run's steps so far.
-           CASE WHEN cardinality(v.tools) > 0 THEN
+           -- An agent with tools or an output schema runs the loop: the tools' declarations,
+           -- in the version's order (one no longer registered is left out; a call of it is
+           -- refused), and the run's steps so far.
+           CASE WHEN cardinality(v.tools) > 0 OR v.output_schema IS NOT NULL THEN
                (SELECT coalesce(jsonb_agg(jsonb_build_object('name', tl.name, 'description', tl.description,
                                                              'parameters', tl.parameters) ORDER BY n.i), '[]')
                   FROM unnest(v.tools) WITH ORDINALITY n(name, i)
                   JOIN ai_agents.ai_agent_tools tl ON tl.organization_id = t.organization_id AND tl.name = n.name)
            END,
-           CASE WHEN cardinality(v.tools) > 0 THEN
+           CASE WHEN cardinality(v.tools) > 0 OR v.output_schema IS NOT NULL THEN
                (SELECT coalesce(jsonb_agg(jsonb_build_object('step_number', s.step_number, 'kind', s.kind,
                                                              'content', s.content, 'tool_calls', s.tool_calls,
                                                              'tool_call_id', s.tool_call_id, 'tool_name', s.tool_name,
@@ -1576,7 +1581,8 @@ BEGIN
                   FROM ai_agents.ai_agent_task_steps s
                  WHERE s.organization_id = t.organization_id AND s.task_id = t.id
                    AND s.step_number >= t.run_first_step)
-           END
+           END,
+           v.output_schema
       FROM unnest(claimed) t
       -- No version (it was deleted behind the extension's back): the worker fails the task.
       LEFT JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
@@ -2120,8 +2126,9 @@ CREATE OR REPLACE FUNCTION ai_agents._call_tool(fn regprocedure, args jsonb, tim
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'call_tool_wrapper';
 
--- An agent may name only its organization's tools, each once.
-CREATE OR REPLACE FUNCTION ai_agents._validate_agent_tools() RETURNS trigger
+-- An agent may name only its organization's tools, each once, and its output schema must be
+-- one the worker can check answers against.
+CREATE OR REPLACE FUNCTION ai_agents._validate_agent_loop() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2140,14 +2147,17 @@ BEGIN
             USING ERRCODE = '23503',
                   HINT = 'Register it in ai_agents.ai_agent_tools first.';
     END IF;
+    IF NEW.output_schema IS NOT NULL THEN
+        PERFORM ai_agents._check_json_schema(NEW.output_schema, format('the output schema of agent %s', NEW.name));
+    END IF;
     RETURN NEW;
 END
 $$;
 
-CREATE OR REPLACE TRIGGER ai_agents_validate_tools
-    BEFORE INSERT OR UPDATE OF tools, organization_id ON ai_agents.ai_agents
-    FOR EACH ROW WHEN (cardinality(NEW.tools) > 0)
-    EXECUTE FUNCTION ai_agents._validate_agent_tools();
+CREATE OR REPLACE TRIGGER ai_agents_validate_loop
+    BEFORE INSERT OR UPDATE OF tools, output_schema, organization_id ON ai_agents.ai_agents
+    FOR EACH ROW WHEN (cardinality(NEW.tools) > 0 OR NEW.output_schema IS NOT NULL)
+    EXECUTE FUNCTION ai_agents._validate_agent_loop();
 
 -- A run that ends (completed, failed, cancelled) leaves its steps behind: a recurring task's
 -- next run starts afresh.
@@ -2337,13 +2347,18 @@ REVOKE ALL ON FUNCTION ai_agents._record_tool_failure(uuid, bigint, integer, tex
 --   * tool calls within max_steps: 'tools', and the step numbers of the calls follow
 --     `step_number` in order (the worker runs them, then _continue_task);
 --   * tool calls on the max_steps-th call: the task fails for good ('max_steps_exceeded');
---   * a final answer: the task completes with the run's tokens and cost ('completed').
+--   * an answer the output schema refuses (`invalid` says why; the step keeps it as its
+--     error): the run's first gets a repair turn ('repair': the worker continues the task),
+--     a second fails the task for good ('schema_invalid');
+--   * a final answer: the task completes with the run's tokens and cost ('completed'), and
+--     with `result` when the version has an output schema.
 -- 'busy': another session holds the task row (offered again next turn); 'discarded': the run
 -- is no longer current.
 CREATE OR REPLACE FUNCTION ai_agents._record_llm_step(task_id uuid, fencing_token bigint, content text,
                                           tool_calls jsonb, input_tokens bigint, output_tokens bigint,
                                           cached_input_tokens bigint, cache_write_tokens bigint,
-                                          model text, request_id text, execution_time_ms integer)
+                                          model text, request_id text, execution_time_ms integer,
+                                          result jsonb, invalid text)
 RETURNS TABLE (status text, step_number integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2389,9 +2404,10 @@ BEGIN
                                   'cache_write_tokens', _record_llm_step.cache_write_tokens,
                                   'tool_calls', jsonb_array_length(_record_llm_step.tool_calls));
     INSERT INTO ai_agents.ai_agent_task_steps
-        (organization_id, task_id, step_number, agent_id, kind, content, tool_calls, input_tokens,
-         output_tokens, cost_usd, model, request_id, duration_ms, fencing_token)
+        (organization_id, task_id, step_number, agent_id, kind, content, tool_calls, result, error,
+         input_tokens, output_tokens, cost_usd, model, request_id, duration_ms, fencing_token)
     VALUES (t.organization_id, t.id, n, t.agent_id, 'llm', _record_llm_step.content, _record_llm_step.tool_calls,
+            _record_llm_step.result, _record_llm_step.invalid,
             least(_record_llm_step.input_tokens, 2147483647)::integer,
             least(_record_llm_step.output_tokens, 2147483647)::integer, cost, _record_llm_step.model,
             _record_llm_step.request_id, _record_llm_step.execution_time_ms, t.fencing_token);
@@ -2403,7 +2419,7 @@ BEGIN
             _record_llm_step.execution_time_ms, details);
     calls := jsonb_array_length(_record_llm_step.tool_calls);
     SELECT least(sum(s.input_tokens::bigint + s.output_tokens), 2147483647)::integer AS tokens,
-           sum(s.cost_usd) AS cost, count(*) AS llm_calls
+           sum(s.cost_usd) AS cost, count(*) AS llm_calls, count(s.error) AS refused
       INTO total
       FROM ai_agents.ai_agent_task_steps s
      WHERE s.organization_id = t.organization_id AND s.task_id = t.id
@@ -2426,8 +2442,18 @@ BEGIN
         status := 'max_steps_exceeded';
     ELSIF calls > 0 THEN
         status := 'tools';
+    ELSIF _record_llm_step.invalid IS NOT NULL AND total.refused > 1 THEN
+        PERFORM ai_agents.fail_task(t.id, t.fencing_token,
+            'schema_invalid: the answer does not follow the output schema, after one repair turn: ' || _record_llm_step.invalid,
+            permanent => true, tokens_used => total.tokens, cost_usd => total.cost,
+            execution_time_ms => _record_llm_step.execution_time_ms,
+            details => jsonb_build_object('request_id', _record_llm_step.request_id, 'reason', 'schema_invalid'));
+        status := 'schema_invalid';
+    ELSIF _record_llm_step.invalid IS NOT NULL THEN
+        status := 'repair';
     ELSE
-        PERFORM ai_agents.complete_tasks(ARRAY[t.id], ARRAY[t.fencing_token], ARRAY[_record_llm_step.content], NULL,
+        PERFORM ai_agents.complete_tasks(ARRAY[t.id], ARRAY[t.fencing_token], ARRAY[_record_llm_step.content],
+                                         CASE WHEN _record_llm_step.result IS NOT NULL THEN ARRAY[_record_llm_step.result] END,
                                          ARRAY[total.tokens], ARRAY[total.cost],
                                          ARRAY[_record_llm_step.execution_time_ms], ARRAY[details]);
         IF t.conversation_id IS NOT NULL THEN
@@ -2441,7 +2467,7 @@ BEGIN
     RETURN NEXT;
 END
 $$;
-REVOKE ALL ON FUNCTION ai_agents._record_llm_step(uuid, bigint, text, jsonb, bigint, bigint, bigint, bigint, text, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents._record_llm_step(uuid, bigint, text, jsonb, bigint, bigint, bigint, bigint, text, text, integer, jsonb, text) FROM PUBLIC;
 
 -- After its tool calls, a task goes back to be claimed for its next LLM call. That claim is
 -- the same attempt: claim_due_tasks counts one more, taken back here.

@@ -30,20 +30,20 @@ BEGIN
     END IF;
     SELECT * INTO cur FROM ai_agents.ai_agent_versions WHERE id = a.current_version_id;
     IF FOUND AND (cur.name, cur.agent_type, cur.system_prompt, cur.provider, cur.model,
-                  cur.temperature, cur.max_tokens, cur.config, cur.tools, cur.max_steps)
+                  cur.temperature, cur.max_tokens, cur.config, cur.tools, cur.output_schema, cur.max_steps)
                  IS NOT DISTINCT FROM
                  (a.name, a.agent_type, a.system_prompt, a.provider, a.model,
-                  a.temperature, a.max_tokens, a.config, a.tools, a.max_steps) THEN
+                  a.temperature, a.max_tokens, a.config, a.tools, a.output_schema, a.max_steps) THEN
         RETURN cur;
     END IF;
     INSERT INTO ai_agents.ai_agent_versions
         (agent_id, organization_id, version_number, name, agent_type, system_prompt, provider,
-         model, temperature, max_tokens, config, tools, max_steps, change_note, created_by)
+         model, temperature, max_tokens, config, tools, output_schema, max_steps, change_note, created_by)
     VALUES
         (a.id, a.organization_id,
          coalesce((SELECT max(v.version_number) FROM ai_agents.ai_agent_versions v WHERE v.agent_id = a.id), 0) + 1,
          a.name, a.agent_type, a.system_prompt, a.provider, a.model, a.temperature, a.max_tokens,
-         a.config, a.tools, a.max_steps, create_agent_version_from_current.change_note, ai_agents._current_actor())
+         a.config, a.tools, a.output_schema, a.max_steps, create_agent_version_from_current.change_note, ai_agents._current_actor())
     RETURNING * INTO cur;
     UPDATE ai_agents.ai_agents SET current_version_id = cur.id WHERE id = a.id;
     RETURN cur;
@@ -73,7 +73,7 @@ BEGIN
        SET current_version_id = v.id, name = v.name, agent_type = v.agent_type,
            system_prompt = v.system_prompt, provider = v.provider, model = v.model,
            temperature = v.temperature, max_tokens = v.max_tokens, config = v.config,
-           tools = v.tools, max_steps = v.max_steps
+           tools = v.tools, output_schema = v.output_schema, max_steps = v.max_steps
      WHERE id = v.agent_id
     RETURNING * INTO a;
     INSERT INTO ai_agents.ai_agent_activity_log
@@ -104,14 +104,14 @@ CREATE OR REPLACE TRIGGER ai_agents_version_on_insert
 
 CREATE OR REPLACE TRIGGER ai_agents_version_on_change
     AFTER UPDATE OF name, agent_type, system_prompt, provider, model, temperature, max_tokens, config,
-                    tools, max_steps
+                    tools, output_schema, max_steps
     ON ai_agents.ai_agents
     FOR EACH ROW
     WHEN ((OLD.name, OLD.agent_type, OLD.system_prompt, OLD.provider, OLD.model, OLD.temperature,
-           OLD.max_tokens, OLD.config, OLD.tools, OLD.max_steps)
+           OLD.max_tokens, OLD.config, OLD.tools, OLD.output_schema, OLD.max_steps)
           IS DISTINCT FROM
           (NEW.name, NEW.agent_type, NEW.system_prompt, NEW.provider, NEW.model, NEW.temperature,
-           NEW.max_tokens, NEW.config, NEW.tools, NEW.max_steps))
+           NEW.max_tokens, NEW.config, NEW.tools, NEW.output_schema, NEW.max_steps))
     EXECUTE FUNCTION ai_agents._snapshot_agent_version();
 
 CREATE OR REPLACE FUNCTION ai_agents._touch_updated_at() RETURNS trigger

@@ -73,8 +73,9 @@ CREATE OR REPLACE FUNCTION ai_agents._call_tool(fn regprocedure, args jsonb, tim
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'call_tool_wrapper';
 
--- An agent may name only its organization's tools, each once.
-CREATE OR REPLACE FUNCTION ai_agents._validate_agent_tools() RETURNS trigger
+-- An agent may name only its organization's tools, each once, and its output schema must be
+-- one the worker can check answers against.
+CREATE OR REPLACE FUNCTION ai_agents._validate_agent_loop() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -93,14 +94,17 @@ BEGIN
             USING ERRCODE = '23503',
                   HINT = 'Register it in ai_agents.ai_agent_tools first.';
     END IF;
+    IF NEW.output_schema IS NOT NULL THEN
+        PERFORM ai_agents._check_json_schema(NEW.output_schema, format('the output schema of agent %s', NEW.name));
+    END IF;
     RETURN NEW;
 END
 $$;
 
-CREATE OR REPLACE TRIGGER ai_agents_validate_tools
-    BEFORE INSERT OR UPDATE OF tools, organization_id ON ai_agents.ai_agents
-    FOR EACH ROW WHEN (cardinality(NEW.tools) > 0)
-    EXECUTE FUNCTION ai_agents._validate_agent_tools();
+CREATE OR REPLACE TRIGGER ai_agents_validate_loop
+    BEFORE INSERT OR UPDATE OF tools, output_schema, organization_id ON ai_agents.ai_agents
+    FOR EACH ROW WHEN (cardinality(NEW.tools) > 0 OR NEW.output_schema IS NOT NULL)
+    EXECUTE FUNCTION ai_agents._validate_agent_loop();
 
 -- A run that ends (completed, failed, cancelled) leaves its steps behind: a recurring task's
 -- next run starts afresh.
@@ -290,13 +294,18 @@ REVOKE ALL ON FUNCTION ai_agents._record_tool_failure(uuid, bigint, integer, tex
 --   * tool calls within max_steps: 'tools', and the step numbers of the calls follow
 --     `step_number` in order (the worker runs them, then _continue_task);
 --   * tool calls on the max_steps-th call: the task fails for good ('max_steps_exceeded');
---   * a final answer: the task completes with the run's tokens and cost ('completed').
+--   * an answer the output schema refuses (`invalid` says why; the step keeps it as its
+--     error): the run's first gets a repair turn ('repair': the worker continues the task),
+--     a second fails the task for good ('schema_invalid');
+--   * a final answer: the task completes with the run's tokens and cost ('completed'), and
+--     with `result` when the version has an output schema.
 -- 'busy': another session holds the task row (offered again next turn); 'discarded': the run
 -- is no longer current.
 CREATE OR REPLACE FUNCTION ai_agents._record_llm_step(task_id uuid, fencing_token bigint, content text,
                                           tool_calls jsonb, input_tokens bigint, output_tokens bigint,
                                           cached_input_tokens bigint, cache_write_tokens bigint,
-                                          model text, request_id text, execution_time_ms integer)
+                                          model text, request_id text, execution_time_ms integer,
+                                          result jsonb, invalid text)
 RETURNS TABLE (status text, step_number integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -342,9 +351,10 @@ BEGIN
                                   'cache_write_tokens', _record_llm_step.cache_write_tokens,
                                   'tool_calls', jsonb_array_length(_record_llm_step.tool_calls));
     INSERT INTO ai_agents.ai_agent_task_steps
-        (organization_id, task_id, step_number, agent_id, kind, content, tool_calls, input_tokens,
-         output_tokens, cost_usd, model, request_id, duration_ms, fencing_token)
+        (organization_id, task_id, step_number, agent_id, kind, content, tool_calls, result, error,
+         input_tokens, output_tokens, cost_usd, model, request_id, duration_ms, fencing_token)
     VALUES (t.organization_id, t.id, n, t.agent_id, 'llm', _record_llm_step.content, _record_llm_step.tool_calls,
+            _record_llm_step.result, _record_llm_step.invalid,
             least(_record_llm_step.input_tokens, 2147483647)::integer,
             least(_record_llm_step.output_tokens, 2147483647)::integer, cost, _record_llm_step.model,
             _record_llm_step.request_id, _record_llm_step.execution_time_ms, t.fencing_token);
@@ -356,7 +366,7 @@ BEGIN
             _record_llm_step.execution_time_ms, details);
     calls := jsonb_array_length(_record_llm_step.tool_calls);
     SELECT least(sum(s.input_tokens::bigint + s.output_tokens), 2147483647)::integer AS tokens,
-           sum(s.cost_usd) AS cost, count(*) AS llm_calls
+           sum(s.cost_usd) AS cost, count(*) AS llm_calls, count(s.error) AS refused
       INTO total
       FROM ai_agents.ai_agent_task_steps s
      WHERE s.organization_id = t.organization_id AND s.task_id = t.id
@@ -379,8 +389,18 @@ BEGIN
         status := 'max_steps_exceeded';
     ELSIF calls > 0 THEN
         status := 'tools';
+    ELSIF _record_llm_step.invalid IS NOT NULL AND total.refused > 1 THEN
+        PERFORM ai_agents.fail_task(t.id, t.fencing_token,
+            'schema_invalid: the answer does not follow the output schema, after one repair turn: ' || _record_llm_step.invalid,
+            permanent => true, tokens_used => total.tokens, cost_usd => total.cost,
+            execution_time_ms => _record_llm_step.execution_time_ms,
+            details => jsonb_build_object('request_id', _record_llm_step.request_id, 'reason', 'schema_invalid'));
+        status := 'schema_invalid';
+    ELSIF _record_llm_step.invalid IS NOT NULL THEN
+        status := 'repair';
     ELSE
-        PERFORM ai_agents.complete_tasks(ARRAY[t.id], ARRAY[t.fencing_token], ARRAY[_record_llm_step.content], NULL,
+        PERFORM ai_agents.complete_tasks(ARRAY[t.id], ARRAY[t.fencing_token], ARRAY[_record_llm_step.content],
+                                         CASE WHEN _record_llm_step.result IS NOT NULL THEN ARRAY[_record_llm_step.result] END,
                                          ARRAY[total.tokens], ARRAY[total.cost],
                                          ARRAY[_record_llm_step.execution_time_ms], ARRAY[details]);
         IF t.conversation_id IS NOT NULL THEN
@@ -394,7 +414,7 @@ BEGIN
     RETURN NEXT;
 END
 $$;
-REVOKE ALL ON FUNCTION ai_agents._record_llm_step(uuid, bigint, text, jsonb, bigint, bigint, bigint, bigint, text, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents._record_llm_step(uuid, bigint, text, jsonb, bigint, bigint, bigint, bigint, text, text, integer, jsonb, text) FROM PUBLIC;
 
 -- After its tool calls, a task goes back to be claimed for its next LLM call. That claim is
 -- the same attempt: claim_due_tasks counts one more, taken back here.

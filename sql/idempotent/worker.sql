@@ -37,7 +37,7 @@ CREATE OR REPLACE FUNCTION ai_agents._claim_llm_calls(worker text, max_calls int
 RETURNS TABLE (task_id uuid, fencing_token bigint, provider text, model text, system_prompt text,
                temperature float8, max_tokens integer, title text, description text, input jsonb,
                history jsonb, agent_id uuid, organization_id uuid, base_url text, tools jsonb,
-               steps jsonb)
+               steps jsonb, output_schema jsonb)
 LANGUAGE plpgsql -- not sql: PL/pgSQL keeps the plan from call to call
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -69,15 +69,16 @@ BEGIN
                  WHERE m.bytes <= max_bytes OR m.n = 1)
            END,
            t.agent_id, t.organization_id, v.config ->> 'base_url',
-           -- An agent with tools: their declarations, in the version's order (one no longer
-           -- registered is left out; a call of it is refused), and the run's steps so far.
-           CASE WHEN cardinality(v.tools) > 0 THEN
+           -- An agent with tools or an output schema runs the loop: the tools' declarations,
+           -- in the version's order (one no longer registered is left out; a call of it is
+           -- refused), and the run's steps so far.
+           CASE WHEN cardinality(v.tools) > 0 OR v.output_schema IS NOT NULL THEN
                (SELECT coalesce(jsonb_agg(jsonb_build_object('name', tl.name, 'description', tl.description,
                                                              'parameters', tl.parameters) ORDER BY n.i), '[]')
                   FROM unnest(v.tools) WITH ORDINALITY n(name, i)
                   JOIN ai_agents.ai_agent_tools tl ON tl.organization_id = t.organization_id AND tl.name = n.name)
            END,
-           CASE WHEN cardinality(v.tools) > 0 THEN
+           CASE WHEN cardinality(v.tools) > 0 OR v.output_schema IS NOT NULL THEN
                (SELECT coalesce(jsonb_agg(jsonb_build_object('step_number', s.step_number, 'kind', s.kind,
                                                              'content', s.content, 'tool_calls', s.tool_calls,
                                                              'tool_call_id', s.tool_call_id, 'tool_name', s.tool_name,
@@ -86,7 +87,8 @@ BEGIN
                   FROM ai_agents.ai_agent_task_steps s
                  WHERE s.organization_id = t.organization_id AND s.task_id = t.id
                    AND s.step_number >= t.run_first_step)
-           END
+           END,
+           v.output_schema
       FROM unnest(claimed) t
       -- No version (it was deleted behind the extension's back): the worker fails the task.
       LEFT JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;

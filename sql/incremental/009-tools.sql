@@ -23,15 +23,19 @@ CREATE TABLE ai_agents.ai_agent_tools (
     PRIMARY KEY (organization_id, name)
 );
 
--- An agent's tools (by name) and the most LLM calls of one run: configuration, so versions
--- snapshot them and activate_agent_version restores them.
+-- An agent's tools (by name), the JSON Schema of its final answer and the most LLM calls of
+-- one run: configuration, so versions snapshot them and activate_agent_version restores them.
 ALTER TABLE ai_agents.ai_agents
     ADD COLUMN tools text[] NOT NULL DEFAULT '{}'
         CONSTRAINT ai_agents_tools_check CHECK (cardinality(tools) <= 64 AND array_position(tools, NULL) IS NULL),
+    ADD COLUMN output_schema jsonb
+        CONSTRAINT ai_agents_output_schema_check
+        CHECK (jsonb_typeof(output_schema) = 'object' AND octet_length(output_schema::text) <= 65536),
     ADD COLUMN max_steps integer NOT NULL DEFAULT 8
         CONSTRAINT ai_agents_max_steps_check CHECK (max_steps BETWEEN 1 AND 100);
 ALTER TABLE ai_agents.ai_agent_versions
     ADD COLUMN tools text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN output_schema jsonb,
     ADD COLUMN max_steps integer NOT NULL DEFAULT 8;
 
 -- Steps are numbered over the task's life; those of the current run are numbered from

@@ -97,8 +97,8 @@ const LOCK: &str = concat!(
 /// What a call of each task in $1 will send: the text its user message is made of; for a
 /// conversation task, how many bytes of history it may send at most (the newest message
 /// always, others up to ai_agents.history_max_bytes); and for an agent with tools, the bytes
-/// and the number of its tools' declarations and of the run's steps (as the claim will pin
-/// the agent's current version).
+/// and the number of its tools' declarations (and output schema) and of the run's steps (as
+/// the claim will pin the agent's current version).
 const PROMPTS: &str = "
     SELECT t.id, t.title, t.description, t.input::text,
            CASE WHEN t.conversation_id IS NOT NULL THEN
@@ -112,18 +112,22 @@ const PROMPTS: &str = "
       JOIN ai_agents.ai_agents ag ON ag.id = t.agent_id
       LEFT JOIN LATERAL (
            SELECT sum(x.bytes)::int8 AS bytes, sum(x.items)::int8 AS items
-             FROM (SELECT sum(octet_length(tl.name) + octet_length(tl.description)
+             FROM (SELECT coalesce(octet_length(ag.output_schema::text), 0) AS bytes, 1 AS items
+                   UNION ALL
+                   SELECT sum(octet_length(tl.name) + octet_length(tl.description)
                               + octet_length(tl.parameters::text)) AS bytes, count(*) AS items
                      FROM ai_agents.ai_agent_tools tl
                     WHERE tl.organization_id = t.organization_id AND tl.name = ANY (ag.tools)
                    UNION ALL
                    SELECT sum(coalesce(octet_length(s.content), 0) + coalesce(octet_length(s.tool_calls::text), 0)
                               + coalesce(octet_length(s.tool_call_id), 0) + coalesce(octet_length(s.result::text), 0)
-                              + coalesce(octet_length(s.error), 0) + 16), count(*)
+                              + coalesce(octet_length(s.error), 0) + 16
+                              -- a refused answer's repair turn (steps.rs REPAIR, shorter than this)
+                              + CASE WHEN s.kind = 'llm' AND s.error IS NOT NULL THEN 128 ELSE 0 END), count(*)
                      FROM ai_agents.ai_agent_task_steps s
                     WHERE s.organization_id = t.organization_id AND s.task_id = t.id
                       AND s.step_number >= t.run_first_step) x
-            WHERE cardinality(ag.tools) > 0) l ON true
+            WHERE cardinality(ag.tools) > 0 OR ag.output_schema IS NOT NULL) l ON true
      WHERE t.id = ANY ($1)";
 
 /// Whether an agent has due tasks besides those in $3.

@@ -3,6 +3,8 @@
 //! function as ai_agents_tool_runner under a deadline, and check JSON Schemas (`schema`).
 mod schema;
 
+pub use schema::problems as schema_problems;
+
 use pgrx::prelude::*;
 use std::time::Duration;
 

@@ -81,7 +81,7 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> (Vec<Job>, Vec<ToolR
                             temperature: claimed.temperature,
                             max_tokens: claimed.max_tokens,
                             tools: claimed.tools.clone().unwrap_or_default(),
-                            output_schema: None,
+                            output_schema: claimed.output_schema.clone(),
                         }),
                     }
                 }
@@ -89,6 +89,7 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> (Vec<Job>, Vec<ToolR
             jobs.push(Job {
                 pass: None,
                 looped,
+                output_schema: claimed.output_schema,
                 reservation: fair_claim::reservation(&claimed.task_id),
                 task_id: claimed.task_id,
                 fencing_token: claimed.fencing_token,
@@ -121,10 +122,13 @@ struct Claimed {
     agent_id: String,
     organization_id: String,
     base_url: Option<String>,
-    /// The version's tools (None: it has none, and the task makes one call).
+    /// The version's tools (None: it has neither tools nor an output schema, and the task
+    /// makes one call).
     tools: Option<Vec<llm::ToolSpec>>,
     /// The run's stored steps (jsonb as text), when the version has tools.
     steps: Option<String>,
+    /// The JSON Schema of the final answer, when the version has one.
+    output_schema: Option<serde_json::Value>,
 }
 
 impl Claimed {
@@ -151,6 +155,9 @@ impl Claimed {
                 .get_by_name::<pgrx::JsonB, _>("tools")?
                 .map(|tools| tool_specs(&tools.0)),
             steps: row.get_by_name("steps")?,
+            output_schema: row
+                .get_by_name::<pgrx::JsonB, _>("output_schema")?
+                .map(|schema| schema.0),
         })
     }
 

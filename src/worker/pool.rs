@@ -14,6 +14,8 @@ pub struct Job {
     pub pass: Option<u64>,
     /// The task runs the agent loop: its replies are stored as steps (steps.rs).
     pub looped: bool,
+    /// The JSON Schema its final answer must follow.
+    pub output_schema: Option<serde_json::Value>,
     pub task_id: String,
     pub fencing_token: i64,
     /// The request to send, or why none is sent (its row cannot be turned into a call, its
@@ -27,6 +29,7 @@ pub struct Job {
 pub struct Done {
     pub pass: Option<u64>,
     pub looped: bool,
+    pub output_schema: Option<serde_json::Value>,
     pub task_id: String,
     pub fencing_token: i64,
     pub outcome: Result<llm::Reply, llm::Failure>,
@@ -145,6 +148,7 @@ fn serve(jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake_write: RawFd) {
         let finished = Done {
             pass: job.pass,
             looped: job.looped,
+            output_schema: job.output_schema,
             task_id: job.task_id,
             fencing_token: job.fencing_token,
             outcome,

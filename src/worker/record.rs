@@ -53,6 +53,14 @@ pub fn record(st: &Statements, finished: &[Done]) -> Recorded {
             Step::Busy => {
                 busy.insert(done.task_id.clone());
             }
+            Step::Repair => {
+                completed.insert(done.task_id.clone());
+                tool_runs.push(ToolRun {
+                    task_id: done.task_id.clone(),
+                    fencing_token: done.fencing_token,
+                    calls: vec![],
+                });
+            }
             Step::Tools(first) => {
                 // The call succeeded: its task goes on (to a run_scheduler_once pass too).
                 completed.insert(done.task_id.clone());
@@ -156,6 +164,8 @@ enum Step {
     Busy,
     /// Its tool calls are to run, the first stored as this step.
     Tools(i32),
+    /// The output schema refused the answer: the task continues to its repair turn.
+    Repair,
     /// Failed for good (max_steps) or discarded (the run is no longer current).
     Ended,
 }
@@ -163,6 +173,14 @@ enum Step {
 fn record_step(st: &Statements, done: &Done, reply: &llm::Reply) -> Step {
     let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let calls = steps::stored_calls(&reply.tool_calls).to_string();
+    // A final answer is checked against the output schema here, on the main thread.
+    let (result, invalid) = match (&done.output_schema, reply.tool_calls.is_empty()) {
+        (Some(schema), true) => match steps::check_answer(schema, &reply.content) {
+            Ok(answer) => (Some(answer.to_string()), None),
+            Err(why) => (None, Some(why)),
+        },
+        _ => (None, None),
+    };
     let row = Spi::connect(|client| {
         let row = client
             .select(
@@ -180,6 +198,8 @@ fn record_step(st: &Statements, done: &Done, reply: &llm::Reply) -> Step {
                     reply.model.as_str().into(),
                     reply.request_id.as_deref().into(),
                     elapsed_ms(done).into(),
+                    result.as_deref().into(),
+                    invalid.as_deref().into(),
                 ],
             )?
             .first();
@@ -193,6 +213,7 @@ fn record_step(st: &Statements, done: &Done, reply: &llm::Reply) -> Step {
         (Some(status), _) if status == "completed" => Step::Completed,
         (Some(status), _) if status == "busy" => Step::Busy,
         (Some(status), Some(number)) if status == "tools" => Step::Tools(number + 1),
+        (Some(status), _) if status == "repair" => Step::Repair,
         _ => Step::Ended,
     }
 }

@@ -37,7 +37,7 @@ impl Statements {
                 claim: keep(
                     "SELECT task_id::text, fencing_token, provider, model, system_prompt, temperature, \
                             max_tokens, title, description, input::text, history::text, agent_id::text, \
-                            organization_id::text, base_url, tools, steps::text \
+                            organization_id::text, base_url, tools, steps::text, output_schema \
                        FROM ai_agents._claim_llm_calls($1, $2, make_interval(secs => $3), $4)",
                     &[text, int4, float8, int4],
                 )?,
@@ -57,8 +57,9 @@ impl Statements {
                 // Decoded in record.rs.
                 llm_step: keep(
                     "SELECT status, step_number \
-                       FROM ai_agents._record_llm_step($1::uuid, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11)",
-                    &[text, int8, text, text, int8, int8, int8, int8, text, text, int4],
+                       FROM ai_agents._record_llm_step($1::uuid, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, \
+                                                       $12::jsonb, $13)",
+                    &[text, int8, text, text, int8, int8, int8, int8, text, text, int4, text, text],
                 )?,
                 tool: keep(
                     "SELECT ai_agents._run_tool_step($1::uuid, $2, $3, $4, $5, $6)",

@@ -36,6 +36,10 @@ pub fn replay(steps: &Value) -> (Vec<llm::Message>, NumberedCalls) {
                 let calls = tool_calls(step.get("tool_calls").unwrap_or(&Value::Null));
                 asked = (number + 1..).zip(calls.iter().cloned()).collect();
                 messages.push(llm::Message::assistant(text("content"), calls));
+                // An answer the output schema refused: its repair turn.
+                if let Some(why) = step.get("error").and_then(Value::as_str) {
+                    messages.push(llm::Message::user(format!("{REPAIR}{why}")));
+                }
             }
             "tool" => {
                 let id = text("tool_call_id");
@@ -50,6 +54,24 @@ pub fn replay(steps: &Value) -> (Vec<llm::Message>, NumberedCalls) {
         }
     }
     (messages, asked)
+}
+
+/// What the repair turn of a refused answer says before the reasons (fair_claim counts its
+/// bytes into a call's token bound).
+pub const REPAIR: &str =
+    "Your answer does not follow the required JSON Schema. Answer again, with only JSON that does. The problems: ";
+
+/// The answer as JSON, or why the output schema refuses it.
+pub fn check_answer(schema: &Value, answer: &str) -> Result<Value, String> {
+    let value: Value =
+        serde_json::from_str(answer.trim()).map_err(|e| format!("the answer is not JSON ({e})"))?;
+    let problems = crate::tools::schema_problems(schema, &value)
+        .map_err(|e| format!("the output schema cannot be used ({e})"))?;
+    if problems.is_empty() {
+        Ok(value)
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 /// The tool calls of a stored reply, `[{id, name, arguments}]`, as the worker stored them.
@@ -210,6 +232,33 @@ mod tests {
             ]
         );
         assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_refused_answer_is_followed_by_its_repair_turn() {
+        let schema = json!({"type": "object", "required": ["total"],
+                            "properties": {"total": {"type": "number"}}});
+        assert_eq!(
+            check_answer(&schema, " {\"total\": 3} "),
+            Ok(json!({"total": 3}))
+        );
+        let why = check_answer(&schema, "{\"total\": \"3\"}").unwrap_err();
+        assert!(why.starts_with("/total: "), "{why}");
+        let not_json = check_answer(&schema, "Total: 3").unwrap_err();
+        assert!(not_json.starts_with("the answer is not JSON"), "{not_json}");
+        let steps = json!([{"step_number": 1, "kind": "llm", "content": "Total: 3", "tool_calls": [],
+                            "error": not_json}]);
+        let (messages, pending) = replay(&steps);
+        assert_eq!(
+            messages,
+            vec![
+                llm::Message::assistant("Total: 3", vec![]),
+                llm::Message::user(format!("{REPAIR}{not_json}")),
+            ]
+        );
+        assert!(pending.is_empty());
+        // fair_claim's token bound counts 128 bytes for it.
+        assert!(REPAIR.len() < 128);
     }
 
     #[test]

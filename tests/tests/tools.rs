@@ -513,19 +513,23 @@ fn max_steps_ends_a_model_that_always_calls_a_tool() {
 }
 
 #[test]
-fn a_version_rollback_restores_the_tool_set() {
+fn a_version_rollback_restores_the_tool_set_and_the_output_schema() {
     let env = env();
     let mut c = env.connect();
     let (_, agent) = gym(&mut c, "openai", "gold", &["member_lookup"]);
     c.batch_execute(&format!(
-        "UPDATE ai_agents.ai_agents SET tools = ARRAY['member_lookup', 'freeze_membership'], max_steps = 4 WHERE id = '{agent}';
-         SELECT ai_agents.activate_agent_version('{agent}', 1);"
+        r#"UPDATE ai_agents.ai_agents SET tools = ARRAY['member_lookup', 'freeze_membership'], max_steps = 4,
+                                        output_schema = '{{"type": "object"}}' WHERE id = '{agent}';
+           SELECT ai_agents.activate_agent_version('{agent}', 1);"#
     ))
     .unwrap();
     let row = c
         .query_one(
-            "SELECT a.tools, a.max_steps, (SELECT array_agg(v.tools::text ORDER BY v.version_number)
-                                             FROM ai_agents.ai_agent_versions v WHERE v.agent_id = a.id)
+            "SELECT a.tools, a.max_steps,
+                    (SELECT array_agg(v.tools::text || ' ' || coalesce(v.output_schema::text, 'none')
+                                      ORDER BY v.version_number)
+                       FROM ai_agents.ai_agent_versions v WHERE v.agent_id = a.id),
+                    a.output_schema IS NULL
                FROM ai_agents.ai_agents a WHERE a.id = $1::text::uuid",
             &[&agent],
         )
@@ -534,8 +538,12 @@ fn a_version_rollback_restores_the_tool_set() {
     assert_eq!(row.get::<_, i32>(1), 8);
     assert_eq!(
         row.get::<_, Vec<String>>(2),
-        ["{member_lookup}", "{member_lookup,freeze_membership}"]
+        [
+            "{member_lookup} none",
+            r#"{member_lookup,freeze_membership} {"type": "object"}"#
+        ]
     );
+    assert!(row.get::<_, bool>(3), "version 1 had no output schema");
 }
 
 #[test]
@@ -575,6 +583,16 @@ fn tools_are_checked_when_registered_and_attached() {
             "names a tool twice",
         ),
         (
+            format!(r#"UPDATE ai_agents.ai_agents SET output_schema = '{{"type": "nope"}}' WHERE id = '{agent}'"#),
+            "22023",
+            "the output schema of agent",
+        ),
+        (
+            format!("UPDATE ai_agents.ai_agents SET output_schema = 'true' WHERE id = '{agent}'"),
+            "23514",
+            "ai_agents_output_schema_check",
+        ),
+        (
             format!("UPDATE ai_agents.ai_agents SET max_steps = 0 WHERE id = '{agent}'"),
             "23514",
             "ai_agents_max_steps_check",
@@ -584,4 +602,126 @@ fn tools_are_checked_when_registered_and_attached() {
         assert_eq!(got, code, "{sql}: {message}");
         assert!(message.contains(words), "{sql}: {message}");
     }
+}
+
+/// A Finance agent of `provider` whose answer must follow a forecast schema; returns it.
+fn forecaster(c: &mut Client, provider: &str) -> String {
+    let (org, _) = gym(c, provider, "gold", &[]);
+    let model = if provider == "openai" {
+        "gpt-4o-mini"
+    } else {
+        "claude-3-5-haiku-latest"
+    };
+    c.query_one(
+        r#"INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, system_prompt, provider, model, output_schema)
+           VALUES ($1::text::uuid, 'Finance', 'finance', 'You forecast revenue.', $2, $3,
+                   '{"type": "object", "required": ["month", "revenue_usd"], "additionalProperties": false,
+                     "properties": {"month": {"type": "string"}, "revenue_usd": {"type": "number"}}}')
+           RETURNING id::text"#,
+        &[&org, &provider, &model],
+    )
+    .expect("an agent with an output schema")
+    .get(0)
+}
+
+/// A scripted answer: OpenAI's is the content; Anthropic's the forced answer tool's input.
+fn answer(provider: &str, marker: &str, value: Value) -> Value {
+    if provider == "openai" {
+        json!({"match": marker, "content": value.to_string()})
+    } else {
+        json!({"match": marker, "tool_calls": [{"name": "ai_agents_final_answer", "arguments": value}]})
+    }
+}
+
+fn structured(provider: &str) {
+    let env = env();
+    let mut c = env.connect();
+    let agent = forecaster(&mut c, provider);
+    // Invalid, then valid: one repair turn, and the result is stored.
+    let marker = format!("forecast-{agent}");
+    let task = run(
+        &mut c,
+        &agent,
+        &marker,
+        json!([
+            answer(
+                provider,
+                &marker,
+                json!({"month": "2026-12", "revenue_usd": "a lot"})
+            ),
+            answer(
+                provider,
+                &marker,
+                json!({"month": "2026-12", "revenue_usd": 41250.5})
+            ),
+        ]),
+        "completed",
+    );
+    let result: String = c
+        .query_one(
+            "SELECT result::text FROM ai_agents.ai_agent_tasks WHERE id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap()
+        .get(0);
+    let result: Value = serde_json::from_str(&result).unwrap();
+    assert_eq!(result, json!({"month": "2026-12", "revenue_usd": 41250.5}));
+    let sent = requests_with(&marker);
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    if provider == "openai" {
+        assert_eq!(sent[0]["response_format"]["type"], "json_schema");
+        assert_eq!(sent[0]["response_format"]["json_schema"]["strict"], true);
+        assert_eq!(
+            sent[0]["response_format"]["json_schema"]["schema"]["required"],
+            json!(["month", "revenue_usd"])
+        );
+    } else {
+        assert_eq!(sent[0]["tools"][0]["name"], "ai_agents_final_answer");
+        assert_eq!(sent[0]["tool_choice"]["name"], "ai_agents_final_answer");
+    }
+    let repair = sent[1]["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(
+        repair.contains("does not follow the required JSON Schema")
+            && repair.contains("/revenue_usd"),
+        "{repair}"
+    );
+    // Always invalid: fails for good after the repair turn, with schema_invalid.
+    let marker = format!("forecast-again-{agent}");
+    let bad = json!({"month": 12});
+    let task = run(
+        &mut c,
+        &agent,
+        &marker,
+        json!([
+            answer(provider, &marker, bad.clone()),
+            answer(provider, &marker, bad.clone()),
+            answer(provider, &marker, bad)
+        ]),
+        "failed",
+    );
+    let row = c
+        .query_one(
+            "SELECT error_message, attempts, result IS NULL FROM ai_agents.ai_agent_tasks WHERE id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap();
+    let (error, attempts, no_result): (String, i32, bool) = (row.get(0), row.get(1), row.get(2));
+    assert!(error.starts_with("schema_invalid"), "{error}");
+    assert_eq!((attempts, no_result), (1, true));
+    assert_eq!(requests_with(&marker).len(), 2, "exactly two calls");
+}
+
+#[test]
+fn a_structured_answer_gets_one_repair_turn_over_openai() {
+    structured("openai");
+}
+
+#[test]
+fn a_structured_answer_gets_one_repair_turn_over_anthropic() {
+    structured("anthropic");
 }
