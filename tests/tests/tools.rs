@@ -1,11 +1,11 @@
 //! Agents that act (issue [tools]): SQL functions as tools, run by the worker's loop under the
 //! task's organization, every LLM call and tool call stored as a step. Each test scripts the
 //! stub for requests carrying its own marker, so the tests run side by side on one worker.
-use ai_agents_tests::postgres::Client;
+use ai_agents_tests::postgres::{Client, NoTls};
 use ai_agents_tests::{enqueue, error_of, wait_for, WorkerEnv};
 use serde_json::{json, Value};
 use std::sync::{Once, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn env() -> &'static WorkerEnv {
     static ENV: OnceLock<WorkerEnv> = OnceLock::new();
@@ -724,4 +724,204 @@ fn a_structured_answer_gets_one_repair_turn_over_openai() {
 #[test]
 fn a_structured_answer_gets_one_repair_turn_over_anthropic() {
     structured("anthropic");
+}
+
+/// Waits until the cluster answers again after Postgres restarted it (a SIGKILL of any backend
+/// makes the postmaster restart all of them).
+fn reconnect(env: &WorkerEnv) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut c) = Client::connect(&env.cluster.conninfo("postgres"), NoTls) {
+            if c.batch_execute("SET search_path = ai_agents, public")
+                .is_ok()
+            {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "the cluster did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGKILLs the worker, if one is running now.
+fn kill_worker(c: &mut Client) -> bool {
+    let pid: Option<i32> = c
+        .query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'ai_agents worker'",
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get(0));
+    match pid {
+        // SAFETY: sending a signal to a process of our own test cluster.
+        Some(pid) => unsafe { libc::kill(pid, libc::SIGKILL) == 0 },
+        None => false,
+    }
+}
+
+#[test]
+fn a_write_tool_takes_effect_exactly_once_through_repeated_sigkills() {
+    const TASKS: usize = 200;
+    const KILLS: usize = 12;
+    let env = WorkerEnv::start("tools-killed", &["synchronous_commit = on"]);
+    let mut c = env.connect();
+    gym_schema(&mut c);
+    let (org, agent) = gym(&mut c, "openai", "gold", &["freeze_membership"]);
+    c.batch_execute(
+        "CREATE TABLE gym.effects (organization_id uuid, tool_call_id text, key text);
+         GRANT INSERT ON gym.effects TO ai_agents_tool_runner;
+         CREATE FUNCTION gym.record_effect(args jsonb) RETURNS jsonb LANGUAGE plpgsql
+             SET search_path = pg_catalog AS $$
+         BEGIN
+             INSERT INTO gym.effects VALUES ((current_setting('request.jwt.claims')::jsonb ->> 'organization_id')::uuid,
+                                             current_setting('ai_agents.tool_call_id'), args ->> 'key');
+             PERFORM pg_sleep(0.005);
+             RETURN jsonb_build_object('done', 'done-' || (args ->> 'key'));
+         END
+         $$;",
+    )
+    .unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO ai_agents.ai_agent_tools (organization_id, name, function, read_only)
+         VALUES ('{org}', 'record_effect', 'gym.record_effect(jsonb)', false);
+         UPDATE ai_agents.ai_agents SET tools = ARRAY['record_effect'] WHERE id = '{agent}';"
+    ))
+    .unwrap();
+    env.stub.set_default_delay_ms(40);
+    // Per task: its final answer once the tool's result is in the request, else its tool
+    // call. A call repeated after a kill finds its behaviour again (three of each).
+    let mut script = vec![];
+    for i in 0..TASKS {
+        let key = format!("k{i}-{agent}");
+        for _ in 0..3 {
+            script.push(json!({"match": format!("done-{key}"), "content": "recorded"}));
+        }
+        for _ in 0..3 {
+            script.push(json!({"match": format!("effect-task-{i}-{agent}"),
+                               "tool_calls": [{"id": format!("call-{i}"), "name": "record_effect",
+                                               "arguments": {"key": key}}]}));
+        }
+    }
+    env.stub.script(Value::Array(script));
+    let mut rng = 0x9e37_79b9_u64;
+    let mut random = move |below: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % below
+    };
+    let mut kills = 0;
+    let mut enqueued = 0;
+    while kills < KILLS {
+        for _ in 0..TASKS / KILLS {
+            c.execute(
+                "INSERT INTO ai_agents.ai_agent_tasks (organization_id, agent_id, title, max_attempts)
+                 VALUES ($1::text::uuid, $2::text::uuid, $3, 50)",
+                &[&org, &agent, &format!("effect-task-{enqueued}-{agent}")],
+            )
+            .unwrap();
+            enqueued += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100 + random(500)));
+        if kill_worker(&mut c) {
+            kills += 1;
+        }
+        drop(c);
+        std::thread::sleep(Duration::from_millis(200));
+        c = reconnect(&env);
+    }
+    while enqueued < TASKS {
+        c.execute(
+            "INSERT INTO ai_agents.ai_agent_tasks (organization_id, agent_id, title, max_attempts)
+             VALUES ($1::text::uuid, $2::text::uuid, $3, 50)",
+            &[&org, &agent, &format!("effect-task-{enqueued}-{agent}")],
+        )
+        .unwrap();
+        enqueued += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let open: i64 = c
+            .query_one(
+                "SELECT count(*) FROM ai_agents.ai_agent_tasks WHERE agent_id = $1::text::uuid AND status <> 'completed'",
+                &[&agent],
+            )
+            .unwrap()
+            .get(0);
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{open} tasks still open");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Each stored tool step's effect exists exactly once, and no effect exists without one.
+    let (steps, effects, once, orphans): (i64, i64, i64, i64) = {
+        let row = c
+            .query_one(
+                "WITH s AS (SELECT tool_call_id FROM ai_agents.ai_agent_task_steps
+                             WHERE organization_id = $1::text::uuid AND kind = 'tool'),
+                      e AS (SELECT tool_call_id, count(*) AS n FROM gym.effects GROUP BY 1)
+                 SELECT (SELECT count(*) FROM s), (SELECT coalesce(sum(n), 0)::int8 FROM e),
+                        (SELECT count(*) FROM s JOIN e USING (tool_call_id) WHERE e.n = 1),
+                        (SELECT count(*) FROM e WHERE e.tool_call_id NOT IN (SELECT tool_call_id FROM s))",
+                &[&org],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2), row.get(3))
+    };
+    // Every request the stub saw, by task and by how far into the run it was.
+    let mut seen: std::collections::HashMap<(String, usize), usize> = Default::default();
+    for request in env.stub.requests() {
+        let messages = request["body"]["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let Some(task) = messages
+            .get(1)
+            .and_then(|m| m["content"].as_str())
+            .and_then(|text| text.strip_prefix("Task: "))
+        else {
+            continue;
+        };
+        *seen.entry((task.to_string(), messages.len())).or_default() += 1;
+    }
+    let repeated: usize = seen.values().map(|n| n - 1).sum();
+    let rescued: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agents.ai_agent_activity_log
+              WHERE agent_id = $1::text::uuid AND action_type = 'lease_expired'",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    println!(
+        "tools under SIGKILL: {TASKS} tasks, {kills} kills, {steps} tool steps, {effects} effects \
+         ({once} exactly once, {orphans} without a step), {} LLM requests, {repeated} repeated, \
+         {rescued} runs rescued",
+        seen.values().sum::<usize>()
+    );
+    assert!(kills >= 10);
+    assert_eq!(steps, TASKS as i64, "every task called its tool once");
+    assert_eq!((effects, once, orphans), (steps, steps, 0));
+    // A call is asked again only when a kill interrupted it before its reply was stored:
+    // never more often than runs were rescued.
+    assert!(
+        repeated as i64 <= rescued,
+        "{repeated} repeated calls, {rescued} rescues"
+    );
+    for ((task, at), n) in &seen {
+        let rescues: i64 = c
+            .query_one(
+                "SELECT count(*) FROM ai_agents.ai_agent_activity_log l
+                   JOIN ai_agents.ai_agent_tasks t ON t.id = l.task_id
+                  WHERE t.title = $1 AND l.action_type = 'lease_expired'",
+                &[task],
+            )
+            .unwrap()
+            .get(0);
+        assert!(
+            (*n as i64) <= 1 + rescues,
+            "{task} asked {n} times at {at} messages with {rescues} rescues"
+        );
+    }
 }
