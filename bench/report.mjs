@@ -131,6 +131,11 @@ table("2. End-to-end through the worker, 0 ms stub LLM (tasks/s)", ["system", "m
   row("graphile-worker defaults (no-op job, from 1.)", "throughput/graphile_worker/default", "throughput/graphile_worker/default"),
   row("graphile-worker batched (no-op job, from 1.)", "throughput/graphile_worker/batched-2x24", "throughput/graphile_worker/default"),
 ]);
+table("2b. The agent loop through the worker, one tool step per task, 0 ms stub", ["drain", "median", "min-max", "vs the plain drain"], [
+  row("plain: one LLM call per task (tasks/s)", "worker_drain/ai_agents/stub-0ms"),
+  row("one tool step: LLM call, tool call, LLM call (tasks/s)", "worker_drain/ai_agents/tool-step", "worker_drain/ai_agents/stub-0ms"),
+  row("the same, in steps/s (3 per task)", "worker_drain/ai_agents/tool-step-steps", "worker_drain/ai_agents/stub-0ms"),
+]);
 table("3. Insert-to-start latency into an idle system (ms)", ["system", "median", "min-max", "vs graphile-worker"], [
   row("ai_agents p50", "latency/ai_agents/p50", "latency/graphile_worker/p50"),
   row("ai_agents p99", "latency/ai_agents/p99", "latency/graphile_worker/p99"),

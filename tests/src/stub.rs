@@ -140,6 +140,16 @@ impl Stub {
         self.control("POST", "/_stub/default", Some(&json!({ "delay_ms": ms })));
     }
 
+    /// Whether requests no behaviour applies to that declare tools, and carry no tool result
+    /// yet, get a call of their first tool.
+    pub fn set_call_first_tool(&self, on: bool) {
+        self.control(
+            "POST",
+            "/_stub/default",
+            Some(&json!({ "call_first_tool": on })),
+        );
+    }
+
     /// Every provider request received since the start or the last reset, oldest first.
     pub fn requests(&self) -> Vec<Value> {
         as_array(self.control("GET", "/_stub/requests", None))

@@ -1,7 +1,8 @@
 //! The LLM stub server itself: both providers' normal replies and usage numbers, scripted
-//! errors, `match`, verbatim and truncated bodies, hanging and dripping answers, delays under
-//! concurrency, header redaction, keep-alive, chunked and `Expect: 100-continue` uploads, the
-//! control API, and shutdown. Each test starts a stub of its own.
+//! errors, `match`, tool calls (scripted and automatic), verbatim and truncated bodies,
+//! hanging and dripping answers, delays under concurrency, header redaction, keep-alive,
+//! chunked and `Expect: 100-continue` uploads, the control API, and shutdown. Each test
+//! starts a stub of its own.
 use ai_agents_tests::stub::{binary_path, read_response, write_request, HttpResponse, Stub};
 use serde_json::{json, Value};
 use std::io::{BufReader, ErrorKind, Read, Write};
@@ -670,4 +671,59 @@ fn exit_with_stdin_ends_the_stub_with_its_parent() {
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn scripted_tool_calls_and_the_automatic_first_tool_in_both_formats() {
+    let stub = Stub::start();
+    stub.script(json!({"match": "scripted", "content": "looking",
+                       "tool_calls": [{"id": "c1", "name": "lookup", "arguments": {"q": 1}}]}));
+    let scripted = openai(&stub, &chat("scripted")).json();
+    let message = &scripted["choices"][0]["message"];
+    assert_eq!(message["content"], "looking");
+    assert_eq!(message["tool_calls"][0]["id"], "c1");
+    assert_eq!(
+        message["tool_calls"][0]["function"]["arguments"],
+        "{\"q\":1}"
+    );
+    assert_eq!(scripted["choices"][0]["finish_reason"], "tool_calls");
+
+    // Automatic: a request declaring tools with no result yet gets a call of the first one.
+    stub.set_call_first_tool(true);
+    let tools = json!([{"type": "function", "function": {"name": "first", "parameters": {}}},
+                       {"type": "function", "function": {"name": "second", "parameters": {}}}]);
+    let mut asked = chat("automatic");
+    asked["tools"] = tools.clone();
+    let call = openai(&stub, &asked).json();
+    assert_eq!(
+        call["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "first"
+    );
+    assert_eq!(
+        call["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+        "{}"
+    );
+    asked["messages"] = json!([{"role": "user", "content": "automatic"},
+                               {"role": "assistant", "content": null, "tool_calls": []},
+                               {"role": "tool", "tool_call_id": "x", "content": "{}"}]);
+    assert!(reply_text(&openai(&stub, &asked)).starts_with("stub reply to:"));
+    // Without tools, a plain reply as ever.
+    assert!(reply_text(&openai(&stub, &chat("no tools"))).starts_with("stub reply to:"));
+    let mut anthropic_asked = json!({"model": "claude-3-5-haiku-latest", "max_tokens": 10,
+        "messages": [{"role": "user", "content": "automatic"}],
+        "tools": [{"name": "first", "input_schema": {}}]});
+    let call = anthropic(&stub, &anthropic_asked).json();
+    assert_eq!(call["content"][0]["type"], "tool_use");
+    assert_eq!(call["content"][0]["name"], "first");
+    assert_eq!(call["stop_reason"], "tool_use");
+    anthropic_asked["messages"] = json!([{"role": "user", "content": "automatic"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "first", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "{}"}]}]);
+    assert!(reply_text(&anthropic(&stub, &anthropic_asked)).starts_with("stub reply to:"));
+    // Off again after a reset.
+    stub.reset();
+    assert!(reply_text(&openai(&stub, &asked)).starts_with("stub reply to:"));
+    let mut first_again = chat("automatic");
+    first_again["tools"] = tools;
+    assert!(reply_text(&openai(&stub, &first_again)).starts_with("stub reply to:"));
 }

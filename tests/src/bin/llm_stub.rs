@@ -1,8 +1,9 @@
 //! llm_stub: a scriptable stand-in for the OpenAI Chat Completions API and the Anthropic
 //! Messages API, for the tests and the demo of the extension's LLM worker.
 //!
-//! `llm_stub [--port N] [--verbose] [--exit-with-stdin]` binds 127.0.0.1:N (0, the default,
-//! picks a free port), prints exactly one line `listening 127.0.0.1:<port>` to stdout and
+//! `llm_stub [--port N] [--script FILE] [--verbose] [--exit-with-stdin]` binds 127.0.0.1:N
+//! (0, the default, picks a free port), queues the behaviours in FILE (as `POST /_stub/script`
+//! takes them), prints exactly one line `listening 127.0.0.1:<port>` to stdout and
 //! serves until killed, until `POST /_stub/shutdown`, or (with `--exit-with-stdin`) until its
 //! stdin reaches its end. One thread per connection, HTTP/1.1 with keep-alive,
 //! Content-Length or chunked request bodies, `Expect: 100-continue` honoured.
@@ -14,7 +15,9 @@
 //! Control endpoints (JSON):
 //! - `POST /_stub/script`: one behaviour object or an array of them, appended to the queue.
 //! - `GET /_stub/script`: the behaviours still queued.
-//! - `POST /_stub/default`: `{"delay_ms": N}`, the delay of requests no behaviour applies to.
+//! - `POST /_stub/default`: `{"delay_ms": N, "call_first_tool": bool}` (either or both), for
+//!   requests no behaviour applies to: their delay, and whether one that declares tools and
+//!   carries no tool result yet gets a call of its first tool (arguments `{}`).
 //! - `GET /_stub/requests`: the recorded requests.
 //! - `POST /_stub/reset`: clears the queue, the default delay and the records.
 //! - `POST /_stub/shutdown`: answers, then exits.
@@ -224,6 +227,9 @@ impl Behaviour {
 struct State {
     queue: Vec<Behaviour>,
     default_delay_ms: u64,
+    /// Requests no behaviour applies to that declare tools and carry no tool result yet are
+    /// answered with a call of their first tool (arguments `{}`), for benchmarks of the loop.
+    call_first_tool: bool,
     records: Vec<Value>,
     /// Numbers provider requests (`seq`, and N of the ids); never reset, so ids stay unique
     /// for the life of the server.
@@ -600,6 +606,7 @@ fn route(server: &Server, request: &Request, conn: u64) -> (Response, bool) {
             let mut state = server.lock();
             state.queue.clear();
             state.default_delay_ms = 0;
+            state.call_first_tool = false;
             state.records.clear();
             Response::json(200, &json!({"ok": true}))
         }
@@ -621,17 +628,20 @@ fn parse_json_body(request: &Request) -> Result<Value, Response> {
     })
 }
 
+/// One behaviour (an object) or several (an array).
+fn behaviours(value: &Value) -> Result<Vec<Behaviour>, String> {
+    match value {
+        Value::Array(items) => items.iter().map(Behaviour::parse).collect(),
+        one => Behaviour::parse(one).map(|b| vec![b]),
+    }
+}
+
 fn script(server: &Server, request: &Request) -> Response {
     let value = match parse_json_body(request) {
         Ok(v) => v,
         Err(response) => return response,
     };
-    let items = match &value {
-        Value::Array(items) => items.clone(),
-        other => vec![other.clone()],
-    };
-    let parsed: Result<Vec<Behaviour>, String> = items.iter().map(Behaviour::parse).collect();
-    match parsed {
+    match behaviours(&value) {
         Ok(behaviours) => {
             let mut state = server.lock();
             state.queue.extend(behaviours);
@@ -646,15 +656,28 @@ fn set_default(server: &Server, request: &Request) -> Response {
         Ok(v) => v,
         Err(response) => return response,
     };
-    match value.get("delay_ms").and_then(Value::as_u64) {
-        Some(ms) => {
-            server.lock().default_delay_ms = ms;
-            Response::json(200, &json!({"delay_ms": ms}))
-        }
-        None => Response::json(
+    let delay_ms = value.get("delay_ms").map(Value::as_u64);
+    let call_first_tool = value.get("call_first_tool").map(Value::as_bool);
+    match (delay_ms, call_first_tool) {
+        (Some(None), _) | (_, Some(None)) | (None, None) => Response::json(
             400,
-            &bad_request_error("expected {\"delay_ms\": <non-negative integer>}"),
+            &bad_request_error(
+                "expected {\"delay_ms\": <non-negative integer>, \"call_first_tool\": <boolean>} (either or both)",
+            ),
         ),
+        (delay_ms, call_first_tool) => {
+            let mut state = server.lock();
+            if let Some(Some(ms)) = delay_ms {
+                state.default_delay_ms = ms;
+            }
+            if let Some(Some(on)) = call_first_tool {
+                state.call_first_tool = on;
+            }
+            Response::json(
+                200,
+                &json!({"delay_ms": state.default_delay_ms, "call_first_tool": state.call_first_tool}),
+            )
+        }
     }
 }
 
@@ -712,7 +735,7 @@ fn provider(server: &Server, request: &Request, conn: u64, provider: Provider) -
         }
     }
 
-    let (seq, behaviour, default_delay_ms) = {
+    let (seq, behaviour, default_delay_ms, call_first_tool) = {
         let mut state = server.lock();
         let seq = state.next_seq;
         state.next_seq += 1;
@@ -740,7 +763,12 @@ fn provider(server: &Server, request: &Request, conn: u64, provider: Provider) -
             record["raw_body"] = json!(raw);
         }
         state.records.push(record);
-        (seq, behaviour, state.default_delay_ms)
+        (
+            seq,
+            behaviour,
+            state.default_delay_ms,
+            state.call_first_tool,
+        )
     };
 
     let request_id = format!("req-stub-{seq}");
@@ -767,6 +795,10 @@ fn provider(server: &Server, request: &Request, conn: u64, provider: Provider) -
     };
 
     let b = behaviour.as_ref();
+    let automatic = match (b, call_first_tool) {
+        (None, true) => first_tool_call(&body),
+        _ => None,
+    };
     let status = b.map_or(200, |b| b.status);
     if let Some(retry_after) = b.and_then(|b| b.retry_after.clone()) {
         // One header; names are case-insensitive, so this is both Retry-After and retry-after.
@@ -785,7 +817,8 @@ fn provider(server: &Server, request: &Request, conn: u64, provider: Provider) -
             &body,
             seq,
             b.and_then(|b| b.content.clone()),
-            b.and_then(|b| b.tool_calls.as_deref()),
+            b.and_then(|b| b.tool_calls.as_deref())
+                .or(automatic.as_ref().map(std::slice::from_ref)),
         );
         if let (Some(usage), Some(Value::Object(counted))) =
             (b.and_then(|b| b.usage.as_ref()), normal.get_mut("usage"))
@@ -823,6 +856,32 @@ fn provider(server: &Server, request: &Request, conn: u64, provider: Provider) -
         delay_ms: b.and_then(|b| b.delay_ms).unwrap_or(default_delay_ms),
         delivery,
     }
+}
+
+/// A call of the request's first declared tool, when it declares tools and carries no tool
+/// result yet (OpenAI `role: tool` messages, Anthropic `tool_result` blocks).
+fn first_tool_call(request: &Value) -> Option<ToolCall> {
+    let first = request.get("tools")?.as_array()?.first()?;
+    let name = first
+        .pointer("/function/name")
+        .or_else(|| first.get("name"))?
+        .as_str()?;
+    let messages = request.get("messages")?.as_array()?;
+    let answered = messages.iter().any(|m| {
+        m.get("role").and_then(Value::as_str) == Some("tool")
+            || m.get("content")
+                .and_then(Value::as_array)
+                .is_some_and(|blocks| {
+                    blocks
+                        .iter()
+                        .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+                })
+    });
+    (!answered).then(|| ToolCall {
+        id: None,
+        name: name.to_string(),
+        arguments: json!({}),
+    })
 }
 
 /// The normal 200 body, with the usage counted as documented: prompt tokens are
@@ -941,8 +1000,9 @@ fn default_text(messages: &[Value]) -> String {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: llm_stub [--port N] [--verbose] [--exit-with-stdin]");
+    eprintln!("usage: llm_stub [--port N] [--script FILE] [--verbose] [--exit-with-stdin]");
     eprintln!("  --port N           127.0.0.1:N; 0, the default, picks a free port");
+    eprintln!("  --script FILE      behaviours queued at start (as POST /_stub/script takes them)");
     eprintln!("  --verbose          one line per request on stderr");
     eprintln!("  --exit-with-stdin  exit when stdin reaches its end (the parent's pipe closed)");
     std::process::exit(2);
@@ -952,6 +1012,7 @@ fn main() {
     let mut port: u16 = 0;
     let mut verbose = false;
     let mut exit_with_stdin = false;
+    let mut queue = vec![];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -961,6 +1022,17 @@ fn main() {
                     .next()
                     .and_then(|p| p.parse().ok())
                     .unwrap_or_else(|| usage())
+            }
+            "--script" => {
+                let file = args.next().unwrap_or_else(|| usage());
+                let read = std::fs::read_to_string(&file)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
+                    .and_then(|value: Value| behaviours(&value));
+                queue = read.unwrap_or_else(|e| {
+                    eprintln!("llm_stub: cannot queue the behaviours of {file}: {e}");
+                    std::process::exit(2);
+                });
             }
             "--verbose" | "-v" => verbose = true,
             _ => usage(),
@@ -989,8 +1061,9 @@ fn main() {
     }
     let server = Arc::new(Server {
         state: Mutex::new(State {
-            queue: Vec::new(),
+            queue,
             default_delay_ms: 0,
+            call_first_tool: false,
             records: Vec::new(),
             next_seq: 1,
         }),
