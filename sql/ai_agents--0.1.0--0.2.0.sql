@@ -279,6 +279,20 @@ CREATE TABLE ai_agents.ai_agent_tools (
     PRIMARY KEY (organization_id, name)
 );
 
+-- Built-in tools: every organization's, unless it registers a tool of the same name. Global
+-- data (a reference table under Citus). The extension's own rows, written by
+-- sql/idempotent/tools.sql on install and upgrade, so not marked for pg_dump.
+CREATE TABLE ai_agents.ai_agent_builtin_tools (
+    name            text PRIMARY KEY CONSTRAINT ai_agent_builtin_tools_name_check
+                    CHECK (name ~ '^[a-zA-Z0-9_-]{1,64}$' AND name NOT LIKE 'ai\_agents\_%'),
+    description     text NOT NULL,
+    parameters      jsonb NOT NULL,
+    function        regprocedure NOT NULL,
+    read_only       boolean NOT NULL DEFAULT true,
+    timeout_ms      integer NOT NULL DEFAULT 5000
+                    CONSTRAINT ai_agent_builtin_tools_timeout_check CHECK (timeout_ms BETWEEN 1 AND 600000)
+);
+
 -- An agent's tools (by name), the JSON Schema of its final answer and the most LLM calls of
 -- one run: configuration, so versions snapshot them and activate_agent_version restores them.
 ALTER TABLE ai_agents.ai_agents
@@ -1570,7 +1584,7 @@ BEGIN
                (SELECT coalesce(jsonb_agg(jsonb_build_object('name', tl.name, 'description', tl.description,
                                                              'parameters', tl.parameters) ORDER BY n.i), '[]')
                   FROM unnest(v.tools) WITH ORDINALITY n(name, i)
-                  JOIN ai_agents.ai_agent_tools tl ON tl.organization_id = t.organization_id AND tl.name = n.name)
+                  JOIN ai_agents._tools_of(t.organization_id) tl ON tl.name = n.name)
            END,
            CASE WHEN cardinality(v.tools) > 0 OR v.output_schema IS NOT NULL THEN
                (SELECT coalesce(jsonb_agg(jsonb_build_object('step_number', s.step_number, 'kind', s.kind,
@@ -2058,6 +2072,19 @@ CREATE OR REPLACE VIEW ai_agents.agent_budget_state WITH (security_invoker = tru
 -- _run_tool_step, and _continue_task puts the task back to be claimed for its next LLM call,
 -- which passes the rate limits and budgets like any other call.
 
+-- Tools run as this role (_run_tool_step): no superuser, no RLS bypass, no login. The
+-- application grants it what its tools read and write (or makes it a member of
+-- `authenticated`, so that tools have a member's rights); apply_role_grants
+-- (security.sql) lets it read what a member reads here. Cluster-wide, like the report reader,
+-- so created once and kept by DROP EXTENSION.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ai_agents_tool_runner') THEN
+        CREATE ROLE ai_agents_tool_runner NOLOGIN;
+    END IF;
+END
+$$;
+
 -- A tool's function takes the arguments and returns the result, both jsonb, so a call is
 -- never built from text; and it must not run with more rights than the tool runner has.
 CREATE OR REPLACE FUNCTION ai_agents._check_tool_function(fn regprocedure, tool text) RETURNS void
@@ -2111,6 +2138,39 @@ CREATE OR REPLACE TRIGGER ai_agent_tools_validate
 CREATE OR REPLACE TRIGGER ai_agent_tools_touch BEFORE UPDATE ON ai_agents.ai_agent_tools
     FOR EACH ROW EXECUTE FUNCTION ai_agents._touch_updated_at();
 
+CREATE OR REPLACE TRIGGER ai_agent_builtin_tools_validate
+    BEFORE INSERT OR UPDATE ON ai_agents.ai_agent_builtin_tools
+    FOR EACH ROW EXECUTE FUNCTION ai_agents._validate_tool();
+
+-- The tools an organization's agents may name: its own, and the built-in ones it has not
+-- replaced with one of the same name. (Unpinned, so that it is inlined into its callers.)
+CREATE OR REPLACE FUNCTION ai_agents._tools_of(organization_id uuid)
+RETURNS TABLE (name text, description text, parameters jsonb, function regprocedure, read_only boolean,
+               timeout_ms integer)
+LANGUAGE sql STABLE
+AS $$
+    SELECT t.name, t.description, t.parameters, t.function, t.read_only, t.timeout_ms
+      FROM ai_agents.ai_agent_tools t WHERE t.organization_id = $1
+    UNION ALL
+    SELECT b.name, b.description, b.parameters, b.function, b.read_only, b.timeout_ms
+      FROM ai_agents.ai_agent_builtin_tools b
+     WHERE NOT EXISTS (SELECT FROM ai_agents.ai_agent_tools t WHERE t.organization_id = $1 AND t.name = b.name)
+$$;
+
+-- Built-in tool: the date and time now, in UTC and in a time zone the model names.
+CREATE OR REPLACE FUNCTION ai_agents.tool_current_time(args jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'utc', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'timezone', z.name,
+        'local', to_char(now() AT TIME ZONE z.name, 'YYYY-MM-DD"T"HH24:MI:SS'),
+        'weekday', rtrim(to_char(now() AT TIME ZONE z.name, 'FMDay')))
+      FROM (SELECT coalesce(args ->> 'timezone', 'UTC') AS name) z
+$$;
+GRANT EXECUTE ON FUNCTION ai_agents.tool_current_time(jsonb) TO ai_agents_tool_runner;
+
 -- Raises 22023 naming `what` when `schema` is not a JSON Schema the worker can check.
 CREATE OR REPLACE FUNCTION ai_agents._check_json_schema(schema jsonb, what text) RETURNS void
 LANGUAGE c
@@ -2139,11 +2199,10 @@ BEGIN
         RAISE EXCEPTION 'agent % names a tool twice: %', NEW.name, NEW.tools USING ERRCODE = '22023';
     END IF;
     SELECT n INTO missing FROM unnest(NEW.tools) n
-     WHERE NOT EXISTS (SELECT FROM ai_agents.ai_agent_tools t
-                        WHERE t.organization_id = NEW.organization_id AND t.name = n)
+     WHERE NOT EXISTS (SELECT FROM ai_agents._tools_of(NEW.organization_id) t WHERE t.name = n)
      LIMIT 1;
     IF missing IS NOT NULL THEN
-        RAISE EXCEPTION 'agent % names tool %, which its organization has not registered', NEW.name, missing
+        RAISE EXCEPTION 'agent % names tool %, which is neither built in nor registered by its organization', NEW.name, missing
             USING ERRCODE = '23503',
                   HINT = 'Register it in ai_agents.ai_agent_tools first.';
     END IF;
@@ -2212,7 +2271,7 @@ AS $$
 DECLARE
     max_bytes constant integer := 65536;
     t ai_agents.ai_agent_tasks;
-    tool ai_agents.ai_agent_tools;
+    tool record;
     attached boolean;
     args jsonb;
     outcome jsonb;
@@ -2232,8 +2291,7 @@ BEGIN
     END IF;
     SELECT _run_tool_step.tool_name = ANY (v.tools) INTO attached
       FROM ai_agents.ai_agent_versions v WHERE v.id = t.agent_version_id;
-    SELECT * INTO tool FROM ai_agents.ai_agent_tools tl
-     WHERE tl.organization_id = t.organization_id AND tl.name = _run_tool_step.tool_name;
+    SELECT * INTO tool FROM ai_agents._tools_of(t.organization_id) tl WHERE tl.name = _run_tool_step.tool_name;
     IF NOT coalesce(attached, false) THEN
         err := format('tool %s is not one of this agent''s tools', left(_run_tool_step.tool_name, 64));
         code := '42501';
@@ -2485,6 +2543,16 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION ai_agents._continue_task(uuid, bigint) FROM PUBLIC;
+
+-- The built-in tools, as this release defines them (replayed on upgrade).
+INSERT INTO ai_agents.ai_agent_builtin_tools AS b (name, description, parameters, function, read_only, timeout_ms)
+VALUES ('current_time', 'The date, time and weekday now, in UTC and in a time zone.',
+        '{"type": "object", "additionalProperties": false,
+          "properties": {"timezone": {"type": "string", "description": "An IANA time zone, e.g. Europe/Lisbon; UTC when left out."}}}',
+        'ai_agents.tool_current_time(jsonb)', true, 1000)
+ON CONFLICT (name) DO UPDATE
+   SET description = excluded.description, parameters = excluded.parameters, function = excluded.function,
+       read_only = excluded.read_only, timeout_ms = excluded.timeout_ms;
 
 -- ==== sql/idempotent/reports.sql
 
@@ -3274,7 +3342,7 @@ DECLARE
          ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices,
          ai_agents.ai_agent_organization_limits, ai_agents.ai_agent_budgets,
          ai_agents.ai_agent_budget_periods, ai_agents.budget_usage, ai_agents.agent_budget_state,
-         ai_agents.ai_agent_tools, ai_agents.ai_agent_task_steps';
+         ai_agents.ai_agent_tools, ai_agents.ai_agent_builtin_tools, ai_agents.ai_agent_task_steps';
 BEGIN
     -- Template queries run as the reader (see _run_report_queries); the policies call
     -- _request_organization_ids.
@@ -3343,6 +3411,9 @@ CREATE POLICY organization_rows ON ai_agents.ai_agent_report_templates FOR SELEC
 ALTER TABLE ai_agents.ai_agent_model_prices ENABLE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS everyone_reads_prices ON ai_agents.ai_agent_model_prices;
 CREATE POLICY everyone_reads_prices ON ai_agents.ai_agent_model_prices FOR SELECT USING (true);
+ALTER TABLE ai_agents.ai_agent_builtin_tools ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS everyone_reads_builtin_tools ON ai_agents.ai_agent_builtin_tools;
+CREATE POLICY everyone_reads_builtin_tools ON ai_agents.ai_agent_builtin_tools FOR SELECT USING (true);
 
 -- The mutators a browser may call check the organization themselves (they bypass RLS as owner).
 ALTER FUNCTION ai_agents.enqueue_task(uuid, text, text, jsonb, text, integer, timestamptz, text, text, text, integer, uuid)
@@ -3357,17 +3428,6 @@ DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ai_agents_report_reader') THEN
         CREATE ROLE ai_agents_report_reader NOLOGIN NOINHERIT;
-    END IF;
-END
-$$;
-
--- Tools run as this role (_run_tool_step, docs/tools.md): no superuser, no RLS bypass, no
--- login. The application grants it what its tools read and write (or makes it a member of
--- `authenticated`, so that tools have a member's rights). Cluster-wide, like the reader.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ai_agents_tool_runner') THEN
-        CREATE ROLE ai_agents_tool_runner NOLOGIN;
     END IF;
 END
 $$;

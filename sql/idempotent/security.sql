@@ -178,7 +178,7 @@ DECLARE
          ai_agents.ai_agent_rate_limits, ai_agents.ai_agent_model_prices,
          ai_agents.ai_agent_organization_limits, ai_agents.ai_agent_budgets,
          ai_agents.ai_agent_budget_periods, ai_agents.budget_usage, ai_agents.agent_budget_state,
-         ai_agents.ai_agent_tools, ai_agents.ai_agent_task_steps';
+         ai_agents.ai_agent_tools, ai_agents.ai_agent_builtin_tools, ai_agents.ai_agent_task_steps';
 BEGIN
     -- Template queries run as the reader (see _run_report_queries); the policies call
     -- _request_organization_ids.
@@ -247,6 +247,9 @@ CREATE POLICY organization_rows ON ai_agents.ai_agent_report_templates FOR SELEC
 ALTER TABLE ai_agents.ai_agent_model_prices ENABLE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS everyone_reads_prices ON ai_agents.ai_agent_model_prices;
 CREATE POLICY everyone_reads_prices ON ai_agents.ai_agent_model_prices FOR SELECT USING (true);
+ALTER TABLE ai_agents.ai_agent_builtin_tools ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS everyone_reads_builtin_tools ON ai_agents.ai_agent_builtin_tools;
+CREATE POLICY everyone_reads_builtin_tools ON ai_agents.ai_agent_builtin_tools FOR SELECT USING (true);
 
 -- The mutators a browser may call check the organization themselves (they bypass RLS as owner).
 ALTER FUNCTION ai_agents.enqueue_task(uuid, text, text, jsonb, text, integer, timestamptz, text, text, text, integer, uuid)
@@ -261,17 +264,6 @@ DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ai_agents_report_reader') THEN
         CREATE ROLE ai_agents_report_reader NOLOGIN NOINHERIT;
-    END IF;
-END
-$$;
-
--- Tools run as this role (_run_tool_step, docs/tools.md): no superuser, no RLS bypass, no
--- login. The application grants it what its tools read and write (or makes it a member of
--- `authenticated`, so that tools have a member's rights). Cluster-wide, like the reader.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ai_agents_tool_runner') THEN
-        CREATE ROLE ai_agents_tool_runner NOLOGIN;
     END IF;
 END
 $$;

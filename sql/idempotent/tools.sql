@@ -5,6 +5,19 @@
 -- _run_tool_step, and _continue_task puts the task back to be claimed for its next LLM call,
 -- which passes the rate limits and budgets like any other call.
 
+-- Tools run as this role (_run_tool_step): no superuser, no RLS bypass, no login. The
+-- application grants it what its tools read and write (or makes it a member of
+-- `authenticated`, so that tools have a member's rights); apply_role_grants
+-- (security.sql) lets it read what a member reads here. Cluster-wide, like the report reader,
+-- so created once and kept by DROP EXTENSION.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ai_agents_tool_runner') THEN
+        CREATE ROLE ai_agents_tool_runner NOLOGIN;
+    END IF;
+END
+$$;
+
 -- A tool's function takes the arguments and returns the result, both jsonb, so a call is
 -- never built from text; and it must not run with more rights than the tool runner has.
 CREATE OR REPLACE FUNCTION ai_agents._check_tool_function(fn regprocedure, tool text) RETURNS void
@@ -58,6 +71,39 @@ CREATE OR REPLACE TRIGGER ai_agent_tools_validate
 CREATE OR REPLACE TRIGGER ai_agent_tools_touch BEFORE UPDATE ON ai_agents.ai_agent_tools
     FOR EACH ROW EXECUTE FUNCTION ai_agents._touch_updated_at();
 
+CREATE OR REPLACE TRIGGER ai_agent_builtin_tools_validate
+    BEFORE INSERT OR UPDATE ON ai_agents.ai_agent_builtin_tools
+    FOR EACH ROW EXECUTE FUNCTION ai_agents._validate_tool();
+
+-- The tools an organization's agents may name: its own, and the built-in ones it has not
+-- replaced with one of the same name. (Unpinned, so that it is inlined into its callers.)
+CREATE OR REPLACE FUNCTION ai_agents._tools_of(organization_id uuid)
+RETURNS TABLE (name text, description text, parameters jsonb, function regprocedure, read_only boolean,
+               timeout_ms integer)
+LANGUAGE sql STABLE
+AS $$
+    SELECT t.name, t.description, t.parameters, t.function, t.read_only, t.timeout_ms
+      FROM ai_agents.ai_agent_tools t WHERE t.organization_id = $1
+    UNION ALL
+    SELECT b.name, b.description, b.parameters, b.function, b.read_only, b.timeout_ms
+      FROM ai_agents.ai_agent_builtin_tools b
+     WHERE NOT EXISTS (SELECT FROM ai_agents.ai_agent_tools t WHERE t.organization_id = $1 AND t.name = b.name)
+$$;
+
+-- Built-in tool: the date and time now, in UTC and in a time zone the model names.
+CREATE OR REPLACE FUNCTION ai_agents.tool_current_time(args jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'utc', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'timezone', z.name,
+        'local', to_char(now() AT TIME ZONE z.name, 'YYYY-MM-DD"T"HH24:MI:SS'),
+        'weekday', rtrim(to_char(now() AT TIME ZONE z.name, 'FMDay')))
+      FROM (SELECT coalesce(args ->> 'timezone', 'UTC') AS name) z
+$$;
+GRANT EXECUTE ON FUNCTION ai_agents.tool_current_time(jsonb) TO ai_agents_tool_runner;
+
 -- Raises 22023 naming `what` when `schema` is not a JSON Schema the worker can check.
 CREATE OR REPLACE FUNCTION ai_agents._check_json_schema(schema jsonb, what text) RETURNS void
 LANGUAGE c
@@ -86,11 +132,10 @@ BEGIN
         RAISE EXCEPTION 'agent % names a tool twice: %', NEW.name, NEW.tools USING ERRCODE = '22023';
     END IF;
     SELECT n INTO missing FROM unnest(NEW.tools) n
-     WHERE NOT EXISTS (SELECT FROM ai_agents.ai_agent_tools t
-                        WHERE t.organization_id = NEW.organization_id AND t.name = n)
+     WHERE NOT EXISTS (SELECT FROM ai_agents._tools_of(NEW.organization_id) t WHERE t.name = n)
      LIMIT 1;
     IF missing IS NOT NULL THEN
-        RAISE EXCEPTION 'agent % names tool %, which its organization has not registered', NEW.name, missing
+        RAISE EXCEPTION 'agent % names tool %, which is neither built in nor registered by its organization', NEW.name, missing
             USING ERRCODE = '23503',
                   HINT = 'Register it in ai_agents.ai_agent_tools first.';
     END IF;
@@ -159,7 +204,7 @@ AS $$
 DECLARE
     max_bytes constant integer := 65536;
     t ai_agents.ai_agent_tasks;
-    tool ai_agents.ai_agent_tools;
+    tool record;
     attached boolean;
     args jsonb;
     outcome jsonb;
@@ -179,8 +224,7 @@ BEGIN
     END IF;
     SELECT _run_tool_step.tool_name = ANY (v.tools) INTO attached
       FROM ai_agents.ai_agent_versions v WHERE v.id = t.agent_version_id;
-    SELECT * INTO tool FROM ai_agents.ai_agent_tools tl
-     WHERE tl.organization_id = t.organization_id AND tl.name = _run_tool_step.tool_name;
+    SELECT * INTO tool FROM ai_agents._tools_of(t.organization_id) tl WHERE tl.name = _run_tool_step.tool_name;
     IF NOT coalesce(attached, false) THEN
         err := format('tool %s is not one of this agent''s tools', left(_run_tool_step.tool_name, 64));
         code := '42501';
@@ -432,3 +476,13 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION ai_agents._continue_task(uuid, bigint) FROM PUBLIC;
+
+-- The built-in tools, as this release defines them (replayed on upgrade).
+INSERT INTO ai_agents.ai_agent_builtin_tools AS b (name, description, parameters, function, read_only, timeout_ms)
+VALUES ('current_time', 'The date, time and weekday now, in UTC and in a time zone.',
+        '{"type": "object", "additionalProperties": false,
+          "properties": {"timezone": {"type": "string", "description": "An IANA time zone, e.g. Europe/Lisbon; UTC when left out."}}}',
+        'ai_agents.tool_current_time(jsonb)', true, 1000)
+ON CONFLICT (name) DO UPDATE
+   SET description = excluded.description, parameters = excluded.parameters, function = excluded.function,
+       read_only = excluded.read_only, timeout_ms = excluded.timeout_ms;

@@ -76,7 +76,7 @@ BEGIN
                (SELECT coalesce(jsonb_agg(jsonb_build_object('name', tl.name, 'description', tl.description,
                                                              'parameters', tl.parameters) ORDER BY n.i), '[]')
                   FROM unnest(v.tools) WITH ORDINALITY n(name, i)
-                  JOIN ai_agents.ai_agent_tools tl ON tl.organization_id = t.organization_id AND tl.name = n.name)
+                  JOIN ai_agents._tools_of(t.organization_id) tl ON tl.name = n.name)
            END,
            CASE WHEN cardinality(v.tools) > 0 OR v.output_schema IS NOT NULL THEN
                (SELECT coalesce(jsonb_agg(jsonb_build_object('step_number', s.step_number, 'kind', s.kind,

@@ -23,6 +23,20 @@ CREATE TABLE ai_agents.ai_agent_tools (
     PRIMARY KEY (organization_id, name)
 );
 
+-- Built-in tools: every organization's, unless it registers a tool of the same name. Global
+-- data (a reference table under Citus). The extension's own rows, written by
+-- sql/idempotent/tools.sql on install and upgrade, so not marked for pg_dump.
+CREATE TABLE ai_agents.ai_agent_builtin_tools (
+    name            text PRIMARY KEY CONSTRAINT ai_agent_builtin_tools_name_check
+                    CHECK (name ~ '^[a-zA-Z0-9_-]{1,64}$' AND name NOT LIKE 'ai\_agents\_%'),
+    description     text NOT NULL,
+    parameters      jsonb NOT NULL,
+    function        regprocedure NOT NULL,
+    read_only       boolean NOT NULL DEFAULT true,
+    timeout_ms      integer NOT NULL DEFAULT 5000
+                    CONSTRAINT ai_agent_builtin_tools_timeout_check CHECK (timeout_ms BETWEEN 1 AND 600000)
+);
+
 -- An agent's tools (by name), the JSON Schema of its final answer and the most LLM calls of
 -- one run: configuration, so versions snapshot them and activate_agent_version restores them.
 ALTER TABLE ai_agents.ai_agents

@@ -116,8 +116,8 @@ const PROMPTS: &str = "
                    UNION ALL
                    SELECT sum(octet_length(tl.name) + octet_length(tl.description)
                               + octet_length(tl.parameters::text)) AS bytes, count(*) AS items
-                     FROM ai_agents.ai_agent_tools tl
-                    WHERE tl.organization_id = t.organization_id AND tl.name = ANY (ag.tools)
+                     FROM ai_agents._tools_of(t.organization_id) tl
+                    WHERE tl.name = ANY (ag.tools)
                    UNION ALL
                    SELECT sum(coalesce(octet_length(s.content), 0) + coalesce(octet_length(s.tool_calls::text), 0)
                               + coalesce(octet_length(s.tool_call_id), 0) + coalesce(octet_length(s.result::text), 0)

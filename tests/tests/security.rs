@@ -73,10 +73,15 @@ const TENANT_TABLES: &[&str] = &[
     "ai_agent_budgets",
     "ai_agent_budget_periods",
     "ai_agent_tools",
+    "ai_agent_builtin_tools",
     "ai_agent_task_steps",
     "budget_usage",
     "agent_budget_state",
 ];
+/// Of those, the global tables everyone reads whole (no organization).
+const GLOBAL_TABLES: &[&str] = &["ai_agent_model_prices", "ai_agent_builtin_tools"];
+/// The functions of the built-in tools, which the tool runner executes.
+const BUILTIN_TOOL_FUNCTIONS: &[&str] = &["ai_agents.tool_current_time(jsonb)"];
 /// Of those, the views (security_invoker: the tables' row-level security applies).
 const TENANT_VIEWS: &[&str] = &["budget_usage", "agent_budget_state"];
 const SERVICE_ONLY_RELATIONS: &[&str] = &["rate_limit_usage", "organization_queue"];
@@ -105,6 +110,7 @@ const SECURITY_DEFINER: &[&str] = &[
 const UNPINNED_SQL_HELPERS: &[&str] = &[
     "ai_agents._current_actor()",
     "ai_agents._next_run_after_now(text,text)",
+    "ai_agents._tools_of(uuid)",
 ];
 
 fn strings(c: &mut Client, sql: &str) -> Vec<String> {
@@ -192,9 +198,11 @@ fn the_permission_matrix_generated_from_the_catalog_holds_cell_by_cell() {
             let expected = match role {
                 "service_role" => true,
                 "authenticated" => AUTHENTICATED_FUNCTIONS.contains(&function.as_str()),
-                // Only what the policies call.
-                "ai_agents_report_reader" | "ai_agents_tool_runner" => {
+                // Only what the policies call, and the runner the built-in tools.
+                "ai_agents_report_reader" => function == "ai_agents._request_organization_ids()",
+                "ai_agents_tool_runner" => {
                     function == "ai_agents._request_organization_ids()"
+                        || BUILTIN_TOOL_FUNCTIONS.contains(&function.as_str())
                 }
                 _ => false,
             };
@@ -230,7 +238,7 @@ fn the_permission_matrix_generated_from_the_catalog_holds_cell_by_cell() {
                 .unwrap()
                 .get(0);
             let filter = match *table {
-                "ai_agent_model_prices" => "true".to_string(),
+                "ai_agent_model_prices" | "ai_agent_builtin_tools" => "true".to_string(),
                 "ai_agent_report_templates" => {
                     format!("organization_id IS NULL OR organization_id = '{org}'")
                 }
@@ -244,7 +252,7 @@ fn the_permission_matrix_generated_from_the_catalog_holds_cell_by_cell() {
                 .unwrap()
                 .get(0);
             assert_eq!(visible, expected, "{org} reading {table}");
-            if *table != "ai_agent_model_prices" && *table != "ai_agent_report_templates" {
+            if !GLOBAL_TABLES.contains(table) && *table != "ai_agent_report_templates" {
                 assert!(expected > 0, "the fixture has {table} rows of {org}");
                 let foreign: i64 = member
                     .query_one(&format!("SELECT count(*) FROM ai_agents.{table} WHERE organization_id = '{other}'"), &[])

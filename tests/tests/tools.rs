@@ -575,7 +575,7 @@ fn tools_are_checked_when_registered_and_attached() {
         (
             format!("UPDATE ai_agents.ai_agents SET tools = ARRAY['nope'] WHERE id = '{agent}'"),
             "23503",
-            "has not registered",
+            "neither built in nor registered",
         ),
         (
             format!("UPDATE ai_agents.ai_agents SET tools = ARRAY['member_lookup', 'member_lookup'] WHERE id = '{agent}'"),
@@ -924,4 +924,79 @@ fn a_write_tool_takes_effect_exactly_once_through_repeated_sigkills() {
             "{task} asked {n} times at {at} messages with {rescues} rescues"
         );
     }
+}
+
+#[test]
+fn a_built_in_tool_serves_every_organization_unless_one_registers_its_own() {
+    let env = env();
+    let mut c = env.connect();
+    let (org, agent) = gym(&mut c, "openai", "gold", &[]);
+    c.batch_execute(&format!(
+        "UPDATE ai_agents.ai_agents SET tools = ARRAY['current_time'] WHERE id = '{agent}'"
+    ))
+    .unwrap();
+    let marker = format!("what-time-{agent}");
+    let task = run(
+        &mut c,
+        &agent,
+        &marker,
+        json!([
+            reply(
+                &marker,
+                None,
+                json!([{"id": "call_t", "name": "current_time", "arguments": {"timezone": "Asia/Tokyo"}}])
+            ),
+            reply(
+                &marker,
+                None,
+                json!([{"id": "call_z", "name": "current_time", "arguments": {"timezone": "Mars/Olympus"}}])
+            ),
+            reply(&marker, Some("It is morning in Tokyo."), json!([])),
+        ]),
+        "completed",
+    );
+    let rows: Vec<(Option<String>, Option<String>, Option<String>)> = c
+        .query(
+            "SELECT result ->> 'timezone', result ->> 'local', error_code FROM ai_agents.ai_agent_task_steps
+              WHERE task_id = $1::text::uuid AND kind = 'tool' ORDER BY step_number",
+            &[&task],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(rows[0].0.as_deref(), Some("Asia/Tokyo"), "{rows:?}");
+    assert_eq!(rows[0].1.as_ref().map(String::len), Some(19), "{rows:?}");
+    // An unknown time zone is the tool's error, sent back to the model.
+    assert_eq!(rows[1].2.as_deref(), Some("22023"), "{rows:?}");
+    // An organization's own tool of that name replaces the built-in one for it alone.
+    c.batch_execute(&format!(
+        "INSERT INTO ai_agents.ai_agent_tools (organization_id, name, function)
+         VALUES ('{org}', 'current_time', 'gym.class_schedule(jsonb)')"
+    ))
+    .unwrap();
+    let marker = format!("what-time-again-{agent}");
+    let task = run(
+        &mut c,
+        &agent,
+        &marker,
+        json!([
+            reply(
+                &marker,
+                None,
+                json!([{"id": "call_o", "name": "current_time", "arguments": {"day": "monday"}}])
+            ),
+            reply(&marker, Some("Spin at 07:00."), json!([])),
+        ]),
+        "completed",
+    );
+    let classes: String = c
+        .query_one(
+            "SELECT result ->> 'classes' FROM ai_agents.ai_agent_task_steps
+              WHERE task_id = $1::text::uuid AND kind = 'tool'",
+            &[&task],
+        )
+        .unwrap()
+        .get(0);
+    assert!(classes.contains("spin 07:00"), "{classes}");
 }
