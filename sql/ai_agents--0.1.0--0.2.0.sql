@@ -2338,7 +2338,8 @@ BEGIN
             END IF;
         EXCEPTION
             WHEN SQLSTATE 'AIRO0' THEN NULL;
-            WHEN OTHERS THEN
+            -- OTHERS leaves out a cancel: the tool's timeout is one, and it ends the step alone.
+            WHEN query_canceled OR OTHERS THEN
                 err := SQLERRM;
                 code := SQLSTATE;
                 outcome := NULL;

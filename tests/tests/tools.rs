@@ -99,16 +99,11 @@ fn gym(c: &mut Client, provider: &str, plan: &str, tools: &[&str]) -> (String, S
 }
 
 /// Scripts the stub's `replies` for requests carrying `marker`, enqueues a task titled with it
-/// for `agent`, and waits for the task to reach `status`; returns the task.
-fn run(c: &mut Client, agent: &str, marker: &str, replies: Value, status: &str) -> String {
+/// for `agent`, and waits until `condition` (SQL over the task's row) holds; returns the task.
+fn run(c: &mut Client, agent: &str, marker: &str, replies: Value, condition: &str) -> String {
     env().stub.script(replies);
     let task = enqueue(c, agent, marker);
-    wait_for(
-        c,
-        &task,
-        &format!("status = '{status}'"),
-        Duration::from_secs(20),
-    );
+    wait_for(c, &task, condition, Duration::from_secs(20));
     task
 }
 
@@ -189,7 +184,7 @@ fn three_step_conversation(provider: &str) {
             ),
             reply(&marker, Some("Ana is on gold; spin at 07:00."), json!([])),
         ]),
-        "completed",
+        "status = 'completed'",
     );
 
     let sent = requests_with(&marker);
@@ -314,7 +309,7 @@ fn a_write_tool_commits_once_with_its_step_and_sees_its_call_id() {
             ),
             reply(&marker, Some("Frozen."), json!([])),
         ]),
-        "completed",
+        "status = 'completed'",
     );
     let rows: Vec<(String, bool)> = c
         .query(
@@ -375,7 +370,7 @@ fn a_tool_not_attached_is_refused_recorded_and_reported_to_the_model() {
             ),
             reply(&marker, Some("I could not."), json!([])),
         ]),
-        "completed",
+        "status = 'completed'",
     );
     let recorded = steps(&mut c, &task);
     assert_eq!(recorded[1].code.as_deref(), Some("42501"), "{recorded:?}");
@@ -421,7 +416,7 @@ fn a_read_only_tool_that_writes_fails_its_step_with_25006() {
             ),
             reply(&marker, Some("No."), json!([])),
         ]),
-        "completed",
+        "status = 'completed'",
     );
     let recorded = steps(&mut c, &task);
     assert_eq!(recorded[1].code.as_deref(), Some("25006"), "{recorded:?}");
@@ -458,7 +453,7 @@ fn arguments_against_the_schema_are_refused_before_the_call() {
             ),
             reply(&marker, Some("Sorry."), json!([])),
         ]),
-        "completed",
+        "status = 'completed'",
     );
     let error: String = c
         .query_one(
@@ -493,7 +488,13 @@ fn max_steps_ends_a_model_that_always_calls_a_tool() {
             )
         })
         .collect();
-    let task = run(&mut c, &agent, &marker, Value::Array(always), "failed");
+    let task = run(
+        &mut c,
+        &agent,
+        &marker,
+        Value::Array(always),
+        "status = 'failed'",
+    );
     let row = c
         .query_one(
             "SELECT error_message, attempts FROM ai_agents.ai_agent_tasks WHERE id = $1::text::uuid",
@@ -655,7 +656,7 @@ fn structured(provider: &str) {
                 json!({"month": "2026-12", "revenue_usd": 41250.5})
             ),
         ]),
-        "completed",
+        "status = 'completed'",
     );
     let result: String = c
         .query_one(
@@ -702,7 +703,7 @@ fn structured(provider: &str) {
             answer(provider, &marker, bad.clone()),
             answer(provider, &marker, bad)
         ]),
-        "failed",
+        "status = 'failed'",
     );
     let row = c
         .query_one(
@@ -953,7 +954,7 @@ fn a_built_in_tool_serves_every_organization_unless_one_registers_its_own() {
             ),
             reply(&marker, Some("It is morning in Tokyo."), json!([])),
         ]),
-        "completed",
+        "status = 'completed'",
     );
     let rows: Vec<(Option<String>, Option<String>, Option<String>)> = c
         .query(
@@ -988,7 +989,7 @@ fn a_built_in_tool_serves_every_organization_unless_one_registers_its_own() {
             ),
             reply(&marker, Some("Spin at 07:00."), json!([])),
         ]),
-        "completed",
+        "status = 'completed'",
     );
     let classes: String = c
         .query_one(
@@ -999,4 +1000,147 @@ fn a_built_in_tool_serves_every_organization_unless_one_registers_its_own() {
         .unwrap()
         .get(0);
     assert!(classes.contains("spin 07:00"), "{classes}");
+}
+
+#[test]
+fn a_step_the_limits_refuse_waits_with_its_steps_kept_and_no_attempt_used() {
+    let env = env();
+    let mut c = env.connect();
+    let (org, agent) = gym(&mut c, "openai", "gold", &["class_schedule"]);
+    // One call a minute for this agent: its second call (after the tool) is refused.
+    c.batch_execute(&format!(
+        "INSERT INTO ai_agents.ai_agent_rate_limits (organization_id, agent_id, max_per_minute)
+         VALUES ('{org}', '{agent}', 1)"
+    ))
+    .unwrap();
+    let marker = format!("held-step-{agent}");
+    let task = run(
+        &mut c,
+        &agent,
+        &marker,
+        json!([
+            reply(
+                &marker,
+                None,
+                json!([{"id": "call_h", "name": "class_schedule", "arguments": {"day": "monday"}}])
+            ),
+            reply(&marker, Some("Spin at 07:00."), json!([])),
+        ]),
+        "status = 'pending' AND step_count = 2",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let row = c
+        .query_one(
+            "SELECT status, attempts, step_count,
+                    (SELECT count(*) FROM ai_agents.ai_agent_activity_log l
+                      WHERE l.agent_id = t.agent_id AND l.action_type = 'rate_limited')
+               FROM ai_agents.ai_agent_tasks t WHERE id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap();
+    let held: (String, i32, i32, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        held,
+        ("pending".to_string(), 0, 2, 1),
+        "held back, steps kept, no attempt used"
+    );
+    assert_eq!(requests_with(&marker).len(), 1);
+    // Room again: the next step runs, and the run is still its first attempt.
+    c.batch_execute(&format!(
+        "UPDATE ai_agents.ai_agent_rate_limits SET max_per_minute = 100 WHERE agent_id = '{agent}';
+         SELECT ai_agents.run_scheduler_once();"
+    ))
+    .unwrap();
+    wait_for(
+        &mut c,
+        &task,
+        "status = 'completed'",
+        Duration::from_secs(20),
+    );
+    let (attempts, steps): (i32, i32) = {
+        let row = c
+            .query_one(
+                "SELECT attempts, step_count FROM ai_agents.ai_agent_tasks WHERE id = $1::text::uuid",
+                &[&task],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((attempts, steps), (1, 3));
+    assert_eq!(
+        requests_with(&marker).len(),
+        2,
+        "the stored reply was not asked for again"
+    );
+}
+
+#[test]
+fn hostile_model_output_and_slow_tools_fail_their_steps_alone() {
+    let env = env();
+    let mut c = env.connect();
+    let (org, agent) = gym(&mut c, "openai", "gold", &[]);
+    c.batch_execute(&format!(
+        "CREATE FUNCTION gym.slow_{n}(args jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT pg_sleep(2); SELECT args $$;
+         CREATE FUNCTION gym.big_{n}(args jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT to_jsonb(repeat('x', 70000)) $$;
+         INSERT INTO ai_agents.ai_agent_tools (organization_id, name, function, timeout_ms) VALUES
+           ('{org}', 'slow', 'gym.slow_{n}(jsonb)', 200), ('{org}', 'big', 'gym.big_{n}(jsonb)', 5000);
+         UPDATE ai_agents.ai_agents SET tools = ARRAY['member_lookup', 'slow', 'big'] WHERE id = '{agent}';",
+        n = agent.replace('-', "_")
+    ))
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let marker = format!("hostile-output-{agent}");
+    let huge = "y".repeat(70_000);
+    // A reply whose arguments are not JSON, sent verbatim as a provider would.
+    let not_json = json!({
+        "id": "x", "object": "chat.completion", "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+            "tool_calls": [{"id": "call_bad", "type": "function",
+                            "function": {"name": "member_lookup", "arguments": "{\"email\": "}}]}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5}
+    });
+    let task = run(
+        &mut c,
+        &agent,
+        &marker,
+        json!([
+            {"match": marker, "body": not_json.to_string()},
+            reply(&marker, None, json!([
+                {"id": "call_huge", "name": "member_lookup", "arguments": {"name": huge}},
+                {"id": "call_slow", "name": "slow", "arguments": {}},
+                {"id": "call_big", "name": "big", "arguments": {}}
+            ])),
+            reply(&marker, Some("Sorry, nothing worked."), json!([])),
+        ]),
+        "status = 'completed'",
+    );
+    let codes: Vec<(String, Option<String>)> = c
+        .query(
+            "SELECT tool_call_id, error_code FROM ai_agents.ai_agent_task_steps
+              WHERE task_id = $1::text::uuid AND kind = 'tool' ORDER BY step_number",
+            &[&task],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let code = |s: &str| Some(s.to_string());
+    assert_eq!(
+        codes,
+        [
+            ("call_bad".to_string(), code("22P02")),
+            ("call_huge".to_string(), code("54000")),
+            ("call_slow".to_string(), code("57014")),
+            ("call_big".to_string(), code("54000")),
+        ]
+    );
+    // The worker never restarted, and the answer came after the errors went back.
+    let sent = requests_with(&marker);
+    assert_eq!(sent.len(), 3);
+    let last = sent[2]["messages"].to_string();
+    // The timeout ended the tool's subtransaction, not the step's transaction.
+    assert!(
+        last.contains("canceling statement due to statement timeout")
+            && !last.contains("could not commit"),
+        "{last}"
+    );
 }
