@@ -158,7 +158,11 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    NEW.run_first_step := NEW.step_count + 1;
+    -- The tool steps of its last reply may be past step_count (which LLM steps and
+    -- continuations set).
+    NEW.run_first_step := greatest(NEW.step_count,
+                                   (SELECT max(s.step_number) FROM ai_agents.ai_agent_task_steps s
+                                     WHERE s.organization_id = NEW.organization_id AND s.task_id = NEW.id)) + 1;
     RETURN NEW;
 END
 $$;
@@ -284,8 +288,6 @@ BEGIN
     VALUES (t.organization_id, t.id, _run_tool_step.step_number, t.agent_id, 'tool',
             left(_run_tool_step.tool_call_id, 256), left(_run_tool_step.tool_name, 256), args, outcome,
             err, code, (extract(epoch FROM clock_timestamp() - started) * 1000)::integer, t.fencing_token);
-    UPDATE ai_agents.ai_agent_tasks tt SET step_count = greatest(tt.step_count, _run_tool_step.step_number)
-     WHERE tt.id = t.id;
     INSERT INTO ai_agents.ai_agent_activity_log
         (organization_id, agent_id, task_id, action_type, success, attempt, execution_time_ms, error, details)
     VALUES (t.organization_id, t.agent_id, t.id, 'tool_called', err IS NULL, t.attempts,
@@ -320,8 +322,6 @@ BEGIN
             'the tool''s transaction could not commit: ' || _record_tool_failure.error,
             _record_tool_failure.error_code, t.fencing_token)
     ON CONFLICT DO NOTHING;
-    UPDATE ai_agents.ai_agent_tasks tt SET step_count = greatest(tt.step_count, _record_tool_failure.step_number)
-     WHERE tt.id = t.id;
     INSERT INTO ai_agents.ai_agent_activity_log
         (organization_id, agent_id, task_id, action_type, success, attempt, error, details)
     VALUES (t.organization_id, t.agent_id, t.id, 'tool_called', false, t.attempts, _record_tool_failure.error,
@@ -384,7 +384,9 @@ BEGIN
         RETURN;
     END IF;
     SELECT * INTO v FROM ai_agents.ai_agent_versions vv WHERE vv.id = t.agent_version_id;
-    n := t.step_count + 1;
+    -- After the tool steps of the previous reply, which leave the task row alone.
+    n := greatest(t.step_count, (SELECT max(s.step_number) FROM ai_agents.ai_agent_task_steps s
+                                  WHERE s.organization_id = t.organization_id AND s.task_id = t.id)) + 1;
     cost := ai_agents._llm_cost_usd(v.provider, _record_llm_step.model, _record_llm_step.input_tokens,
                                     _record_llm_step.output_tokens, _record_llm_step.cached_input_tokens,
                                     _record_llm_step.cache_write_tokens);
@@ -462,7 +464,9 @@ $$;
 REVOKE ALL ON FUNCTION ai_agents._record_llm_step(uuid, bigint, text, jsonb, bigint, bigint, bigint, bigint, text, text, integer, jsonb, text) FROM PUBLIC;
 
 -- After its tool calls, a task goes back to be claimed for its next LLM call. That claim is
--- the same attempt: claim_due_tasks counts one more, taken back here.
+-- the same attempt: claim_due_tasks counts one more, taken back here. A one-off task keeps its
+-- place in its agent's queue (its creation), so that a run under way finishes before tasks
+-- that came after it start; the claim has already moved a recurring one to its next fire time.
 CREATE OR REPLACE FUNCTION ai_agents._continue_task(task_id uuid, fencing_token bigint) RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -470,7 +474,11 @@ AS $$
 #variable_conflict use_column
 BEGIN
     UPDATE ai_agents.ai_agent_tasks t
-       SET status = 'pending', next_run_at = now(), attempts = greatest(t.attempts - 1, 0),
+       SET status = 'pending',
+           next_run_at = CASE WHEN t.schedule_cron IS NULL THEN least(t.created_at, now()) ELSE now() END,
+           attempts = greatest(t.attempts - 1, 0),
+           step_count = (SELECT max(s.step_number) FROM ai_agents.ai_agent_task_steps s
+                          WHERE s.organization_id = t.organization_id AND s.task_id = t.id),
            locked_by = NULL, lease_expires_at = NULL
      WHERE t.id = _continue_task.task_id AND t.status = 'running' AND t.fencing_token = _continue_task.fencing_token;
     RETURN FOUND;

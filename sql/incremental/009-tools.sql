@@ -54,6 +54,7 @@ ALTER TABLE ai_agents.ai_agent_versions
 
 -- Steps are numbered over the task's life; those of the current run are numbered from
 -- run_first_step on (a recurring task's next run starts afresh, a retried run resumes).
+-- step_count: the last step's number as of the last LLM step or continuation.
 ALTER TABLE ai_agents.ai_agent_tasks
     ADD COLUMN step_count integer NOT NULL DEFAULT 0,
     ADD COLUMN run_first_step integer NOT NULL DEFAULT 1,

@@ -364,24 +364,46 @@ fn sqlstate(code: pgrx::PgSqlErrorCode) -> String {
 }
 
 /// Runs the tool calls of each run, each in a transaction of its own, then puts the task back
-/// to be claimed for its next call. A call whose transaction cannot commit is stored with that
-/// error; a run that is no longer this worker's stops; a step that cannot even be recorded
-/// leaves the run to its lease (rescued and resumed from its stored steps).
+/// to be claimed for its next call, in the last call's transaction (one commit less a task).
+/// A call whose transaction cannot commit is stored with that error; a run that is no longer
+/// this worker's stops; a step that cannot even be recorded leaves the run to its lease
+/// (rescued and resumed from its stored steps).
 fn run_tools(st: &Statements, runs: Vec<ToolRun>) {
     'runs: for run in runs {
-        for (number, call) in &run.calls {
-            let ran = match attempt("running a tool", || steps::run_one(st, &run, *number, call)) {
+        let mut continued = false;
+        for (i, (number, call)) in run.calls.iter().enumerate() {
+            let last = i + 1 == run.calls.len();
+            let ran = match attempt("running a tool", || {
+                let ran = steps::run_one(st, &run, *number, call);
+                if last && matches!(ran, Ran::Stored) {
+                    steps::continue_task(st, &run);
+                    continued = true;
+                }
+                ran
+            }) {
                 Ok(ran) => Some(ran),
-                Err(failed) => step("recording a failed tool", || {
-                    steps::record_failure(st, &run, *number, call, &failed.message, &failed.code)
-                }),
+                Err(failed) => {
+                    continued = false;
+                    step("recording a failed tool", || {
+                        steps::record_failure(
+                            st,
+                            &run,
+                            *number,
+                            call,
+                            &failed.message,
+                            &failed.code,
+                        )
+                    })
+                }
             };
             match ran {
                 Some(Ran::Stored) => {}
                 Some(Ran::Stale) | None => continue 'runs,
             }
         }
-        step("continuing a task", || steps::continue_task(st, &run));
+        if !continued {
+            step("continuing a task", || steps::continue_task(st, &run));
+        }
     }
 }
 

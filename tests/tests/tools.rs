@@ -1144,3 +1144,58 @@ fn hostile_model_output_and_slow_tools_fail_their_steps_alone() {
         "{last}"
     );
 }
+
+#[test]
+fn a_recurring_tasks_next_run_starts_afresh() {
+    let env = env();
+    let mut c = env.connect();
+    let (org, agent) = gym(&mut c, "openai", "gold", &["class_schedule"]);
+    let marker = format!("every-second-{agent}");
+    env.stub.script(json!([
+        reply(
+            &marker,
+            None,
+            json!([{"id": "call_r1", "name": "class_schedule", "arguments": {"day": "monday"}}])
+        ),
+        reply(&marker, Some("first run done"), json!([])),
+        reply(&marker, Some("second run done"), json!([])),
+    ]));
+    let task: String = c
+        .query_one(
+            "INSERT INTO ai_agents.ai_agent_tasks (organization_id, agent_id, title, task_type, schedule_cron)
+             VALUES ($1::text::uuid, $2::text::uuid, $3, 'scheduled', '* * * * * *') RETURNING id::text",
+            &[&org, &agent, &marker],
+        )
+        .unwrap()
+        .get(0);
+    wait_for(
+        &mut c,
+        &task,
+        "coalesce(output = 'second run done', false)",
+        Duration::from_secs(20),
+    );
+    c.batch_execute(&format!("SELECT ai_agents.cancel_task('{task}')"))
+        .unwrap();
+    let sent = requests_with(&marker);
+    assert!(sent.len() >= 3, "{sent:#?}");
+    // The second run's call sends the task alone: none of the first run's steps.
+    assert_eq!(
+        sent[2]["messages"].as_array().unwrap().len(),
+        2,
+        "{:#?}",
+        sent[2]
+    );
+    let kinds: Vec<String> = steps(&mut c, &task).into_iter().map(|s| s.kind).collect();
+    assert_eq!(kinds[..4], ["llm", "tool", "llm", "llm"]);
+    let first: i32 = c
+        .query_one(
+            "SELECT run_first_step FROM ai_agents.ai_agent_tasks WHERE id = $1::text::uuid",
+            &[&task],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        first >= 5,
+        "each run ended moved run_first_step past its steps: {first}"
+    );
+}
