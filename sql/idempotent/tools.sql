@@ -255,6 +255,12 @@ BEGIN
         END IF;
     END IF;
     IF err IS NULL THEN
+        -- A read-only call's step need not wait for its WAL flush: lost in a crash, it runs
+        -- again, to no effect; and the claim of the task's next call, which is what sends its
+        -- result anywhere, commits synchronously, flushing this first. A write tool's step waits.
+        IF tool.read_only THEN
+            PERFORM set_config('synchronous_commit', 'off', true);
+        END IF;
         BEGIN
             PERFORM ai_agents._check_tool_function(tool.function, tool.name);
             PERFORM set_config('request.jwt.claims', ai_agents._tool_claims(t, _run_tool_step.tool_call_id)::text, true);
