@@ -418,6 +418,26 @@ impl WorkerEnv {
         env
     }
 
+    /// A connection once the cluster answers again after Postgres restarted it (a SIGKILL of
+    /// any backend makes the postmaster restart all of them); panics after `limit`.
+    pub fn reconnect(&self, limit: std::time::Duration) -> Client {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(mut c) = Client::connect(&self.cluster.conninfo("postgres"), NoTls) {
+                if c.batch_execute("SET search_path = ai_agents, public")
+                    .is_ok()
+                {
+                    return c;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster did not come back"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// A connection to the worker's database with the guide's search_path.
     pub fn connect(&self) -> Client {
         let mut c = self.cluster.connect("postgres");

@@ -286,26 +286,6 @@ fn kill_9(pid: i32) {
     );
 }
 
-/// Waits until the cluster answers again after Postgres restarted it (a SIGKILL of any backend
-/// makes the postmaster restart all of them).
-fn reconnect(env: &WorkerEnv) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut c) = ai_agents_tests::postgres::Client::connect(
-            &env.cluster.conninfo("postgres"),
-            ai_agents_tests::postgres::NoTls,
-        ) {
-            if c.batch_execute("SET search_path = ai_agents, public")
-                .is_ok()
-            {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "the cluster did not come back");
-        sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn sigkill_of_the_worker_during_a_call_is_rescued_and_the_task_finishes() {
     let env = WorkerEnv::start("killed", &["synchronous_commit = on"]);
@@ -318,7 +298,7 @@ fn sigkill_of_the_worker_during_a_call_is_rescued_and_the_task_finishes() {
     kill_9(worker_pid(&mut c));
     drop(c);
     sleep(Duration::from_millis(500));
-    let mut c = reconnect(&env);
+    let mut c = env.reconnect(Duration::from_secs(30));
     ai_agents_tests::wait_for(
         &mut c,
         &task,
@@ -372,7 +352,7 @@ fn sigkill_of_a_client_in_the_middle_of_a_claim_loses_nothing() {
     drop(doomed);
     drop(c);
     sleep(Duration::from_millis(500));
-    let mut c = reconnect(&env);
+    let mut c = env.reconnect(Duration::from_secs(30));
     let row = c
         .query_one(
             "SELECT count(*) FILTER (WHERE status = 'pending' AND attempts = 0), count(*) FROM ai_agent_tasks",

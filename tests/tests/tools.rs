@@ -1,7 +1,7 @@
 //! Agents that act (issue [tools]): SQL functions as tools, run by the worker's loop under the
 //! task's organization, every LLM call and tool call stored as a step. Each test scripts the
 //! stub for requests carrying its own marker, so the tests run side by side on one worker.
-use ai_agents_tests::postgres::{Client, NoTls};
+use ai_agents_tests::postgres::Client;
 use ai_agents_tests::{enqueue, error_of, wait_for, WorkerEnv};
 use serde_json::{json, Value};
 use std::sync::{Once, OnceLock};
@@ -727,23 +727,6 @@ fn a_structured_answer_gets_one_repair_turn_over_anthropic() {
     structured("anthropic");
 }
 
-/// Waits until the cluster answers again after Postgres restarted it (a SIGKILL of any backend
-/// makes the postmaster restart all of them).
-fn reconnect(env: &WorkerEnv) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut c) = Client::connect(&env.cluster.conninfo("postgres"), NoTls) {
-            if c.batch_execute("SET search_path = ai_agents, public")
-                .is_ok()
-            {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "the cluster did not come back");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// SIGKILLs the worker, if one is running now.
 fn kill_worker(c: &mut Client) -> bool {
     let pid: Option<i32> = c
@@ -829,7 +812,7 @@ fn a_write_tool_takes_effect_exactly_once_through_repeated_sigkills() {
         }
         drop(c);
         std::thread::sleep(Duration::from_millis(200));
-        c = reconnect(&env);
+        c = env.reconnect(Duration::from_secs(60));
     }
     while enqueued < TASKS {
         c.execute(
