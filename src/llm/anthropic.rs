@@ -328,7 +328,8 @@ fn tool_use(i: usize, block: &Value) -> Result<ToolCall, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Provider, ToolSpec};
+    use super::super::tests::{tool_call as call, weather_tool};
+    use super::super::Provider;
     use super::*;
     use serde_json::json;
 
@@ -586,22 +587,6 @@ mod tests {
         assert_eq!(parsed.input_tokens, u64::MAX);
     }
 
-    fn call(id: &str, name: &str, arguments: &str) -> ToolCall {
-        ToolCall {
-            id: id.into(),
-            name: name.into(),
-            arguments: arguments.into(),
-        }
-    }
-
-    fn weather_tool() -> ToolSpec {
-        ToolSpec {
-            name: "get_weather".into(),
-            description: "The weather in a city.".into(),
-            parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
-        }
-    }
-
     fn body_json(request: &Request) -> Value {
         serde_json::from_slice(&request_body(request).unwrap()).unwrap()
     }
@@ -655,7 +640,7 @@ mod tests {
                 "tools": [{
                     "name": "get_weather",
                     "description": "The weather in a city.",
-                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
                 }],
             })
         );

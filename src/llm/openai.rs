@@ -289,7 +289,8 @@ fn null_content(choice: &Value, message: &serde_json::Map<String, Value>) -> Str
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Message, Provider, Role, ToolSpec};
+    use super::super::tests::{tool_call as call, weather_tool};
+    use super::super::{Message, Provider, Role};
     use super::*;
     use serde_json::json;
 
@@ -538,22 +539,6 @@ mod tests {
         let parsed =
             parse(json!({"choices": [{"message": {"content": "x"}}], "usage": null})).unwrap();
         assert_eq!((parsed.input_tokens, parsed.output_tokens), (0, 0));
-    }
-
-    fn weather_tool() -> ToolSpec {
-        ToolSpec {
-            name: "get_weather".into(),
-            description: "The weather in a city.".into(),
-            parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
-        }
-    }
-
-    fn call(id: &str, name: &str, arguments: &str) -> ToolCall {
-        ToolCall {
-            id: id.into(),
-            name: name.into(),
-            arguments: arguments.into(),
-        }
     }
 
     #[test]

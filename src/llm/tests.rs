@@ -177,6 +177,24 @@ fn msg(role: Role, content: &str) -> Message {
     }
 }
 
+/// A tool call, for the request and reply tests of both protocols.
+pub(super) fn tool_call(id: &str, name: &str, arguments: &str) -> ToolCall {
+    ToolCall {
+        id: id.into(),
+        name: name.into(),
+        arguments: arguments.into(),
+    }
+}
+
+/// A tool with a description and parameters, for the request tests of both protocols.
+pub(super) fn weather_tool() -> ToolSpec {
+    ToolSpec {
+        name: "get_weather".into(),
+        description: "The weather in a city.".into(),
+        parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+    }
+}
+
 fn tool(name: &str) -> ToolSpec {
     ToolSpec {
         name: name.into(),
