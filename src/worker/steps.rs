@@ -6,7 +6,9 @@
 //! stored tool step is never run again.
 use super::statements::Statements;
 use crate::llm;
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
 use serde_json::Value;
 
 /// Tool calls in order, each with the step number it is stored as.
@@ -117,34 +119,7 @@ pub enum Ran {
 
 /// Runs one call through _run_tool_step, in the caller's transaction (`step` in mod.rs).
 pub fn run_one(st: &Statements, run: &ToolRun, number: i32, call: &llm::ToolCall) -> Ran {
-    let status = Spi::connect(|client| {
-        client
-            .select(
-                &st.tool,
-                Some(1),
-                &[
-                    run.task_id.as_str().into(),
-                    run.fencing_token.into(),
-                    number.into(),
-                    call.id.as_str().into(),
-                    call.name.as_str().into(),
-                    call.arguments.as_str().into(),
-                ],
-            )?
-            .first()
-            .get_one::<String>()
-    })
-    .unwrap_or_else(|e| {
-        error!(
-            "running tool step {number} of task {} failed: {e}",
-            run.task_id
-        )
-    });
-    if status.as_deref() == Some("stale") {
-        Ran::Stale
-    } else {
-        Ran::Stored
-    }
+    store(&st.tool, "running", run, number, call, &[&call.arguments])
 }
 
 /// Stores a call whose transaction could not commit, with that error.
@@ -156,27 +131,43 @@ pub fn record_failure(
     message: &str,
     code: &str,
 ) -> Ran {
+    store(
+        &st.tool_failure,
+        "recording",
+        run,
+        number,
+        call,
+        &[message, code],
+    )
+}
+
+/// Runs `statement` (_run_tool_step or _record_tool_failure) for one call: the run, the step
+/// number and the call, then `rest`; its status says whether the run is still this worker's.
+fn store(
+    statement: &OwnedPreparedStatement,
+    what: &str,
+    run: &ToolRun,
+    number: i32,
+    call: &llm::ToolCall,
+    rest: &[&str],
+) -> Ran {
+    let mut args: Vec<DatumWithOid> = vec![
+        run.task_id.as_str().into(),
+        run.fencing_token.into(),
+        number.into(),
+        call.id.as_str().into(),
+        call.name.as_str().into(),
+    ];
+    args.extend(rest.iter().map(|text| (*text).into()));
     let status = Spi::connect(|client| {
         client
-            .select(
-                &st.tool_failure,
-                Some(1),
-                &[
-                    run.task_id.as_str().into(),
-                    run.fencing_token.into(),
-                    number.into(),
-                    call.id.as_str().into(),
-                    call.name.as_str().into(),
-                    message.into(),
-                    code.into(),
-                ],
-            )?
+            .select(statement, Some(1), &args)?
             .first()
             .get_one::<String>()
     })
     .unwrap_or_else(|e| {
         error!(
-            "recording tool step {number} of task {} failed: {e}",
+            "{what} tool step {number} of task {} failed: {e}",
             run.task_id
         )
     });
