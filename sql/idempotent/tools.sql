@@ -193,6 +193,29 @@ BEGIN
 END
 $$;
 
+-- Stores a tool call of run `t` as step `step_number`, with its activity row (a step stored
+-- before is kept). Ids and names come from the model: kept to 256 characters.
+CREATE OR REPLACE FUNCTION ai_agents._store_tool_step(t ai_agents.ai_agent_tasks, step_number integer,
+                                          tool_call_id text, tool_name text, arguments jsonb,
+                                          result jsonb, error text, error_code text, duration_ms integer)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO ai_agents.ai_agent_task_steps
+        (organization_id, task_id, step_number, agent_id, kind, tool_call_id, tool_name, arguments,
+         result, error, error_code, duration_ms, fencing_token)
+    VALUES (t.organization_id, t.id, step_number, t.agent_id, 'tool', left(tool_call_id, 256),
+            left(tool_name, 256), arguments, result, error, error_code, duration_ms, t.fencing_token)
+    ON CONFLICT DO NOTHING;
+    INSERT INTO ai_agents.ai_agent_activity_log
+        (organization_id, agent_id, task_id, action_type, success, attempt, execution_time_ms, error, details)
+    VALUES (t.organization_id, t.agent_id, t.id, 'tool_called', error IS NULL, t.attempts, duration_ms, error,
+            jsonb_build_object('step_number', step_number, 'tool', left(tool_name, 256),
+                               'tool_call_id', left(tool_call_id, 256), 'error_code', error_code));
+$$;
+REVOKE ALL ON FUNCTION ai_agents._store_tool_step(ai_agents.ai_agent_tasks, integer, text, text, jsonb, jsonb, text, text, integer) FROM PUBLIC;
+
 -- Runs one tool call of a task's loop and stores it as step `step_number`, in the caller's
 -- transaction: a write tool's effects commit with its step, or neither does. A step already
 -- stored is never run again ('done'); a run no longer current runs nothing ('stale'). A tool
@@ -288,18 +311,9 @@ BEGIN
                 outcome := NULL;
         END;
     END IF;
-    INSERT INTO ai_agents.ai_agent_task_steps
-        (organization_id, task_id, step_number, agent_id, kind, tool_call_id, tool_name, arguments,
-         result, error, error_code, duration_ms, fencing_token)
-    VALUES (t.organization_id, t.id, _run_tool_step.step_number, t.agent_id, 'tool',
-            left(_run_tool_step.tool_call_id, 256), left(_run_tool_step.tool_name, 256), args, outcome,
-            err, code, (extract(epoch FROM clock_timestamp() - started) * 1000)::integer, t.fencing_token);
-    INSERT INTO ai_agents.ai_agent_activity_log
-        (organization_id, agent_id, task_id, action_type, success, attempt, execution_time_ms, error, details)
-    VALUES (t.organization_id, t.agent_id, t.id, 'tool_called', err IS NULL, t.attempts,
-            (extract(epoch FROM clock_timestamp() - started) * 1000)::integer, err,
-            jsonb_build_object('step_number', _run_tool_step.step_number, 'tool', left(_run_tool_step.tool_name, 256),
-                               'tool_call_id', left(_run_tool_step.tool_call_id, 256), 'error_code', code));
+    PERFORM ai_agents._store_tool_step(t, _run_tool_step.step_number, _run_tool_step.tool_call_id,
+                                       _run_tool_step.tool_name, args, outcome, err, code,
+                                       (extract(epoch FROM clock_timestamp() - started) * 1000)::integer);
     RETURN CASE WHEN err IS NULL THEN 'ran' ELSE 'failed' END;
 END
 $$;
@@ -321,20 +335,10 @@ BEGIN
     IF NOT FOUND OR t.status <> 'running' OR t.fencing_token IS DISTINCT FROM _record_tool_failure.fencing_token THEN
         RETURN 'stale';
     END IF;
-    INSERT INTO ai_agents.ai_agent_task_steps
-        (organization_id, task_id, step_number, agent_id, kind, tool_call_id, tool_name, error, error_code, fencing_token)
-    VALUES (t.organization_id, t.id, _record_tool_failure.step_number, t.agent_id, 'tool',
-            left(_record_tool_failure.tool_call_id, 256), left(_record_tool_failure.tool_name, 256),
-            'the tool''s transaction could not commit: ' || _record_tool_failure.error,
-            _record_tool_failure.error_code, t.fencing_token)
-    ON CONFLICT DO NOTHING;
-    INSERT INTO ai_agents.ai_agent_activity_log
-        (organization_id, agent_id, task_id, action_type, success, attempt, error, details)
-    VALUES (t.organization_id, t.agent_id, t.id, 'tool_called', false, t.attempts, _record_tool_failure.error,
-            jsonb_build_object('step_number', _record_tool_failure.step_number,
-                               'tool', left(_record_tool_failure.tool_name, 256),
-                               'tool_call_id', left(_record_tool_failure.tool_call_id, 256),
-                               'error_code', _record_tool_failure.error_code));
+    PERFORM ai_agents._store_tool_step(t, _record_tool_failure.step_number, _record_tool_failure.tool_call_id,
+                                       _record_tool_failure.tool_name, NULL, NULL,
+                                       'the tool''s transaction could not commit: ' || _record_tool_failure.error,
+                                       _record_tool_failure.error_code, NULL);
     RETURN 'failed';
 END
 $$;

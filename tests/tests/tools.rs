@@ -1182,3 +1182,66 @@ fn a_recurring_tasks_next_run_starts_afresh() {
         "each run ended moved run_first_step past its steps: {first}"
     );
 }
+
+#[test]
+fn a_tool_step_that_cannot_commit_is_stored_once_with_its_error() {
+    let env = env();
+    let mut c = env.connect();
+    let (_, agent) = gym(&mut c, "openai", "gold", &[]);
+    // Uncommitted, so the worker never sees the task: this session claims it itself.
+    let mut t = c.transaction().unwrap();
+    let id: String = t
+        .query_one(
+            "SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, 'cannot commit')",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    let token: i64 = t
+        .query_one(
+            "SELECT fencing_token FROM ai_agents.claim_due_tasks('tester', 1, '1 minute') WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    let record = |t: &mut ai_agents_tests::postgres::Transaction,
+                  token: i64,
+                  error: &str|
+     -> String {
+        t.query_one(
+            "SELECT ai_agents._record_tool_failure($1::text::uuid, $2, 2, 'call_c', 'freeze', $3, '23505')",
+            &[&id, &token, &error],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(record(&mut t, token, "deferred constraint"), "failed");
+    assert_eq!(record(&mut t, token, "again"), "failed");
+    assert_eq!(record(&mut t, token + 1, "stale"), "stale");
+    let steps: Vec<(String, String)> = t
+        .query(
+            "SELECT error, error_code FROM ai_agents.ai_agent_task_steps WHERE task_id = $1::text::uuid",
+            &[&id],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        steps,
+        [(
+            "the tool's transaction could not commit: deferred constraint".to_string(),
+            "23505".to_string()
+        )]
+    );
+    let logged: i64 = t
+        .query_one(
+            "SELECT count(*) FROM ai_agents.ai_agent_activity_log
+              WHERE task_id = $1::text::uuid AND action_type = 'tool_called' AND NOT success",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 2, "each attempt to record it is logged");
+    t.rollback().unwrap();
+}
