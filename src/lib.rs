@@ -77,9 +77,14 @@ pgrx::extension_sql_file!(
     requires = ["incremental_008"]
 );
 pgrx::extension_sql_file!(
+    "../sql/incremental/010-composite-keys.sql",
+    name = "incremental_010",
+    requires = ["incremental_009"]
+);
+pgrx::extension_sql_file!(
     "../sql/idempotent/guard.sql",
     name = "guard",
-    requires = ["incremental_009"]
+    requires = ["incremental_010"]
 );
 pgrx::extension_sql_file!(
     "../sql/idempotent/agents.sql",

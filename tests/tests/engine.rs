@@ -800,8 +800,8 @@ fn completing_one_task_finds_it_by_id_not_by_the_lease_index() {
         .map(|r| r.get::<_, String>(0))
         .collect::<Vec<_>>()
         .join("\n");
-    // The primary key, or the unique (id, organization_id) that tenant tables' foreign keys
-    // name: either finds the one row by its id.
+    // The unique index on id alone (the primary key is (organization_id, id)) finds the one
+    // row by its id.
     assert!(plan.contains("Index Cond: (id = $1)"), "{plan}");
     assert!(!plan.contains("ai_agent_tasks_lease_idx"), "{plan}");
 }
