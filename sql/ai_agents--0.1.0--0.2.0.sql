@@ -269,8 +269,11 @@ CREATE TABLE ai_agents.ai_agent_tools (
     parameters      jsonb NOT NULL DEFAULT '{"type": "object", "properties": {}}'
                     CONSTRAINT ai_agent_tools_parameters_check
                     CHECK (jsonb_typeof(parameters) = 'object' AND octet_length(parameters::text) <= 65536),
-    -- A function (args jsonb) RETURNS jsonb, run as ai_agents_tool_runner.
-    function        regprocedure NOT NULL,
+    -- A function (args jsonb) RETURNS jsonb, run as ai_agents_tool_runner. Its signature as
+    -- text, stored schema-qualified, and resolved where the tool runs: an OID (regprocedure)
+    -- names another function, or none, on another node of a distributed cluster.
+    function        text NOT NULL
+                    CONSTRAINT ai_agent_tools_function_check CHECK (octet_length(function) <= 1024),
     read_only       boolean NOT NULL DEFAULT true,
     timeout_ms      integer NOT NULL DEFAULT 5000
                     CONSTRAINT ai_agent_tools_timeout_check CHECK (timeout_ms BETWEEN 1 AND 600000),
@@ -287,7 +290,8 @@ CREATE TABLE ai_agents.ai_agent_builtin_tools (
                     CHECK (name ~ '^[a-zA-Z0-9_-]{1,64}$' AND name NOT LIKE 'ai\_agents\_%'),
     description     text NOT NULL,
     parameters      jsonb NOT NULL,
-    function        regprocedure NOT NULL,
+    function        text NOT NULL
+                    CONSTRAINT ai_agent_builtin_tools_function_check CHECK (octet_length(function) <= 1024),
     read_only       boolean NOT NULL DEFAULT true,
     timeout_ms      integer NOT NULL DEFAULT 5000
                     CONSTRAINT ai_agent_builtin_tools_timeout_check CHECK (timeout_ms BETWEEN 1 AND 600000)
@@ -2222,7 +2226,8 @@ $$;
 
 -- A tool's function takes the arguments and returns the result, both jsonb, so a call is
 -- never built from text; and it must not run with more rights than the tool runner has.
-CREATE OR REPLACE FUNCTION ai_agents._check_tool_function(fn regprocedure, tool text) RETURNS void
+-- Returns its signature, schema-qualified, as the tool tables keep it.
+CREATE OR REPLACE FUNCTION ai_agents._check_tool_function(fn regprocedure, tool text) RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2252,15 +2257,24 @@ BEGIN
             USING ERRCODE = '42501',
                   HINT = format('GRANT EXECUTE ON FUNCTION %s TO ai_agents_tool_runner', fn);
     END IF;
+    RETURN fn::text;
 END
 $$;
 
+-- The function is named by its schema, since no session's search_path reaches in here.
 CREATE OR REPLACE FUNCTION ai_agents._validate_tool() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    fn regprocedure := to_regprocedure(NEW.function);
 BEGIN
-    PERFORM ai_agents._check_tool_function(NEW.function, NEW.name);
+    IF fn IS NULL THEN
+        RAISE EXCEPTION 'the function % of tool % does not exist', NEW.function, NEW.name
+            USING ERRCODE = '42883',
+                  HINT = 'Name the function with its schema and argument types, as in public.my_tool(jsonb).';
+    END IF;
+    NEW.function := ai_agents._check_tool_function(fn, NEW.name);
     PERFORM ai_agents._check_json_schema(NEW.parameters, format('the parameters of tool %s', NEW.name));
     RETURN NEW;
 END
@@ -2280,7 +2294,7 @@ CREATE OR REPLACE TRIGGER ai_agent_builtin_tools_validate
 -- The tools an organization's agents may name: its own, and the built-in ones it has not
 -- replaced with one of the same name. (Unpinned, so that it is inlined into its callers.)
 CREATE OR REPLACE FUNCTION ai_agents._tools_of(organization_id uuid)
-RETURNS TABLE (name text, description text, parameters jsonb, function regprocedure, read_only boolean,
+RETURNS TABLE (name text, description text, parameters jsonb, function text, read_only boolean,
                timeout_ms integer)
 LANGUAGE sql STABLE
 AS $$
@@ -2441,6 +2455,7 @@ DECLARE
     code text;
     problems text[];
     started timestamptz := clock_timestamp();
+    fn text;
 BEGIN
     SELECT * INTO t FROM ai_agents.ai_agent_tasks tt WHERE tt.id = _run_tool_step.task_id FOR UPDATE;
     IF NOT FOUND OR t.status <> 'running' OR t.fencing_token IS DISTINCT FROM _run_tool_step.fencing_token THEN
@@ -2487,14 +2502,14 @@ BEGIN
             PERFORM set_config('synchronous_commit', 'off', true);
         END IF;
         BEGIN
-            PERFORM ai_agents._check_tool_function(tool.function, tool.name);
+            fn := ai_agents._check_tool_function(to_regprocedure(tool.function), tool.name);
             PERFORM set_config('request.jwt.claims', ai_agents._tool_claims(t, _run_tool_step.tool_call_id)::text, true);
             PERFORM set_config('ai_agents.tool_call_id', _run_tool_step.tool_call_id, true);
             PERFORM set_config('ai_agents_tool.organization', t.organization_id::text, true);
             IF tool.read_only THEN
                 SET LOCAL transaction_read_only = on;
             END IF;
-            outcome := ai_agents._call_tool(tool.function, args, tool.timeout_ms);
+            outcome := ai_agents._call_tool(fn::regprocedure, args, tool.timeout_ms);
             IF octet_length(outcome::text) > max_bytes THEN
                 RAISE EXCEPTION 'the result is % bytes, more than the % a step keeps', octet_length(outcome::text), max_bytes
                     USING ERRCODE = '54000';

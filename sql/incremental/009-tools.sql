@@ -13,8 +13,11 @@ CREATE TABLE ai_agents.ai_agent_tools (
     parameters      jsonb NOT NULL DEFAULT '{"type": "object", "properties": {}}'
                     CONSTRAINT ai_agent_tools_parameters_check
                     CHECK (jsonb_typeof(parameters) = 'object' AND octet_length(parameters::text) <= 65536),
-    -- A function (args jsonb) RETURNS jsonb, run as ai_agents_tool_runner.
-    function        regprocedure NOT NULL,
+    -- A function (args jsonb) RETURNS jsonb, run as ai_agents_tool_runner. Its signature as
+    -- text, stored schema-qualified, and resolved where the tool runs: an OID (regprocedure)
+    -- names another function, or none, on another node of a distributed cluster.
+    function        text NOT NULL
+                    CONSTRAINT ai_agent_tools_function_check CHECK (octet_length(function) <= 1024),
     read_only       boolean NOT NULL DEFAULT true,
     timeout_ms      integer NOT NULL DEFAULT 5000
                     CONSTRAINT ai_agent_tools_timeout_check CHECK (timeout_ms BETWEEN 1 AND 600000),
@@ -31,7 +34,8 @@ CREATE TABLE ai_agents.ai_agent_builtin_tools (
                     CHECK (name ~ '^[a-zA-Z0-9_-]{1,64}$' AND name NOT LIKE 'ai\_agents\_%'),
     description     text NOT NULL,
     parameters      jsonb NOT NULL,
-    function        regprocedure NOT NULL,
+    function        text NOT NULL
+                    CONSTRAINT ai_agent_builtin_tools_function_check CHECK (octet_length(function) <= 1024),
     read_only       boolean NOT NULL DEFAULT true,
     timeout_ms      integer NOT NULL DEFAULT 5000
                     CONSTRAINT ai_agent_builtin_tools_timeout_check CHECK (timeout_ms BETWEEN 1 AND 600000)

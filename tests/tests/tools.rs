@@ -568,6 +568,8 @@ fn tools_are_checked_when_registered_and_attached() {
     let object = r#"{"type": "object"}"#;
     for (sql, code, words) in [
         (register("shape", "gym.wrong_shape(text)", object), "42P13", "must take (args jsonb) and return jsonb"),
+        (register("unqualified", "class_schedule(jsonb)", object), "42883", "the function class_schedule(jsonb) of tool unqualified does not exist"),
+        (register("long", &format!("gym.{}(jsonb)", "x".repeat(2000)), object), "42883", "does not exist"),
         (register("owner", "gym.as_owner(jsonb)", object), "42501", "SECURITY DEFINER"),
         (register("hidden", "gym.hidden(jsonb)", object), "42501", "may not execute"),
         (register("bad name!", "gym.class_schedule(jsonb)", object), "23514", "ai_agent_tools_name_check"),
