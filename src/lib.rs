@@ -147,6 +147,11 @@ pgrx::extension_sql_file!(
     ]
 );
 pgrx::extension_sql_file!(
+    "../sql/idempotent/distribute.sql",
+    name = "distribute",
+    requires = ["reports"]
+);
+pgrx::extension_sql_file!(
     "../sql/idempotent/security.sql",
     name = "security",
     finalize

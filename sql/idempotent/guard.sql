@@ -30,6 +30,11 @@ BEGIN
         IF ai_agents._in_extension_script() THEN
             RETURN;
         END IF;
+        -- On a Citus worker, a command the coordinator sends on (its internal connections name
+        -- themselves so) passed the coordinator's guard already (docs/distributed.md).
+        IF current_setting('application_name') LIKE 'citus\_internal gpid=%' THEN
+            RETURN;
+        END IF;
         RAISE EXCEPTION '% % belongs to extension ai_agents and cannot be dropped on its own',
             dropped.object_type, dropped.object_identity
             USING ERRCODE = '2BP01',

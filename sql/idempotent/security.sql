@@ -223,27 +223,36 @@ END
 $$;
 
 -- Row-level security: the policy is for everyone; grants decide who reaches the table at all.
-DO $$
+-- A policy reads the request's organizations through a subquery, so that a scan asks once, not
+-- per row. Citus refuses subqueries in the policies of its tables: in a database with Citus the
+-- function is called as it is (docs/distributed.md#row-level-security).
+CREATE OR REPLACE FUNCTION ai_agents._write_organization_policies() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     tbl text;
+    organizations constant text := CASE WHEN EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')
+                                        THEN 'ai_agents._request_organization_ids()'
+                                        ELSE '(SELECT ai_agents._request_organization_ids())' END;
 BEGIN
     FOREACH tbl IN ARRAY ARRAY['ai_agents', 'ai_agent_versions', 'ai_agent_tasks', 'ai_agent_activity_log',
                                'ai_agent_conversations', 'ai_agent_messages', 'ai_agent_reports',
                                'ai_agent_usage_hourly', 'ai_agent_rate_limits',
                                'ai_agent_organization_limits', 'ai_agent_budgets',
-                               'ai_agent_budget_periods', 'ai_agent_tools', 'ai_agent_task_steps'] LOOP
+                               'ai_agent_budget_periods', 'ai_agent_tools', 'ai_agent_task_steps',
+                               'ai_agent_report_templates'] LOOP
         EXECUTE format('ALTER TABLE ai_agents.%I ENABLE ROW LEVEL SECURITY', tbl);
         EXECUTE format('DROP POLICY IF EXISTS organization_rows ON ai_agents.%I', tbl);
-        EXECUTE format('CREATE POLICY organization_rows ON ai_agents.%I FOR SELECT
-                          USING (organization_id = ANY ((SELECT ai_agents._request_organization_ids())::uuid[]))', tbl);
+        -- Built-in templates (no organization) are everyone's.
+        EXECUTE format('CREATE POLICY organization_rows ON ai_agents.%I FOR SELECT USING (%s organization_id = ANY (%s::uuid[]))',
+                       tbl, CASE WHEN tbl = 'ai_agent_report_templates' THEN 'organization_id IS NULL OR' ELSE '' END,
+                       organizations);
     END LOOP;
 END
 $$;
-ALTER TABLE ai_agents.ai_agent_report_templates ENABLE ROW LEVEL SECURITY;
--- Built-in templates (no organization) are everyone's.
-DROP POLICY IF EXISTS organization_rows ON ai_agents.ai_agent_report_templates;
-CREATE POLICY organization_rows ON ai_agents.ai_agent_report_templates FOR SELECT
-    USING (organization_id IS NULL OR organization_id = ANY ((SELECT ai_agents._request_organization_ids())::uuid[]));
+REVOKE ALL ON FUNCTION ai_agents._write_organization_policies() FROM PUBLIC;
+SELECT ai_agents._write_organization_policies();
 ALTER TABLE ai_agents.ai_agent_model_prices ENABLE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS everyone_reads_prices ON ai_agents.ai_agent_model_prices;
 CREATE POLICY everyone_reads_prices ON ai_agents.ai_agent_model_prices FOR SELECT USING (true);

@@ -89,7 +89,9 @@ ALTER TABLE ai_agents.ai_agent_reports
     ADD PRIMARY KEY (organization_id, id),
     ADD CONSTRAINT ai_agent_reports_id_key UNIQUE (id);
 
--- The foreign keys again. SET NULL names the one column it empties: organization_id stays.
+-- The foreign keys again. Citus refuses ON DELETE SET NULL on a key that holds the
+-- distribution column, so none does: the activity log keeps the id of a deleted task, as a log
+-- keeps what happened, and points at it no more.
 ALTER TABLE ai_agents.ai_agent_versions
     ADD CONSTRAINT ai_agent_versions_agent_fkey FOREIGN KEY (organization_id, agent_id)
         REFERENCES ai_agents.ai_agents (organization_id, id) ON DELETE CASCADE;
@@ -104,11 +106,9 @@ ALTER TABLE ai_agents.ai_agent_tasks
         REFERENCES ai_agents.ai_agents (organization_id, id) ON DELETE CASCADE,
     ADD CONSTRAINT ai_agent_tasks_conversation_fkey FOREIGN KEY (organization_id, conversation_id)
         REFERENCES ai_agents.ai_agent_conversations (organization_id, id) ON DELETE CASCADE,
+    -- Versions are deleted only with their agent, whose tasks go too: no action needed.
     ADD CONSTRAINT ai_agent_tasks_version_fkey FOREIGN KEY (organization_id, agent_version_id)
-        REFERENCES ai_agents.ai_agent_versions (organization_id, id) ON DELETE SET NULL (agent_version_id);
-ALTER TABLE ai_agents.ai_agent_activity_log
-    ADD CONSTRAINT ai_agent_activity_log_task_fkey FOREIGN KEY (organization_id, task_id)
-        REFERENCES ai_agents.ai_agent_tasks (organization_id, id) ON DELETE SET NULL (task_id);
+        REFERENCES ai_agents.ai_agent_versions (organization_id, id);
 ALTER TABLE ai_agents.ai_agent_reports
     ADD CONSTRAINT ai_agent_reports_agent_fkey FOREIGN KEY (organization_id, agent_id)
         REFERENCES ai_agents.ai_agents (organization_id, id) ON DELETE CASCADE;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Once, OnceLock};
 
 pub use postgres;
+pub mod citus;
 pub mod stub;
 
 const DEFAULT_BINDIR: &str = "/usr/lib/postgresql/15/bin";

@@ -119,7 +119,7 @@ fn every_tenant_table_is_keyed_by_organization_first() {
 }
 
 #[test]
-fn a_row_cannot_point_into_another_organization_and_set_null_keeps_the_organization() {
+fn a_row_cannot_point_into_another_organization_and_the_log_outlives_its_task() {
     let (mut c, _) = fresh_database();
     let (org_a, agent_a) = create_agent(&mut c, "front desk A");
     let (org_b, agent_b) = create_agent(&mut c, "front desk B");
@@ -132,15 +132,11 @@ fn a_row_cannot_point_into_another_organization_and_set_null_keeps_the_organizat
         .unwrap()
         .get(0);
 
-    // 0.1.0 checked these against the id alone: B could name A's agent, task or version.
+    // 0.1.0 checked these against the id alone: B could name A's agent or version.
     for sql in [
         format!(
             "INSERT INTO ai_agents.ai_agent_rate_limits (organization_id, agent_id, max_per_minute)
              VALUES ('{org_b}', '{agent_a}', 5)"
-        ),
-        format!(
-            "INSERT INTO ai_agents.ai_agent_activity_log (organization_id, task_id, action_type, success)
-             VALUES ('{org_b}', '{task_a}', 'note', true)"
         ),
         format!(
             "INSERT INTO ai_agents.ai_agent_reports (organization_id, agent_id, report_type, title, period_start, period_end)
@@ -160,7 +156,7 @@ fn a_row_cannot_point_into_another_organization_and_set_null_keeps_the_organizat
     );
     assert_eq!(code, "23503", "{message}");
 
-    // Deleting the task a row points at empties that column only.
+    // The activity log keeps naming a deleted task, in its organization.
     let logged = 3;
     for _ in 0..logged {
         c.execute(
@@ -178,8 +174,8 @@ fn a_row_cannot_point_into_another_organization_and_set_null_keeps_the_organizat
     let kept: i64 = c
         .query_one(
             "SELECT count(*) FROM ai_agents.ai_agent_activity_log
-              WHERE task_id IS NULL AND organization_id = $1::text::uuid",
-            &[&org_a],
+              WHERE task_id = $1::text::uuid AND organization_id = $2::text::uuid",
+            &[&task_a, &org_a],
         )
         .unwrap()
         .get(0);

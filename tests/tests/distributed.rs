@@ -1,0 +1,178 @@
+//! ai_agents on Citus (docs/distributed.md): `ai_agents.distribute()` on a coordinator and two
+//! workers on loopback, Citus built from ../shared/vendor when the machine does not have it.
+use ai_agents_tests::citus::CitusCluster;
+use ai_agents_tests::{error_of, fresh_database};
+use postgres::Client;
+
+/// Rows per table of the schema, in name order.
+fn row_counts(c: &mut Client) -> Vec<(String, i64)> {
+    let tables: Vec<String> = c
+        .query(
+            "SELECT relname::text FROM pg_class
+              WHERE relnamespace = 'ai_agents'::regnamespace AND relkind = 'r' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tables
+        .into_iter()
+        .map(|t| {
+            let n: i64 = c
+                .query_one(&format!("SELECT count(*) FROM ai_agents.{t}"), &[])
+                .unwrap()
+                .get(0);
+            (t, n)
+        })
+        .collect()
+}
+
+#[test]
+fn distributing_without_citus_is_refused() {
+    let (mut c, _) = fresh_database();
+    let (code, message) = error_of(&mut c, "SELECT * FROM ai_agents.distribute()");
+    assert_eq!(code, "0A000", "{message}");
+    assert!(message.contains("needs Citus"), "{message}");
+    // And it is the superuser's alone.
+    c.batch_execute("CREATE ROLE distribute_probe; SET ROLE distribute_probe")
+        .unwrap();
+    let (code, message) = error_of(&mut c, "SELECT * FROM ai_agents.distribute(4)");
+    assert_eq!(code, "42501", "{message}");
+}
+
+#[test]
+fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
+    let cluster = CitusCluster::start("distribute", 2, &[]);
+    let mut c = cluster.connect();
+    // Twenty gyms with an agent, tasks, a conversation, an override row, a budget and a
+    // template of their own, written before distributing.
+    c.batch_execute(
+        "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model)
+         SELECT gen_random_uuid(), 'front desk ' || g, 'customer_care', 'gpt-4o-mini'
+           FROM generate_series(1, 20) g;
+         SELECT ai_agents.enqueue_task(a.id, 'renewals ' || g) FROM ai_agents.ai_agents a, generate_series(1, 5) g;
+         SELECT ai_agents.send_message((ai_agents.start_conversation(a.id)).id, 'hello') FROM ai_agents.ai_agents a;
+         INSERT INTO ai_agents.ai_agent_rate_limits (organization_id, agent_id, max_per_minute)
+         SELECT organization_id, id, 30 FROM ai_agents.ai_agents;
+         INSERT INTO ai_agents.ai_agent_budgets (organization_id, period, limit_usd)
+         SELECT organization_id, 'month', 50 FROM ai_agents.ai_agents;
+         INSERT INTO ai_agents.ai_agent_report_templates (organization_id, name, report_type, period, sections)
+         SELECT organization_id, 'mine', 'weekly', 'week', ARRAY['tasks_by_status'] FROM ai_agents.ai_agents;",
+    )
+    .expect("filling the tables before distributing");
+    let before = row_counts(&mut c);
+    let triggers = |c: &mut Client| -> Vec<String> {
+        c.query(
+            "SELECT tgrelid::regclass::text || ' ' || tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+              WHERE c.relnamespace = 'ai_agents'::regnamespace AND NOT tgisinternal ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let triggers_before = triggers(&mut c);
+    assert!(triggers_before.len() >= 15, "{triggers_before:?}");
+    let count = |table: &str| before.iter().find(|(t, _)| t == table).unwrap().1;
+    assert_eq!(count("ai_agents"), 20, "{before:?}");
+    assert!(count("ai_agent_tasks") >= 100, "{before:?}");
+    assert_eq!(count("ai_agent_budgets"), 20, "{before:?}");
+
+    let done: Vec<(String, String)> = c
+        .query("SELECT * FROM ai_agents.distribute(8)", &[])
+        .expect("distribute")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let reference: Vec<&str> = done
+        .iter()
+        .filter(|(_, d)| d == "reference")
+        .map(|(t, _)| t.as_str())
+        .collect();
+    assert_eq!(
+        reference,
+        [
+            "ai_agent_model_prices",
+            "ai_agent_builtin_tools",
+            "ai_agent_report_templates"
+        ]
+    );
+    assert_eq!(done.len(), before.len(), "every table, once: {done:?}");
+    assert_eq!(
+        done[3].0, "ai_agents",
+        "ai_agents first, the others co-located with it"
+    );
+
+    // Every tenant table is hash-distributed by organization_id in one co-location group, its
+    // shards on both workers; the global tables are reference tables.
+    let layout: Vec<(String, String, String, i32, i64)> = c
+        .query(
+            "SELECT c.relname::text, p.partmethod::text, coalesce(column_to_column_name(p.logicalrelid, p.partkey), ''),
+                    p.colocationid,
+                    (SELECT count(DISTINCT pl.groupid) FROM pg_dist_shard sh JOIN pg_dist_placement pl USING (shardid)
+                      WHERE sh.logicalrelid = p.logicalrelid)
+               FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid
+              WHERE c.relnamespace = 'ai_agents'::regnamespace ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    assert_eq!(layout.len(), before.len(), "{layout:?}");
+    let group = layout.iter().find(|l| l.0 == "ai_agents").unwrap().3;
+    for (table, method, column, colocation, nodes) in &layout {
+        if reference.contains(&table.as_str()) {
+            assert_eq!(method, "n", "{table}");
+        } else {
+            assert_eq!(
+                (method.as_str(), column.as_str(), *colocation, *nodes),
+                ("h", "organization_id", group, 2),
+                "{table}"
+            );
+        }
+    }
+
+    assert_eq!(row_counts(&mut c), before, "every row kept");
+    assert_eq!(triggers(&mut c), triggers_before, "every trigger kept");
+    // What could not be kept as it was is replaced: ids found by plain indexes, policies
+    // without subqueries, and the foreign key to the templates added back.
+    let id_keys: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE connamespace = 'ai_agents'::regnamespace AND conname LIKE '%\\_id\\_key'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(id_keys, 0);
+    let with_subquery: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_policies WHERE schemaname = 'ai_agents' AND qual ILIKE '%select%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(with_subquery, 0);
+    let template_key: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE conname = 'ai_agent_reports_template_id_fkey'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(template_key, 1);
+    // The drop guard still stands, and a second call does nothing.
+    let (code, message) = error_of(
+        &mut c,
+        "ALTER TABLE ai_agents.ai_agent_tasks DROP COLUMN description",
+    );
+    assert_eq!(code, "2BP01", "{message}");
+    assert_eq!(
+        c.query("SELECT * FROM ai_agents.distribute(8)", &[])
+            .unwrap()
+            .len(),
+        0
+    );
+}
