@@ -578,26 +578,25 @@ AS $$
                     current_user::text)
 $$;
 
-CREATE OR REPLACE FUNCTION ai_agents.create_agent_version_from_current(agent_id uuid, change_note text DEFAULT NULL)
+-- Every statement names the organization (docs/distributed.md#statements): under Citus it
+-- then runs on the one node holding the organization, as the trigger below must.
+CREATE OR REPLACE FUNCTION ai_agents._snapshot_agent(org uuid, agent uuid, change_note text)
 RETURNS ai_agents.ai_agent_versions
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
 DECLARE
     a ai_agents.ai_agents;
     cur ai_agents.ai_agent_versions;
+    number integer;
 BEGIN
-    IF create_agent_version_from_current.agent_id IS NULL THEN
-        RAISE EXCEPTION 'agent_id must not be null' USING ERRCODE = '22004';
-    END IF;
     -- The row lock serializes version numbering per agent.
-    SELECT * INTO a FROM ai_agents.ai_agents WHERE id = create_agent_version_from_current.agent_id FOR UPDATE;
+    SELECT * INTO a FROM ai_agents.ai_agents t WHERE t.organization_id = org AND t.id = agent FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'agent % does not exist', create_agent_version_from_current.agent_id
-            USING ERRCODE = 'P0002';
+        RAISE EXCEPTION 'agent % does not exist', agent USING ERRCODE = 'P0002';
     END IF;
-    SELECT * INTO cur FROM ai_agents.ai_agent_versions WHERE id = a.current_version_id;
+    SELECT * INTO cur FROM ai_agents.ai_agent_versions v
+     WHERE v.organization_id = org AND v.id = a.current_version_id;
     IF FOUND AND (cur.name, cur.agent_type, cur.system_prompt, cur.provider, cur.model,
                   cur.temperature, cur.max_tokens, cur.config, cur.tools, cur.output_schema, cur.max_steps)
                  IS NOT DISTINCT FROM
@@ -605,17 +604,41 @@ BEGIN
                   a.temperature, a.max_tokens, a.config, a.tools, a.output_schema, a.max_steps) THEN
         RETURN cur;
     END IF;
+    -- Counted first: Citus takes no subquery inside INSERT ... VALUES.
+    SELECT coalesce(max(v.version_number), 0) + 1 INTO number FROM ai_agents.ai_agent_versions v
+     WHERE v.organization_id = org AND v.agent_id = a.id;
     INSERT INTO ai_agents.ai_agent_versions
         (agent_id, organization_id, version_number, name, agent_type, system_prompt, provider,
          model, temperature, max_tokens, config, tools, output_schema, max_steps, change_note, created_by)
     VALUES
-        (a.id, a.organization_id,
-         coalesce((SELECT max(v.version_number) FROM ai_agents.ai_agent_versions v WHERE v.agent_id = a.id), 0) + 1,
+        (a.id, a.organization_id, number,
          a.name, a.agent_type, a.system_prompt, a.provider, a.model, a.temperature, a.max_tokens,
-         a.config, a.tools, a.output_schema, a.max_steps, create_agent_version_from_current.change_note, ai_agents._current_actor())
+         a.config, a.tools, a.output_schema, a.max_steps, change_note, ai_agents._current_actor())
     RETURNING * INTO cur;
-    UPDATE ai_agents.ai_agents SET current_version_id = cur.id WHERE id = a.id;
+    UPDATE ai_agents.ai_agents t SET current_version_id = cur.id WHERE t.organization_id = org AND t.id = a.id;
     RETURN cur;
+END
+$$;
+REVOKE ALL ON FUNCTION ai_agents._snapshot_agent(uuid, uuid, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION ai_agents.create_agent_version_from_current(agent_id uuid, change_note text DEFAULT NULL)
+RETURNS ai_agents.ai_agent_versions
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    org uuid;
+BEGIN
+    IF create_agent_version_from_current.agent_id IS NULL THEN
+        RAISE EXCEPTION 'agent_id must not be null' USING ERRCODE = '22004';
+    END IF;
+    SELECT a.organization_id INTO org FROM ai_agents.ai_agents a WHERE a.id = create_agent_version_from_current.agent_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'agent % does not exist', create_agent_version_from_current.agent_id
+            USING ERRCODE = 'P0002';
+    END IF;
+    RETURN ai_agents._snapshot_agent(org, create_agent_version_from_current.agent_id,
+                                     create_agent_version_from_current.change_note);
 END
 $$;
 
@@ -643,7 +666,7 @@ BEGIN
            system_prompt = v.system_prompt, provider = v.provider, model = v.model,
            temperature = v.temperature, max_tokens = v.max_tokens, config = v.config,
            tools = v.tools, output_schema = v.output_schema, max_steps = v.max_steps
-     WHERE id = v.agent_id
+     WHERE organization_id = v.organization_id AND id = v.agent_id
     RETURNING * INTO a;
     INSERT INTO ai_agents.ai_agent_activity_log
         (organization_id, agent_id, action_type, success, details)
@@ -659,8 +682,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM ai_agents.create_agent_version_from_current(
-        NEW.id, CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'configuration changed' END);
+    PERFORM ai_agents._snapshot_agent(
+        NEW.organization_id, NEW.id, CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'configuration changed' END);
     RETURN NULL;
 END
 $$;
@@ -707,7 +730,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
-        IF NOT EXISTS (SELECT FROM ai_agents.ai_agents a WHERE a.id = OLD.agent_id) THEN
+        IF NOT EXISTS (SELECT FROM ai_agents.ai_agents a WHERE a.organization_id = OLD.organization_id AND a.id = OLD.agent_id) THEN
             RETURN OLD;
         END IF;
         RAISE EXCEPTION 'agent versions cannot be deleted (version % of agent %)', OLD.version_number, OLD.agent_id
@@ -944,7 +967,8 @@ AS $$
 BEGIN
     UPDATE ai_agents.ai_agent_tasks
        SET paused = (NEW.tasks_paused OR NOT NEW.is_active)
-     WHERE agent_id = NEW.id AND paused IS DISTINCT FROM (NEW.tasks_paused OR NOT NEW.is_active);
+     WHERE organization_id = NEW.organization_id AND agent_id = NEW.id
+       AND paused IS DISTINCT FROM (NEW.tasks_paused OR NOT NEW.is_active);
     RETURN NULL;
 END
 $$;

@@ -121,7 +121,8 @@ AS $$
 BEGIN
     UPDATE ai_agents.ai_agent_tasks
        SET paused = (NEW.tasks_paused OR NOT NEW.is_active)
-     WHERE agent_id = NEW.id AND paused IS DISTINCT FROM (NEW.tasks_paused OR NOT NEW.is_active);
+     WHERE organization_id = NEW.organization_id AND agent_id = NEW.id
+       AND paused IS DISTINCT FROM (NEW.tasks_paused OR NOT NEW.is_active);
     RETURN NULL;
 END
 $$;

@@ -163,6 +163,56 @@ fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
         .unwrap()
         .get(0);
     assert_eq!(template_key, 1);
+    // Agents and their versions through the coordinator: the snapshot trigger runs on the
+    // shard, next to the organization's versions.
+    let agent: String = c
+        .query_one(
+            "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model, system_prompt)
+             VALUES (gen_random_uuid(), 'after', 'customer_care', 'gpt-4o-mini', 'first') RETURNING id::text",
+            &[],
+        )
+        .expect("an agent inserted after distributing")
+        .get(0);
+    c.execute(
+        "UPDATE ai_agents.ai_agents SET system_prompt = 'second' WHERE id = $1::text::uuid",
+        &[&agent],
+    )
+    .unwrap();
+    let explicit: i32 = c
+        .query_one(
+            "SELECT (ai_agents.create_agent_version_from_current($1::text::uuid)).version_number",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(explicit, 2, "no change since version 2");
+    c.execute(
+        "SELECT ai_agents.activate_agent_version($1::text::uuid, 1)",
+        &[&agent],
+    )
+    .unwrap();
+    let row = c
+        .query_one(
+            "SELECT a.system_prompt, v.version_number
+               FROM ai_agents.ai_agents a JOIN ai_agents.ai_agent_versions v
+                 ON v.organization_id = a.organization_id AND v.id = a.current_version_id
+              WHERE a.id = $1::text::uuid",
+            &[&agent],
+        )
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i32>(1)),
+        ("first".to_string(), 1)
+    );
+    let versions: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agents.ai_agent_versions WHERE agent_id = $1::text::uuid",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 2);
+
     // The drop guard still stands, and a second call does nothing.
     let (code, message) = error_of(
         &mut c,
