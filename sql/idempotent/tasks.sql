@@ -72,17 +72,22 @@ BEGIN
     END IF;
 
     IF TG_OP = 'INSERT' OR NEW.agent_id <> OLD.agent_id OR NEW.organization_id IS DISTINCT FROM OLD.organization_id THEN
-        SELECT ag.organization_id, ag.is_active, ag.tasks_paused INTO a
-          FROM ai_agents.ai_agents ag WHERE ag.id = NEW.agent_id;
-        IF NOT FOUND THEN
+        -- Looked up within the row's organization where it has one, so that under Citus the
+        -- lookup stays on this node (docs/distributed.md#statements).
+        IF NEW.organization_id IS NOT NULL THEN
+            SELECT ag.organization_id, ag.is_active, ag.tasks_paused INTO a
+              FROM ai_agents.ai_agents ag WHERE ag.organization_id = NEW.organization_id AND ag.id = NEW.agent_id;
+        ELSE
+            SELECT ag.organization_id, ag.is_active, ag.tasks_paused INTO a
+              FROM ai_agents.ai_agents ag WHERE ag.id = NEW.agent_id;
+        END IF;
+        IF NOT FOUND AND NEW.organization_id IS NOT NULL THEN
+            RAISE EXCEPTION 'agent % is not an agent of organization %', coalesce(NEW.agent_id::text, 'NULL'),
+                NEW.organization_id USING ERRCODE = '23503';
+        ELSIF NOT FOUND THEN
             RAISE EXCEPTION 'agent % does not exist', coalesce(NEW.agent_id::text, 'NULL') USING ERRCODE = '23503';
         END IF;
-        IF NEW.organization_id IS NULL THEN
-            NEW.organization_id := a.organization_id;
-        ELSIF NEW.organization_id <> a.organization_id THEN
-            RAISE EXCEPTION 'organization % does not match agent %, which belongs to organization %',
-                NEW.organization_id, NEW.agent_id, a.organization_id USING ERRCODE = '23503';
-        END IF;
+        NEW.organization_id := a.organization_id;
         -- An inactive agent's task is held until the agent is active again. enqueue_task refuses
         -- to give an inactive agent tasks; rows written directly (a restore of a dump taken while
         -- the agent was off, the guide's plain INSERT) are kept, held.

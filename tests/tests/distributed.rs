@@ -213,6 +213,31 @@ fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
         .get(0);
     assert_eq!(versions, 2);
 
+    // Tasks through the coordinator: enqueued once per idempotency key, validated on the shard.
+    let first: String = c
+        .query_one(
+            "SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, 'renewal', idempotency_key => 'k')",
+            &[&agent],
+        )
+        .expect("enqueue_task after distributing")
+        .get(0);
+    let again: String = c
+        .query_one(
+            "SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, 'renewal', idempotency_key => 'k')",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(first, again);
+    let (code, message) = error_of(
+        &mut c,
+        &format!(
+            "INSERT INTO ai_agents.ai_agent_tasks (agent_id, organization_id, title)
+             VALUES ('{agent}', gen_random_uuid(), 'elsewhere')"
+        ),
+    );
+    assert_eq!(code, "23503", "{message}");
+
     // The drop guard still stands, and a second call does nothing.
     let (code, message) = error_of(
         &mut c,
