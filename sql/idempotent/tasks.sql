@@ -82,7 +82,7 @@ BEGIN
               FROM ai_agents.ai_agents ag WHERE ag.id = NEW.agent_id;
         END IF;
         IF NOT FOUND AND NEW.organization_id IS NOT NULL THEN
-            RAISE EXCEPTION 'agent % is not an agent of organization %', coalesce(NEW.agent_id::text, 'NULL'),
+            RAISE EXCEPTION 'agent % does not exist in organization %', coalesce(NEW.agent_id::text, 'NULL'),
                 NEW.organization_id USING ERRCODE = '23503';
         ELSIF NOT FOUND THEN
             RAISE EXCEPTION 'agent % does not exist', coalesce(NEW.agent_id::text, 'NULL') USING ERRCODE = '23503';

@@ -658,7 +658,7 @@ bad_input! {
     inactive_agent:
         "SELECT enqueue_task('{inactive}', 'x')" => "55000", "is not active";
     organization_mismatch:
-        format!("{INSERT}) VALUES ('{{agent}}', gen_random_uuid(), 'T')") => "23503", "is not an agent of organization";
+        format!("{INSERT}) VALUES ('{{agent}}', gen_random_uuid(), 'T')") => "23503", "does not exist in organization";
     unknown_status:
         format!("{INSERT}, status) VALUES ('{{agent}}', '{{org}}', 'T', 'done')") => "23514", "unknown task status \"done\"";
     unknown_status_on_update:
