@@ -112,7 +112,7 @@ fn an_immediate_restart_in_the_middle_of_a_thousand_tasks_loses_and_repeats_noth
                     count(l.id) FILTER (WHERE l.action_type = 'task_completed'), \
                     count(l.id) FILTER (WHERE l.action_type = 'lease_expired') \
                FROM ai_agent_tasks t LEFT JOIN ai_agent_activity_log l ON l.task_id = t.id \
-              GROUP BY t.id",
+              GROUP BY t.organization_id, t.id",
             &[],
         )
         .unwrap();
