@@ -342,6 +342,18 @@ CREATE OR REPLACE VIEW ai_agents.organization_queue WITH (security_invoker = tru
       LEFT JOIN ai_agents.ai_agent_organization_limits l USING (organization_id);
 
 -- Raises the error for a completion, failure or heartbeat that does not hold the task's lease.
+-- The organization of a task (NULL when there is no such task): asked first by the functions
+-- given only a task id, whose later statements then name it (docs/distributed.md#statements).
+-- PL/pgSQL: Citus plans no SQL function with parameters.
+CREATE OR REPLACE FUNCTION ai_agents._task_organization(task_id uuid) RETURNS uuid
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT t.organization_id FROM ai_agents.ai_agent_tasks t WHERE t.id = _task_organization.task_id);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION ai_agents._refuse_stale_token(task_id uuid, fencing_token bigint) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -349,8 +361,10 @@ AS $$
 #variable_conflict use_column
 DECLARE
     t ai_agents.ai_agent_tasks;
+    org uuid := ai_agents._task_organization(_refuse_stale_token.task_id);
 BEGIN
-    SELECT * INTO t FROM ai_agents.ai_agent_tasks WHERE id = _refuse_stale_token.task_id;
+    SELECT * INTO t FROM ai_agents.ai_agent_tasks
+     WHERE organization_id = org AND id = _refuse_stale_token.task_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'task % does not exist', coalesce(_refuse_stale_token.task_id::text, 'NULL')
             USING ERRCODE = 'P0002';
@@ -525,9 +539,14 @@ DECLARE
     transient boolean := ai_agents.failure_is_transient(fail_task.http_status, fail_task.permanent);
     delay interval;
     message text := coalesce(nullif(btrim(fail_task.error), ''), 'unknown error');
+    org uuid := ai_agents._task_organization(fail_task.task_id);
+    next_at timestamptz;
+    ended_at timestamptz;
+    ms integer;
 BEGIN
     SELECT * INTO t FROM ai_agents.ai_agent_tasks
-     WHERE id = fail_task.task_id AND status = 'running' AND fencing_token = fail_task.fencing_token
+     WHERE organization_id = org AND id = fail_task.task_id
+       AND status = 'running' AND fencing_token = fail_task.fencing_token
        FOR UPDATE;
     IF NOT FOUND THEN
         PERFORM ai_agents._refuse_stale_token(fail_task.task_id, fail_task.fencing_token);
@@ -535,19 +554,26 @@ BEGIN
     IF transient AND t.attempts < t.max_attempts THEN
         delay := ai_agents.retry_delay(t.attempts, fail_task.retry_after);
     END IF;
+    -- The new values are computed here from the locked row: Citus takes no function but an
+    -- immutable one inside CASE or coalesce in an UPDATE.
+    IF delay IS NULL THEN
+        next_at := ai_agents._next_run_after_now(t.schedule_cron, t.timezone);
+        ended_at := now();
+    ELSE
+        next_at := now() + delay;
+    END IF;
+    ms := coalesce(fail_task.execution_time_ms, (extract(epoch FROM now() - t.execution_started_at) * 1000)::integer);
     UPDATE ai_agents.ai_agent_tasks
        SET status = CASE WHEN delay IS NULL THEN 'failed' ELSE 'pending' END,
-           completed_at = CASE WHEN delay IS NULL THEN now() END,
-           next_run_at = CASE WHEN delay IS NULL THEN ai_agents._next_run_after_now(schedule_cron, timezone)
-                              ELSE now() + delay END,
+           completed_at = ended_at,
+           next_run_at = next_at,
            error_message = message,
            tokens_used = fail_task.tokens_used,
            cost_usd = fail_task.cost_usd,
-           execution_time_ms = coalesce(fail_task.execution_time_ms,
-               (extract(epoch FROM now() - execution_started_at) * 1000)::integer),
+           execution_time_ms = ms,
            locked_by = NULL,
            lease_expires_at = NULL
-     WHERE id = t.id
+     WHERE organization_id = t.organization_id AND id = t.id
     RETURNING * INTO t;
     PERFORM ai_agents._log_task_events(ARRAY[t], 'task_failed', false, ARRAY[message],
         ARRAY[coalesce(fail_task.details, '{}') || jsonb_build_object(
@@ -572,6 +598,7 @@ AS $$
 #variable_conflict use_column
 DECLARE
     expires timestamptz;
+    org uuid := ai_agents._task_organization(heartbeat_task.task_id);
 BEGIN
     IF heartbeat_task.lease IS NULL OR heartbeat_task.lease <= interval '0' THEN
         RAISE EXCEPTION 'lease must be a positive interval, got %', coalesce(heartbeat_task.lease::text, 'NULL')
@@ -579,7 +606,8 @@ BEGIN
     END IF;
     UPDATE ai_agents.ai_agent_tasks
        SET lease_expires_at = now() + heartbeat_task.lease
-     WHERE id = heartbeat_task.task_id AND status = 'running' AND fencing_token = heartbeat_task.fencing_token
+     WHERE organization_id = org AND id = heartbeat_task.task_id
+       AND status = 'running' AND fencing_token = heartbeat_task.fencing_token
     RETURNING lease_expires_at INTO expires;
     IF NOT FOUND THEN
         PERFORM ai_agents._refuse_stale_token(heartbeat_task.task_id, heartbeat_task.fencing_token);
@@ -597,8 +625,10 @@ AS $$
 #variable_conflict use_column
 DECLARE
     t ai_agents.ai_agent_tasks;
+    org uuid := ai_agents._task_organization(_lock_task.task_id);
 BEGIN
-    SELECT * INTO t FROM ai_agents.ai_agent_tasks WHERE id = _lock_task.task_id FOR UPDATE;
+    SELECT * INTO t FROM ai_agents.ai_agent_tasks
+     WHERE organization_id = org AND id = _lock_task.task_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'task % does not exist', coalesce(_lock_task.task_id::text, 'NULL') USING ERRCODE = 'P0002';
     END IF;
@@ -617,9 +647,8 @@ DECLARE
     t ai_agents.ai_agent_tasks;
     was text;
 BEGIN
-    PERFORM ai_agents._check_organization(
-        (SELECT tt.organization_id FROM ai_agents.ai_agent_tasks tt WHERE tt.id = cancel_task.task_id),
-        format('task %s', cancel_task.task_id));
+    PERFORM ai_agents._check_organization(ai_agents._task_organization(cancel_task.task_id),
+                                          format('task %s', cancel_task.task_id));
     t := ai_agents._lock_task(cancel_task.task_id);
     was := t.status;
     IF t.status = 'cancelled' THEN
@@ -631,7 +660,7 @@ BEGIN
     UPDATE ai_agents.ai_agent_tasks
        SET status = 'cancelled', next_run_at = NULL, locked_by = NULL, lease_expires_at = NULL,
            error_message = coalesce(cancel_task.reason, 'cancelled')
-     WHERE id = t.id
+     WHERE organization_id = t.organization_id AND id = t.id
     RETURNING * INTO t;
     PERFORM ai_agents._log_task_events(ARRAY[t], 'task_cancelled', true, ARRAY[cancel_task.reason],
                                       ARRAY[jsonb_build_object('previous_status', was)]);
@@ -660,7 +689,7 @@ BEGIN
        SET next_run_at = now(),
            status = CASE WHEN status = 'failed' AND next_run_at IS NULL THEN 'pending' ELSE status END,
            attempts = CASE WHEN status = 'failed' AND next_run_at IS NULL THEN 0 ELSE attempts END
-     WHERE id = t.id
+     WHERE organization_id = t.organization_id AND id = t.id
     RETURNING * INTO t;
     PERFORM ai_agents._log_task_events(ARRAY[t], 'task_run_now', true);
     RETURN t;
@@ -803,12 +832,17 @@ $$;
 
 -- The deployment guide's monitoring query (Step 5.3), for any period and optionally one
 -- organization.
+-- PL/pgSQL, not SQL: Citus plans no SQL function with parameters. Planned with the values, one
+-- organization's summary names it, so that Citus asks only the node holding it.
 CREATE OR REPLACE FUNCTION ai_agents.task_summary(since interval DEFAULT '24 hours', organization_id uuid DEFAULT NULL)
 RETURNS TABLE (total_tasks bigint, completed bigint, failed bigint, pending bigint,
                total_tokens bigint, total_cost_usd numeric, avg_execution_time_ms numeric)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT
       COUNT(*),
       COUNT(*) FILTER (WHERE t.status = 'completed'),
@@ -819,7 +853,8 @@ AS $$
       AVG(t.execution_time_ms)
     FROM ai_agents.ai_agent_tasks t
     WHERE t.created_at > NOW() - task_summary.since
-      AND (task_summary.organization_id IS NULL OR t.organization_id = task_summary.organization_id)
+      AND (task_summary.organization_id IS NULL OR t.organization_id = task_summary.organization_id);
+END
 $$;
 
 -- Worker-side functions run LLM calls and spend money: not for PUBLIC.

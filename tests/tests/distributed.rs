@@ -238,6 +238,46 @@ fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
     );
     assert_eq!(code, "23503", "{message}");
 
+    // A run's lease, given only the task id; the run is set up by hand, as a node's worker
+    // would claim it. (Recording its outcome does not run on Citus yet: docs/distributed.md.)
+    c.execute(
+        "UPDATE ai_agents.ai_agent_tasks
+            SET status = 'running', attempts = 1, fencing_token = 7, locked_by = 'test',
+                lease_expires_at = now() + interval '1 minute', execution_started_at = now()
+          WHERE organization_id = (SELECT organization_id FROM ai_agents.ai_agents WHERE id = $1::text::uuid)
+            AND id = $2::text::uuid",
+        &[&agent, &first],
+    )
+    .unwrap();
+    c.execute(
+        "SELECT ai_agents.heartbeat_task($1::text::uuid, 7)",
+        &[&first],
+    )
+    .expect("heartbeat_task");
+    let (code, message) = error_of(
+        &mut c,
+        &format!("SELECT ai_agents.heartbeat_task('{first}', 6)"),
+    );
+    assert_eq!(code, "55000", "{message}");
+    assert!(message.contains("running with token 7"), "{message}");
+    // Called with a value: in a query over a distributed table, Citus would push the call
+    // down to the shards.
+    let org: String = c
+        .query_one(
+            "SELECT organization_id::text FROM ai_agents.ai_agents WHERE id = $1::text::uuid",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    let summary: (i64, i64, i64) = c
+        .query_one(
+            "SELECT total_tasks, pending, coalesce(total_tokens, 0) FROM ai_agents.task_summary('1 hour', $1::text::uuid)",
+            &[&org],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .expect("task_summary");
+    assert_eq!(summary, (1, 0, 0));
+
     // The drop guard still stands, and a second call does nothing.
     let (code, message) = error_of(
         &mut c,
