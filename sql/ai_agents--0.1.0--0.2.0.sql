@@ -859,7 +859,8 @@ CREATE OR REPLACE TRIGGER ai_agent_messages_validate
 -- Every statement in them has an index to use.
 --
 -- plan_cache_mode = force_generic_plan on the functions that take arrays (claim, complete,
--- log, notify, record): their custom plans, made for each call's arrays, looked cheaper than a
+-- log, notify, record; set by _plan_generically at the end of this file and of worker.sql):
+-- their custom plans, made for each call's arrays, looked cheaper than a
 -- generic one forever, so every call planned its statements again (a batch of one cost 222
 -- instead of 95 us). A generic plan does not know how many tasks a claim wants, and one made
 -- for "many" read every due task and sorted them (ten times slower with a million pending), so
@@ -1110,7 +1111,6 @@ CREATE OR REPLACE FUNCTION ai_agents.claim_due_tasks(worker text, max_tasks inte
 RETURNS SETOF ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
 SET enable_sort = off -- the generic plans must read the fair-claim index in order (see above)
 SET enable_seqscan = off
 AS $$
@@ -1232,7 +1232,6 @@ CREATE OR REPLACE FUNCTION ai_agents._log_task_events(tasks ai_agents.ai_agent_t
 RETURNS void
 LANGUAGE plpgsql -- not sql: PL/pgSQL keeps the plan of its statement from call to call
 SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     INSERT INTO ai_agents.ai_agent_activity_log
@@ -1254,7 +1253,6 @@ $$;
 CREATE OR REPLACE FUNCTION ai_agents._notify_task_events(tasks ai_agents.ai_agent_tasks[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     PERFORM pg_notify('ai_agents_task_events', json_build_object(
@@ -1280,7 +1278,6 @@ CREATE OR REPLACE FUNCTION ai_agents.complete_tasks(
 RETURNS SETOF ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
 DECLARE
@@ -1712,6 +1709,34 @@ REVOKE ALL ON FUNCTION ai_agents.heartbeat_task(uuid, bigint, interval) FROM PUB
 REVOKE ALL ON FUNCTION ai_agents.rescue_expired_leases() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.prune_history(interval, integer) FROM PUBLIC;
 
+-- The functions that take arrays plan generically on one server (see the top of this file).
+-- Citus plans no generic plan with parameters, so in a database with Citus they plan each call
+-- (docs/distributed.md#statements); distribute() resets them the same way.
+CREATE OR REPLACE FUNCTION ai_agents._plan_generically(functions regprocedure[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    fn regprocedure;
+    citus constant boolean := EXISTS (SELECT FROM pg_extension WHERE extname = 'citus');
+BEGIN
+    FOREACH fn IN ARRAY functions LOOP
+        IF citus THEN
+            EXECUTE format('ALTER FUNCTION %s RESET plan_cache_mode', fn);
+        ELSE
+            EXECUTE format('ALTER FUNCTION %s SET plan_cache_mode = force_generic_plan', fn);
+        END IF;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION ai_agents._plan_generically(regprocedure[]) FROM PUBLIC;
+SELECT ai_agents._plan_generically(ARRAY[
+    'ai_agents.claim_due_tasks(text, integer, interval)',
+    'ai_agents._log_task_events(ai_agents.ai_agent_tasks[], text, boolean, text[], jsonb[], boolean)',
+    'ai_agents._notify_task_events(ai_agents.ai_agent_tasks[])',
+    'ai_agents.complete_tasks(uuid[], bigint[], text[], jsonb[], integer[], numeric[], integer[], jsonb[])'
+]::regprocedure[]);
+
 -- ==== sql/idempotent/worker.sql
 
 -- The background worker's side of the SQL API (docs/worker.md): what it claims, how it
@@ -1823,7 +1848,6 @@ RETURNS TABLE (task_id uuid, status text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off
-SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -1887,6 +1911,7 @@ BEGIN
     SELECT c.id, c.status FROM completed c;
 END
 $$;
+SELECT ai_agents._plan_generically(ARRAY['ai_agents._record_llm_reply_batch(uuid[], bigint[], text[], bigint[], bigint[], bigint[], bigint[], text[], text[], integer[])'::regprocedure]);
 
 
 -- What the worker calls with a turn's replies: the batch, or, when the tables refuse one of
@@ -3467,6 +3492,12 @@ BEGIN
     END LOOP;
     -- Policies without subqueries, which Citus refuses (see _write_organization_policies).
     PERFORM ai_agents._write_organization_policies();
+    -- Custom plans, which Citus can distribute (see _plan_generically), where Citus came after
+    -- the extension.
+    PERFORM ai_agents._plan_generically(ARRAY(
+        SELECT p.oid::regprocedure FROM pg_proc p
+         WHERE p.pronamespace = 'ai_agents'::regnamespace
+           AND 'plan_cache_mode=force_generic_plan' = ANY (p.proconfig)));
     IF guarded THEN
         ALTER EVENT TRIGGER ai_agents_guard_extension_objects ENABLE;
     END IF;

@@ -65,6 +65,12 @@ BEGIN
     END LOOP;
     -- Policies without subqueries, which Citus refuses (see _write_organization_policies).
     PERFORM ai_agents._write_organization_policies();
+    -- Custom plans, which Citus can distribute (see _plan_generically), where Citus came after
+    -- the extension.
+    PERFORM ai_agents._plan_generically(ARRAY(
+        SELECT p.oid::regprocedure FROM pg_proc p
+         WHERE p.pronamespace = 'ai_agents'::regnamespace
+           AND 'plan_cache_mode=force_generic_plan' = ANY (p.proconfig)));
     IF guarded THEN
         ALTER EVENT TRIGGER ai_agents_guard_extension_objects ENABLE;
     END IF;

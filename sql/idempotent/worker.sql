@@ -107,7 +107,6 @@ RETURNS TABLE (task_id uuid, status text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off
-SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -171,6 +170,7 @@ BEGIN
     SELECT c.id, c.status FROM completed c;
 END
 $$;
+SELECT ai_agents._plan_generically(ARRAY['ai_agents._record_llm_reply_batch(uuid[], bigint[], text[], bigint[], bigint[], bigint[], bigint[], text[], text[], integer[])'::regprocedure]);
 
 
 -- What the worker calls with a turn's replies: the batch, or, when the tables refuse one of

@@ -238,8 +238,9 @@ fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
     );
     assert_eq!(code, "23503", "{message}");
 
-    // A run's lease, given only the task id; the run is set up by hand, as a node's worker
-    // would claim it. (Recording its outcome does not run on Citus yet: docs/distributed.md.)
+    // A run's lease and its failure, given only the task id; the run is set up by hand, as a
+    // node's worker would claim it. (complete_tasks does not run on Citus yet:
+    // docs/distributed.md.)
     c.execute(
         "UPDATE ai_agents.ai_agent_tasks
             SET status = 'running', attempts = 1, fencing_token = 7, locked_by = 'test',
@@ -260,6 +261,42 @@ fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
     );
     assert_eq!(code, "55000", "{message}");
     assert!(message.contains("running with token 7"), "{message}");
+    let status: String = c
+        .query_one(
+            "SELECT status FROM ai_agents.fail_task($1::text::uuid, 7, 'boom', permanent => true, tokens_used => 12)",
+            &[&first],
+        )
+        .expect("fail_task")
+        .get(0);
+    assert_eq!(status, "failed");
+    let logged: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agents.ai_agent_activity_log WHERE task_id = $1::text::uuid AND action_type = 'task_failed'",
+            &[&first],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 1);
+    let second: String = c
+        .query_one(
+            "SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, 'second')",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    let status: String = c
+        .query_one(
+            "SELECT status FROM ai_agents.cancel_task($1::text::uuid, 'not needed')",
+            &[&second],
+        )
+        .expect("cancel_task")
+        .get(0);
+    assert_eq!(status, "cancelled");
+    let (code, message) = error_of(
+        &mut c,
+        &format!("SELECT ai_agents.run_task_now('{second}')"),
+    );
+    assert_eq!(code, "55000", "{message}");
     // Called with a value: in a query over a distributed table, Citus would push the call
     // down to the shards.
     let org: String = c
@@ -271,12 +308,26 @@ fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
         .get(0);
     let summary: (i64, i64, i64) = c
         .query_one(
-            "SELECT total_tasks, pending, coalesce(total_tokens, 0) FROM ai_agents.task_summary('1 hour', $1::text::uuid)",
+            "SELECT total_tasks, failed, coalesce(total_tokens, 0) FROM ai_agents.task_summary('1 hour', $1::text::uuid)",
             &[&org],
         )
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .expect("task_summary");
-    assert_eq!(summary, (1, 0, 0));
+    assert_eq!(summary, (2, 1, 12));
+
+    // Custom plans on every node: Citus distributes no generic plan with parameters.
+    for node in std::iter::once(&cluster.coordinator).chain(&cluster.workers) {
+        let generic: i64 = node
+            .connect(ai_agents_tests::citus::DATABASE)
+            .query_one(
+                "SELECT count(*) FROM pg_proc WHERE pronamespace = 'ai_agents'::regnamespace
+                    AND 'plan_cache_mode=force_generic_plan' = ANY (proconfig)",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(generic, 0, "node on port {}", node.port());
+    }
 
     // The drop guard still stands, and a second call does nothing.
     let (code, message) = error_of(
@@ -289,5 +340,30 @@ fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
             .unwrap()
             .len(),
         0
+    );
+}
+
+#[test]
+fn without_citus_the_functions_that_take_arrays_keep_generic_plans() {
+    let (mut c, _) = fresh_database();
+    let generic: Vec<String> = c
+        .query(
+            "SELECT proname::text FROM pg_proc WHERE pronamespace = 'ai_agents'::regnamespace
+                AND 'plan_cache_mode=force_generic_plan' = ANY (proconfig) ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        generic,
+        [
+            "_log_task_events",
+            "_notify_task_events",
+            "_record_llm_reply_batch",
+            "claim_due_tasks",
+            "complete_tasks"
+        ]
     );
 }
