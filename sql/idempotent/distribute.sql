@@ -20,13 +20,15 @@ $$;
 -- coordinator in distribute()'s transaction and on each worker through
 -- run_command_on_workers (each worker holds the extension's tables, which become the shells of
 -- the distributed ones). Written to be run again: a worker done before a failed distribute()
--- stays done.
-CREATE OR REPLACE FUNCTION ai_agents._prepare_distribution() RETURNS void
+-- stays done. Returns the statements that create again what it dropped, for the coordinator to
+-- run once the tables are distributed.
+CREATE OR REPLACE FUNCTION ai_agents._prepare_distribution() RETURNS text[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     key record;
+    restore text[] := '{}';
     guarded boolean := EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'ai_agents_guard_extension_objects');
 BEGIN
     IF guarded THEN
@@ -36,11 +38,12 @@ BEGIN
     -- Citus would turn a local table pointing at a new reference table into a table of its
     -- own, beside the one the extension created on every node.
     FOR key IN
-        SELECT k.conrelid::regclass AS tbl, k.conname
+        SELECT k.conrelid::regclass AS tbl, k.conname, pg_get_constraintdef(k.oid) AS definition
           FROM pg_constraint k
          WHERE k.contype = 'f' AND k.connamespace = 'ai_agents'::regnamespace
            AND (SELECT relname FROM pg_class WHERE oid = k.confrelid) = ANY (ai_agents._global_tables())
     LOOP
+        restore := restore || format('ALTER TABLE %s ADD CONSTRAINT %I %s', key.tbl, key.conname, key.definition);
         EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', key.tbl, key.conname);
     END LOOP;
     -- A unique index without the distribution column cannot be enforced across shards: the
@@ -57,10 +60,12 @@ BEGIN
     -- Triggers, created again once the tables are distributed: Citus copies the rows into the
     -- shards, which would run them again, each one a distributed query from a shard.
     FOR key IN
-        SELECT t.tgname, t.tgrelid::regclass AS tbl
+        SELECT t.tgname, t.tgrelid::regclass AS tbl, pg_get_triggerdef(t.oid) AS definition
           FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
          WHERE c.relnamespace = 'ai_agents'::regnamespace AND NOT t.tgisinternal
+         ORDER BY c.relname, t.tgname
     LOOP
+        restore := restore || key.definition;
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', key.tgname, key.tbl);
     END LOOP;
     -- Policies without subqueries, which Citus refuses (see _write_organization_policies).
@@ -74,6 +79,7 @@ BEGIN
     IF guarded THEN
         ALTER EVENT TRIGGER ai_agents_guard_extension_objects ENABLE;
     END IF;
+    RETURN restore;
 END
 $$;
 REVOKE ALL ON FUNCTION ai_agents._prepare_distribution() FROM PUBLIC;
@@ -121,19 +127,8 @@ BEGIN
         RETURN;
     END IF;
 
-    -- What _prepare_distribution drops, to be created again at the end.
-    SELECT coalesce(array_agg(format('ALTER TABLE %s ADD CONSTRAINT %I %s', k.conrelid::regclass, k.conname,
-                                     pg_get_constraintdef(k.oid))), '{}')
-      INTO restore
-      FROM pg_constraint k
-     WHERE k.contype = 'f' AND k.connamespace = 'ai_agents'::regnamespace
-       AND (SELECT relname FROM pg_class WHERE oid = k.confrelid) = ANY (ai_agents._global_tables());
-    restore := restore || ARRAY(
-        SELECT pg_get_triggerdef(t.oid)
-          FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-         WHERE c.relnamespace = 'ai_agents'::regnamespace AND NOT t.tgisinternal
-         ORDER BY c.relname, t.tgname);
-    PERFORM ai_agents._prepare_distribution();
+    -- What it drops is created again at the end.
+    restore := ai_agents._prepare_distribution();
     FOR node IN SELECT * FROM run_command_on_workers('SELECT ai_agents._prepare_distribution()') LOOP
         IF NOT node.success THEN
             RAISE EXCEPTION 'preparing worker %:% failed: %', node.nodename, node.nodeport, node.result
