@@ -352,6 +352,15 @@ pub fn enqueue(client: &mut Client, agent: &str, title: &str) -> String {
         .get(0)
 }
 
+/// The first column of every row of a query, as text.
+pub fn strings(c: &mut Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
+        .expect(sql)
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// The SQLSTATE and message of a statement that must fail.
 pub fn error_of(client: &mut Client, sql: &str) -> (String, String) {
     match client.batch_execute(sql) {

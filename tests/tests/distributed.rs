@@ -1,31 +1,25 @@
 //! ai_agents on Citus (docs/distributed.md): `ai_agents.distribute()` on a coordinator and two
 //! workers on loopback, Citus built from ../shared/vendor when the machine does not have it.
 use ai_agents_tests::citus::CitusCluster;
-use ai_agents_tests::{error_of, fresh_database};
+use ai_agents_tests::{error_of, fresh_database, strings};
 use postgres::Client;
 
 /// Rows per table of the schema, in name order.
 fn row_counts(c: &mut Client) -> Vec<(String, i64)> {
-    let tables: Vec<String> = c
-        .query(
-            "SELECT relname::text FROM pg_class
-              WHERE relnamespace = 'ai_agents'::regnamespace AND relkind = 'r' ORDER BY 1",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    tables
-        .into_iter()
-        .map(|t| {
-            let n: i64 = c
-                .query_one(&format!("SELECT count(*) FROM ai_agents.{t}"), &[])
-                .unwrap()
-                .get(0);
-            (t, n)
-        })
-        .collect()
+    strings(
+        c,
+        "SELECT relname::text FROM pg_class
+          WHERE relnamespace = 'ai_agents'::regnamespace AND relkind = 'r' ORDER BY 1",
+    )
+    .into_iter()
+    .map(|t| {
+        let n: i64 = c
+            .query_one(&format!("SELECT count(*) FROM ai_agents.{t}"), &[])
+            .unwrap()
+            .get(0);
+        (t, n)
+    })
+    .collect()
 }
 
 #[test]
@@ -62,16 +56,12 @@ fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
     )
     .expect("filling the tables before distributing");
     let before = row_counts(&mut c);
-    let triggers = |c: &mut Client| -> Vec<String> {
-        c.query(
+    let triggers = |c: &mut Client| {
+        strings(
+            c,
             "SELECT tgrelid::regclass::text || ' ' || tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
               WHERE c.relnamespace = 'ai_agents'::regnamespace AND NOT tgisinternal ORDER BY 1",
-            &[],
         )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
     };
     let triggers_before = triggers(&mut c);
     assert!(triggers_before.len() >= 15, "{triggers_before:?}");
@@ -346,16 +336,11 @@ fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
 #[test]
 fn without_citus_the_functions_that_take_arrays_keep_generic_plans() {
     let (mut c, _) = fresh_database();
-    let generic: Vec<String> = c
-        .query(
-            "SELECT proname::text FROM pg_proc WHERE pronamespace = 'ai_agents'::regnamespace
-                AND 'plan_cache_mode=force_generic_plan' = ANY (proconfig) ORDER BY 1",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let generic = strings(
+        &mut c,
+        "SELECT proname::text FROM pg_proc WHERE pronamespace = 'ai_agents'::regnamespace
+            AND 'plan_cache_mode=force_generic_plan' = ANY (proconfig) ORDER BY 1",
+    );
     assert_eq!(
         generic,
         [

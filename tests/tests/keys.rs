@@ -1,8 +1,7 @@
 //! Keys ready for distribution by organization (docs/distributed.md#keys): every tenant table is
 //! keyed by organization first, and every foreign key between tenant tables names
 //! organization_id on both sides, so a row never points into another organization.
-use ai_agents_tests::{create_agent, enqueue, error_of, fresh_database};
-use postgres::Client;
+use ai_agents_tests::{create_agent, enqueue, error_of, fresh_database, strings};
 
 /// Tables without an organization: global data, reference tables under Citus. Report templates
 /// hold the built-in templates (organization NULL) beside the organizations' own.
@@ -20,14 +19,6 @@ const ID_KEYS: [&str; 5] = [
     "ai_agent_versions_id_key",
     "ai_agents_id_key",
 ];
-
-fn strings(c: &mut Client, sql: &str) -> Vec<String> {
-    c.query(sql, &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
 
 #[test]
 fn every_tenant_table_is_keyed_by_organization_first() {

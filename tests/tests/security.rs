@@ -3,8 +3,8 @@
 //! appear nowhere, and the outbound URL allowlist.
 use ai_agents_tests::postgres::Client;
 use ai_agents_tests::{
-    as_role, claims, create_agent, enqueue, error_of, shared_cluster, supabase_roles, wait_for,
-    WorkerEnv, PLANTED_KEY,
+    as_role, claims, create_agent, enqueue, error_of, shared_cluster, strings, supabase_roles,
+    wait_for, WorkerEnv, PLANTED_KEY,
 };
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -112,14 +112,6 @@ const UNPINNED_SQL_HELPERS: &[&str] = &[
     "ai_agents._next_run_after_now(text,text)",
     "ai_agents._tools_of(uuid)",
 ];
-
-fn strings(c: &mut Client, sql: &str) -> Vec<String> {
-    c.query(sql, &[])
-        .expect(sql)
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
 
 #[test]
 fn the_permission_matrix_generated_from_the_catalog_holds_cell_by_cell() {
