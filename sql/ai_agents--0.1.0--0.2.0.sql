@@ -870,7 +870,7 @@ CREATE OR REPLACE TRIGGER ai_agent_messages_validate
 -- search_path: every PL/pgSQL function pins it (SET search_path = pg_catalog, pg_temp), trigger
 -- functions too, which fire with the search_path of whoever writes the table: an object
 -- planted in public must never run inside them (about 0.8 us a call). The two small SQL
--- helpers (_current_actor, _next_run_after_now) stay unpinned so they can be inlined; only
+-- helpers (_current_actor, _next_run_after) stay unpinned so they can be inlined; only
 -- pinned functions call them. sql/security.sql and tests/tests/security.rs check all this.
 
 -- Validates every new row, including plain INSERTs as the deployment guide writes them, and
@@ -1084,11 +1084,18 @@ $$;
 -- The next run of a task whose run starts or ends now: the next fire time after now for a
 -- recurring task (so fire times missed during downtime run once, not once each), none for a
 -- one-shot task.
-CREATE OR REPLACE FUNCTION ai_agents._next_run_after_now(schedule_cron text, timezone text) RETURNS timestamptz
-LANGUAGE sql STABLE
+-- A run's next slot after a time: NULL for a one-shot task. IMMUTABLE, as next_run_time is
+-- (cron math and the time zone rules compiled into the library; 0.1.0 declared it STABLE):
+-- Citus takes only immutable functions of a row's columns in an UPDATE, so the callers pass
+-- the time in.
+ALTER FUNCTION ai_agents.next_run_time(text, text, timestamptz) IMMUTABLE;
+DROP FUNCTION IF EXISTS ai_agents._next_run_after_now(text, text);
+CREATE OR REPLACE FUNCTION ai_agents._next_run_after(schedule_cron text, timezone text, after timestamptz)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE
 AS $$
     SELECT CASE WHEN schedule_cron IS NULL THEN NULL
-                ELSE ai_agents.next_run_time(schedule_cron, timezone, now()) END
+                ELSE ai_agents.next_run_time(schedule_cron, timezone, after) END
 $$;
 
 -- How much longer the credential (provider, base URL, API key) a task of this agent would be
@@ -1102,12 +1109,19 @@ AS 'MODULE_PATHNAME', 'credential_paused_for_wrapper';
 -- Which due tasks a claim takes (src/fair_claim): shared fairly across organizations and
 -- their agents within the rate limits, locked (FOR UPDATE SKIP LOCKED) and each with the
 -- agent version to pin. What the limits refuse stays due and is held back, not rewritten.
-CREATE OR REPLACE FUNCTION ai_agents._choose_due_tasks(max_tasks integer)
-RETURNS TABLE (task_id uuid, version_id uuid, budget_pico bigint)
+DROP FUNCTION IF EXISTS ai_agents._choose_due_tasks(integer);
+CREATE OR REPLACE FUNCTION ai_agents._choose_due_tasks(max_tasks integer, organizations uuid[])
+RETURNS TABLE (task_id uuid, organization_id uuid, version_id uuid, budget_pico bigint)
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'choose_due_tasks_wrapper';
 
-CREATE OR REPLACE FUNCTION ai_agents.claim_due_tasks(worker text, max_tasks integer DEFAULT 1, lease interval DEFAULT '5 minutes')
+-- organizations: claim only their tasks (NULL: every organization's). Under Citus a claim names
+-- the organizations of one shard (docs/distributed.md#claiming): each node's worker claims its
+-- own shards' tasks, every statement a router query.
+DROP FUNCTION IF EXISTS ai_agents.claim_due_tasks(text, integer, interval);
+CREATE OR REPLACE FUNCTION ai_agents.claim_due_tasks(worker text, max_tasks integer DEFAULT 1,
+                                                     lease interval DEFAULT '5 minutes',
+                                                     organizations uuid[] DEFAULT NULL)
 RETURNS SETOF ai_agents.ai_agent_tasks
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1116,8 +1130,11 @@ SET enable_seqscan = off
 AS $$
 DECLARE
     claimable uuid[];
+    owners uuid[];
     versions uuid[];
     reserved bigint[];
+    tokens bigint[];
+    claimed_at timestamptz := now();
 BEGIN
     IF worker IS NULL OR btrim(worker) = '' THEN
         RAISE EXCEPTION 'worker name must not be empty' USING ERRCODE = '22023';
@@ -1128,37 +1145,65 @@ BEGIN
     IF lease IS NULL OR lease <= interval '0' THEN
         RAISE EXCEPTION 'lease must be a positive interval, got %', coalesce(lease::text, 'NULL') USING ERRCODE = '22023';
     END IF;
+    PERFORM ai_agents._check_claim_scope(organizations, 'claim_due_tasks');
     -- Any claimer rescues expired leases first, so a crashed worker's tasks come back without
     -- anyone running SQL by hand (the lease index makes this a cheap probe).
-    PERFORM ai_agents.rescue_expired_leases();
+    PERFORM ai_agents.rescue_expired_leases(organizations);
     -- An agent whose current version is gone (only a superuser bypassing triggers can do
     -- that) has nothing to run: its tasks are claimed without a version and fail without a
     -- call.
-    SELECT coalesce(array_agg(c.task_id), '{}'), coalesce(array_agg(c.version_id), '{}'),
-           coalesce(array_agg(c.budget_pico), '{}')
-      INTO claimable, versions, reserved
-      FROM ai_agents._choose_due_tasks(max_tasks) c;
+    SELECT coalesce(array_agg(c.task_id), '{}'), coalesce(array_agg(c.organization_id), '{}'),
+           coalesce(array_agg(c.version_id), '{}'), coalesce(array_agg(c.budget_pico), '{}'),
+           coalesce(array_agg(nextval('ai_agents.fencing_token_seq')), '{}')
+      INTO claimable, owners, versions, reserved, tokens
+      FROM ai_agents._choose_due_tasks(max_tasks, organizations) c;
     -- The claimed tasks in one statement: a statement per task cost more in executor start-up
-    -- than in the updates themselves.
+    -- than in the updates themselves. Every value a row's columns do not give is computed
+    -- first, and joined by task: Citus takes no volatile function in an UPDATE.
     RETURN QUERY
     UPDATE ai_agents.ai_agent_tasks t
        SET status = 'running',
            -- A recurring task's new run starts its attempts afresh; a retry adds one.
            attempts = CASE WHEN t.status = 'pending' THEN t.attempts + 1 ELSE 1 END,
-           execution_started_at = now(),
+           execution_started_at = claimed_at,
            completed_at = NULL,
            -- While it runs, a recurring task already shows its next slot and a one-shot
            -- task none, so a manual status change (as the guide's troubleshooting does)
            -- can never make a one-shot task claimable again.
-           next_run_at = ai_agents._next_run_after_now(t.schedule_cron, t.timezone),
+           next_run_at = ai_agents._next_run_after(t.schedule_cron, t.timezone, claimed_at),
            locked_by = worker,
-           lease_expires_at = now() + lease,
-           fencing_token = nextval('ai_agents.fencing_token_seq'),
-           agent_version_id = versions[array_position(claimable, t.id)],
+           lease_expires_at = claimed_at + lease,
+           fencing_token = c.token,
+           agent_version_id = c.version_id,
            -- What the claim reserved against the task's budgets (docs/budgets.md).
-           budget_reserved_usd = reserved[array_position(claimable, t.id)] / 1e12
-     WHERE t.id = ANY (claimable)
+           budget_reserved_usd = c.pico / 1e12
+      FROM unnest(claimable, owners, versions, reserved, tokens) AS c(id, organization_id, version_id, pico, token)
+     WHERE t.organization_id = ANY (owners) AND t.organization_id = c.organization_id AND t.id = c.id
     RETURNING t.*;
+END
+$$;
+
+-- Refuses a claim or rescue for every organization at once where the tables are distributed
+-- (Citus locks no rows across shards), and one for organizations of more than one shard.
+CREATE OR REPLACE FUNCTION ai_agents._check_claim_scope(organizations uuid[], caller text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT ai_agents._is_distributed('ai_agents.ai_agent_tasks') THEN
+        RETURN;
+    END IF;
+    IF organizations IS NULL THEN
+        RAISE EXCEPTION '% needs the organizations to claim for: the tables are distributed', caller
+            USING ERRCODE = '0A000',
+                  HINT = 'Each node''s worker claims its own shards'' tasks; see docs/distributed.md#claiming.';
+    END IF;
+    IF (SELECT count(DISTINCT pg_catalog.get_shard_id_for_distribution_column('ai_agents.ai_agent_tasks', o))
+          FROM unnest(organizations) o) > 1 THEN
+        RAISE EXCEPTION '% takes the organizations of one shard at a time', caller
+            USING ERRCODE = '22023',
+                  HINT = 'get_shard_id_for_distribution_column(''ai_agents.ai_agent_tasks'', organization_id) tells an organization''s shard.';
+    END IF;
 END
 $$;
 
@@ -1284,6 +1329,8 @@ DECLARE
     n integer := coalesce(array_length(task_ids, 1), 0);
     done ai_agents.ai_agent_tasks[];
     stale record;
+    finished_at timestamptz := now();
+    owners uuid[];
 BEGIN
     IF coalesce(array_length(fencing_tokens, 1), 0) <> n
        OR coalesce(array_length(outputs, 1), n) <> n OR coalesce(array_length(results, 1), n) <> n
@@ -1295,6 +1342,8 @@ BEGIN
     IF (SELECT count(DISTINCT i) <> count(i) FROM unnest(task_ids) i) THEN
         RAISE EXCEPTION 'task ids repeat in one complete_tasks call' USING ERRCODE = '22023';
     END IF;
+    -- The statements below name the tasks' organizations (docs/distributed.md#statements).
+    owners := ARRAY(SELECT DISTINCT t.organization_id FROM ai_agents.ai_agent_tasks t WHERE t.id = ANY (task_ids));
     WITH given AS (
         SELECT * FROM unnest(task_ids, fencing_tokens, outputs, results, complete_tasks.tokens_used,
                              costs_usd, execution_times_ms)
@@ -1302,18 +1351,18 @@ BEGIN
     ), completed AS (
         UPDATE ai_agents.ai_agent_tasks t
            SET status = 'completed',
-               completed_at = now(),
+               completed_at = finished_at,
                output = g.output,
                result = g.result,
                tokens_used = g.tokens,
                cost_usd = g.cost,
-               execution_time_ms = coalesce(g.ms, (extract(epoch FROM now() - t.execution_started_at) * 1000)::integer),
+               execution_time_ms = coalesce(g.ms, (extract(epoch FROM finished_at - t.execution_started_at) * 1000)::integer),
                error_message = NULL,
                locked_by = NULL,
                lease_expires_at = NULL,
-               next_run_at = ai_agents._next_run_after_now(t.schedule_cron, t.timezone)
+               next_run_at = ai_agents._next_run_after(t.schedule_cron, t.timezone, finished_at)
           FROM given g
-         WHERE t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
+         WHERE t.organization_id = ANY (owners) AND t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
         RETURNING t, g.i
     )
     SELECT array_agg(c.t ORDER BY c.i) INTO done FROM completed c;
@@ -1400,7 +1449,7 @@ BEGIN
     -- The new values are computed here from the locked row: Citus takes no function but an
     -- immutable one inside CASE or coalesce in an UPDATE.
     IF delay IS NULL THEN
-        next_at := ai_agents._next_run_after_now(t.schedule_cron, t.timezone);
+        next_at := ai_agents._next_run_after(t.schedule_cron, t.timezone, now());
         ended_at := now();
     ELSE
         next_at := now() + delay;
@@ -1574,31 +1623,43 @@ AS $$ SELECT ai_agents._set_agent_tasks_paused(agent_id, false) $$;
 
 -- Expired leases (a worker crashed, the server restarted, a call outlived its lease) go back to
 -- pending at once, or fail when no attempts are left; each rescue is logged.
-CREATE OR REPLACE FUNCTION ai_agents.rescue_expired_leases() RETURNS integer
+DROP FUNCTION IF EXISTS ai_agents.rescue_expired_leases();
+CREATE OR REPLACE FUNCTION ai_agents.rescue_expired_leases(organizations uuid[] DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off
 AS $$
 DECLARE
-    rescued integer;
+    rescued_at timestamptz := now();
+    expired record;
 BEGIN
-    WITH expired AS (
-        SELECT t.id FROM ai_agents.ai_agent_tasks t
-         WHERE t.status = 'running' AND t.lease_expires_at < now()
-           FOR UPDATE SKIP LOCKED
-    ), updated AS (
+    PERFORM ai_agents._check_claim_scope(organizations, 'rescue_expired_leases');
+    -- What each run becomes is computed with its lock, and joined by task: Citus takes no
+    -- volatile function, nor a stable one of a row's columns, in an UPDATE.
+    SELECT array_agg(t.id) AS ids, array_agg(t.organization_id) AS owners,
+           array_agg(t.attempts < t.max_attempts) AS retry,
+           array_agg(format('lease of worker %s expired at %s on attempt %s of %s%s',
+                            t.locked_by, t.lease_expires_at, t.attempts, t.max_attempts,
+                            CASE WHEN t.attempts < t.max_attempts THEN '; retrying' ELSE '; no attempts left' END)) AS errors
+      INTO expired
+      FROM (SELECT * FROM ai_agents.ai_agent_tasks tt
+             WHERE tt.status = 'running' AND tt.lease_expires_at < rescued_at
+               AND (organizations IS NULL OR tt.organization_id = ANY (organizations))
+               FOR UPDATE SKIP LOCKED) t;
+    IF expired.ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    WITH updated AS (
         UPDATE ai_agents.ai_agent_tasks t
-           SET status = CASE WHEN t.attempts < t.max_attempts THEN 'pending' ELSE 'failed' END,
-               next_run_at = CASE WHEN t.attempts < t.max_attempts THEN now()
-                                  ELSE ai_agents._next_run_after_now(t.schedule_cron, t.timezone) END,
-               completed_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
-               error_message = format('lease of worker %s expired at %s on attempt %s of %s%s',
-                   t.locked_by, t.lease_expires_at, t.attempts, t.max_attempts,
-                   CASE WHEN t.attempts < t.max_attempts THEN '; retrying' ELSE '; no attempts left' END),
+           SET status = CASE WHEN e.retry THEN 'pending' ELSE 'failed' END,
+               next_run_at = CASE WHEN e.retry THEN rescued_at
+                                  ELSE ai_agents._next_run_after(t.schedule_cron, t.timezone, rescued_at) END,
+               completed_at = CASE WHEN e.retry THEN NULL ELSE rescued_at END,
+               error_message = e.error,
                locked_by = NULL,
                lease_expires_at = NULL
-          FROM expired e
-         WHERE t.id = e.id
+          FROM unnest(expired.ids, expired.owners, expired.retry, expired.errors) AS e(id, organization_id, retry, error)
+         WHERE t.organization_id = ANY (expired.owners) AND t.organization_id = e.organization_id AND t.id = e.id
         RETURNING t.*
     )
     INSERT INTO ai_agents.ai_agent_activity_log
@@ -1607,8 +1668,7 @@ BEGIN
            jsonb_build_object('will_retry', u.status = 'pending', 'fencing_token', u.fencing_token,
                               'max_attempts', u.max_attempts)
       FROM updated u;
-    GET DIAGNOSTICS rescued = ROW_COUNT;
-    RETURN rescued;
+    RETURN cardinality(expired.ids);
 END
 $$;
 
@@ -1701,12 +1761,12 @@ END
 $$;
 
 -- Worker-side functions run LLM calls and spend money: not for PUBLIC.
-REVOKE ALL ON FUNCTION ai_agents.claim_due_tasks(text, integer, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.claim_due_tasks(text, integer, interval, uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.complete_task(uuid, bigint, text, jsonb, integer, numeric, integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.complete_tasks(uuid[], bigint[], text[], jsonb[], integer[], numeric[], integer[], jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.fail_task(uuid, bigint, text, integer, interval, boolean, integer, numeric, integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.heartbeat_task(uuid, bigint, interval) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ai_agents.rescue_expired_leases() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.rescue_expired_leases(uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.prune_history(interval, integer) FROM PUBLIC;
 
 -- The functions that take arrays plan generically on one server (see the top of this file).
@@ -1731,7 +1791,7 @@ END
 $$;
 REVOKE ALL ON FUNCTION ai_agents._plan_generically(regprocedure[]) FROM PUBLIC;
 SELECT ai_agents._plan_generically(ARRAY[
-    'ai_agents.claim_due_tasks(text, integer, interval)',
+    'ai_agents.claim_due_tasks(text, integer, interval, uuid[])',
     'ai_agents._log_task_events(ai_agents.ai_agent_tasks[], text, boolean, text[], jsonb[], boolean)',
     'ai_agents._notify_task_events(ai_agents.ai_agent_tasks[])',
     'ai_agents.complete_tasks(uuid[], bigint[], text[], jsonb[], integer[], numeric[], integer[], jsonb[])'
@@ -2386,18 +2446,25 @@ CREATE OR REPLACE TRIGGER ai_agent_builtin_tools_validate
     FOR EACH ROW EXECUTE FUNCTION ai_agents._validate_tool();
 
 -- The tools an organization's agents may name: its own, and the built-in ones it has not
--- replaced with one of the same name. (Unpinned, so that it is inlined into its callers.)
+-- replaced with one of the same name.
 CREATE OR REPLACE FUNCTION ai_agents._tools_of(organization_id uuid)
 RETURNS TABLE (name text, description text, parameters jsonb, function text, read_only boolean,
                timeout_ms integer)
-LANGUAGE sql STABLE
+-- PL/pgSQL, not SQL: an SQL function would be inlined into a query without a distributed
+-- table, which Citus would then leave to PostgreSQL, reading the coordinator's empty tables.
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    RETURN QUERY
     SELECT t.name, t.description, t.parameters, t.function, t.read_only, t.timeout_ms
-      FROM ai_agents.ai_agent_tools t WHERE t.organization_id = $1
+      FROM ai_agents.ai_agent_tools t WHERE t.organization_id = _tools_of.organization_id
     UNION ALL
     SELECT b.name, b.description, b.parameters, b.function, b.read_only, b.timeout_ms
       FROM ai_agents.ai_agent_builtin_tools b
-     WHERE NOT EXISTS (SELECT FROM ai_agents.ai_agent_tools t WHERE t.organization_id = $1 AND t.name = b.name)
+     WHERE NOT EXISTS (SELECT FROM ai_agents.ai_agent_tools t
+                        WHERE t.organization_id = _tools_of.organization_id AND t.name = b.name);
+END
 $$;
 
 -- Built-in tool: the date and time now, in UTC and in a time zone the model names.

@@ -86,18 +86,25 @@ CREATE OR REPLACE TRIGGER ai_agent_builtin_tools_validate
     FOR EACH ROW EXECUTE FUNCTION ai_agents._validate_tool();
 
 -- The tools an organization's agents may name: its own, and the built-in ones it has not
--- replaced with one of the same name. (Unpinned, so that it is inlined into its callers.)
+-- replaced with one of the same name.
 CREATE OR REPLACE FUNCTION ai_agents._tools_of(organization_id uuid)
 RETURNS TABLE (name text, description text, parameters jsonb, function text, read_only boolean,
                timeout_ms integer)
-LANGUAGE sql STABLE
+-- PL/pgSQL, not SQL: an SQL function would be inlined into a query without a distributed
+-- table, which Citus would then leave to PostgreSQL, reading the coordinator's empty tables.
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    RETURN QUERY
     SELECT t.name, t.description, t.parameters, t.function, t.read_only, t.timeout_ms
-      FROM ai_agents.ai_agent_tools t WHERE t.organization_id = $1
+      FROM ai_agents.ai_agent_tools t WHERE t.organization_id = _tools_of.organization_id
     UNION ALL
     SELECT b.name, b.description, b.parameters, b.function, b.read_only, b.timeout_ms
       FROM ai_agents.ai_agent_builtin_tools b
-     WHERE NOT EXISTS (SELECT FROM ai_agents.ai_agent_tools t WHERE t.organization_id = $1 AND t.name = b.name)
+     WHERE NOT EXISTS (SELECT FROM ai_agents.ai_agent_tools t
+                        WHERE t.organization_id = _tools_of.organization_id AND t.name = b.name);
+END
 $$;
 
 -- Built-in tool: the date and time now, in UTC and in a time zone the model names.

@@ -36,19 +36,22 @@ macro_rules! claimable {
 
 /// One row per agent with due tasks: the skip scan finds each (organization, agent) with
 /// claimable tasks in one index probe, the lateral its most urgent due task in another.
+/// Each `@of(x)` marks where `organizations` narrows it to the organizations in $1: Citus
+/// routes a query to one shard only when every distributed table in it is filtered so.
 const DUE_AGENTS: &str = concat!(
     "WITH RECURSIVE pair AS (
         (SELECT t.organization_id, t.agent_id FROM ai_agents.ai_agent_tasks t
           WHERE ",
     claimable!(),
-    "
+    "@of(t)
           ORDER BY t.organization_id, t.agent_id, t.priority DESC, t.next_run_at LIMIT 1)
         UNION ALL
         SELECT n.organization_id, n.agent_id FROM pair p CROSS JOIN LATERAL
             (SELECT t.organization_id, t.agent_id FROM ai_agents.ai_agent_tasks t
               WHERE ",
     claimable!(),
-    " AND (t.organization_id, t.agent_id) > (p.organization_id, p.agent_id)
+    "@of(t)
+                AND (t.organization_id, t.agent_id) > (p.organization_id, p.agent_id)
               ORDER BY t.organization_id, t.agent_id, t.priority DESC, t.next_run_at LIMIT 1) n
     )
     SELECT p.organization_id, p.agent_id, h.priority,
@@ -61,19 +64,22 @@ const DUE_AGENTS: &str = concat!(
                                                 v.config ->> 'base_url') END) * 1000000)::int8,
            coalesce(l.weight, 1)::float8,
            octet_length(v.system_prompt)::int8, v.max_tokens::int8,
-           EXISTS (SELECT FROM ai_agents.ai_agent_budgets b WHERE b.organization_id = p.organization_id
+           EXISTS (SELECT FROM ai_agents.ai_agent_budgets b WHERE b.organization_id = p.organization_id@of(b)
                       AND (b.agent_id IS NULL OR b.agent_id = p.agent_id)),
-           (pr.input * 1000000)::int8, (pr.output * 1000000)::int8
+           (pr.input * 1000000)::int8, (pr.output * 1000000)::int8,
+           CASE WHEN cardinality(ag.tools) > 0 OR ag.output_schema IS NOT NULL THEN ag.tools END,
+           coalesce(octet_length(ag.output_schema::text), 0)::int8
       FROM pair p
      CROSS JOIN LATERAL
            (SELECT t.priority, t.next_run_at FROM ai_agents.ai_agent_tasks t
              WHERE t.organization_id = p.organization_id AND t.agent_id = p.agent_id AND ",
     claimable!(),
-    " AND t.next_run_at <= now()
+    " AND t.next_run_at <= now()@of(t)
              ORDER BY t.priority DESC, t.next_run_at LIMIT 1) h
-      JOIN ai_agents.ai_agents ag ON ag.id = p.agent_id
-      LEFT JOIN ai_agents.ai_agent_versions v ON v.id = ag.current_version_id
-      LEFT JOIN ai_agents.ai_agent_organization_limits l ON l.organization_id = p.organization_id
+      JOIN ai_agents.ai_agents ag ON ag.organization_id = p.organization_id AND ag.id = p.agent_id@of(ag)
+      LEFT JOIN ai_agents.ai_agent_versions v
+             ON v.organization_id = ag.organization_id AND v.id = ag.current_version_id@of(v)
+      LEFT JOIN ai_agents.ai_agent_organization_limits l ON l.organization_id = p.organization_id@of(l)
       LEFT JOIN LATERAL
            (SELECT greatest(x.input_usd_per_mtok, coalesce(x.cached_input_usd_per_mtok, 0),
                             coalesce(x.cache_write_usd_per_mtok, 0)) AS input,
@@ -82,6 +88,26 @@ const DUE_AGENTS: &str = concat!(
              WHERE x.provider = v.provider AND x.model = v.model AND x.effective_from <= now()
              ORDER BY x.effective_from DESC LIMIT 1) pr ON true"
 );
+
+/// `sql` with its `@of(x)` markers gone, or (`narrow`) each a filter of `x` by the
+/// organizations in $1.
+fn narrowed(sql: &str, narrow: bool) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(at) = rest.find("@of(") {
+        out.push_str(&rest[..at]);
+        let alias_end = at + rest[at..].find(')').unwrap_or(rest.len() - at);
+        if narrow {
+            out.push_str(&format!(
+                " AND {}.organization_id = ANY ($1)",
+                &rest[at + 4..alias_end]
+            ));
+        }
+        rest = &rest[(alias_end + 1).min(rest.len())..];
+    }
+    out.push_str(rest);
+    out
+}
 
 /// Locks up to $3 of an agent's most urgent due tasks, other than those in $4.
 const LOCK: &str = concat!(
@@ -94,41 +120,42 @@ const LOCK: &str = concat!(
         FOR UPDATE OF t SKIP LOCKED"
 );
 
-/// What a call of each task in $1 will send: the text its user message is made of; for a
-/// conversation task, how many bytes of history it may send at most (the newest message
-/// always, others up to ai_agents.history_max_bytes); and for an agent with tools, the bytes
-/// and the number of its tools' declarations (and output schema) and of the run's steps (as
-/// the claim will pin the agent's current version).
+/// What a call of each task in $2 (of organization $1) will send: the text its user message is
+/// made of; for a conversation task, how many bytes of history it may send at most (the newest
+/// message always, others up to ai_agents.history_max_bytes); and for an agent with tools or
+/// an output schema, the bytes and the number of the run's steps (`TOOLS` adds the
+/// declarations, the same for each of the agent's tasks).
 const PROMPTS: &str = "
     SELECT t.id, t.title, t.description, t.input::text,
            CASE WHEN t.conversation_id IS NOT NULL THEN
                greatest(pg_size_bytes(current_setting('ai_agents.history_max_bytes')),
                         (SELECT octet_length(m.content) FROM ai_agents.ai_agent_messages m
-                          WHERE m.conversation_id = t.conversation_id AND m.role IN ('user', 'assistant')
+                          WHERE m.organization_id = t.organization_id AND m.conversation_id = t.conversation_id
+                            AND m.role IN ('user', 'assistant')
                           ORDER BY m.created_at DESC, m.id DESC LIMIT 1))
            END,
-           l.bytes, l.items
+           s.bytes, s.items
       FROM ai_agents.ai_agent_tasks t
-      JOIN ai_agents.ai_agents ag ON ag.id = t.agent_id
       LEFT JOIN LATERAL (
-           SELECT sum(x.bytes)::int8 AS bytes, sum(x.items)::int8 AS items
-             FROM (SELECT coalesce(octet_length(ag.output_schema::text), 0) AS bytes, 1 AS items
-                   UNION ALL
-                   SELECT sum(octet_length(tl.name) + octet_length(tl.description)
-                              + octet_length(tl.parameters::text)) AS bytes, count(*) AS items
-                     FROM ai_agents._tools_of(t.organization_id) tl
-                    WHERE tl.name = ANY (ag.tools)
-                   UNION ALL
-                   SELECT sum(coalesce(octet_length(s.content), 0) + coalesce(octet_length(s.tool_calls::text), 0)
-                              + coalesce(octet_length(s.tool_call_id), 0) + coalesce(octet_length(s.result::text), 0)
-                              + coalesce(octet_length(s.error), 0) + 16
-                              -- a refused answer's repair turn (steps.rs REPAIR, shorter than this)
-                              + CASE WHEN s.kind = 'llm' AND s.error IS NOT NULL THEN 128 ELSE 0 END), count(*)
-                     FROM ai_agents.ai_agent_task_steps s
-                    WHERE s.organization_id = t.organization_id AND s.task_id = t.id
-                      AND s.step_number >= t.run_first_step) x
-            WHERE cardinality(ag.tools) > 0 OR ag.output_schema IS NOT NULL) l ON true
-     WHERE t.id = ANY ($1)";
+           SELECT sum(coalesce(octet_length(s.content), 0) + coalesce(octet_length(s.tool_calls::text), 0)
+                      + coalesce(octet_length(s.tool_call_id), 0) + coalesce(octet_length(s.result::text), 0)
+                      + coalesce(octet_length(s.error), 0) + 16
+                      -- a refused answer's repair turn (steps.rs REPAIR, shorter than this)
+                      + CASE WHEN s.kind = 'llm' AND s.error IS NOT NULL THEN 128 ELSE 0 END)::int8 AS bytes,
+                  count(*) AS items
+             FROM ai_agents.ai_agent_task_steps s
+            WHERE s.organization_id = t.organization_id AND s.task_id = t.id
+              AND s.step_number >= t.run_first_step) s ON $3
+     WHERE t.organization_id = $1 AND t.id = ANY ($2)";
+
+/// The bytes and the number of the declarations of tools $2 of organization $1, as a call
+/// sends them. A statement of its own: _tools_of reads distributed tables, which Citus refuses
+/// inside a query it pushes down to a shard (docs/distributed.md#statements).
+const TOOLS: &str = "
+    SELECT sum(octet_length(tl.name) + octet_length(tl.description) + octet_length(tl.parameters::text))::int8,
+           count(*)
+      FROM ai_agents._tools_of($1) tl
+     WHERE tl.name = ANY ($2)";
 
 /// Whether an agent has due tasks besides those in $3.
 const STILL_DUE: &str = concat!(
@@ -156,8 +183,10 @@ const LOG_HOLD: &str = concat!(
 
 struct Plans {
     due_agents: OwnedPreparedStatement,
+    due_agents_of: OwnedPreparedStatement,
     lock: OwnedPreparedStatement,
     prompts: OwnedPreparedStatement,
+    tools: OwnedPreparedStatement,
     budget_room: OwnedPreparedStatement,
     budget_reserve: OwnedPreparedStatement,
     still_due: OwnedPreparedStatement,
@@ -183,9 +212,11 @@ fn plans(client: &SpiClient) -> SpiResult<Rc<Plans>> {
         Ok(client.prepare_mut(sql, types)?.keep())
     };
     let plans = Rc::new(Plans {
-        due_agents: keep(DUE_AGENTS, &[])?,
+        due_agents: keep(&narrowed(DUE_AGENTS, false), &[])?,
+        due_agents_of: keep(&narrowed(DUE_AGENTS, true), &[uuids])?,
         lock: keep(LOCK, &[uuid, uuid, PgOid::from(pg_sys::INT8OID), uuids])?,
-        prompts: keep(PROMPTS, &[uuids])?,
+        prompts: keep(PROMPTS, &[uuid, uuids, PgOid::from(pg_sys::BOOLOID)])?,
+        tools: keep(TOOLS, &[uuid, PgOid::from(pg_sys::TEXTARRAYOID)])?,
         budget_room: keep(
             "SELECT room_pico, budget_agent_id, seconds_left, busy FROM ai_agents._budget_room($1, $2)",
             &[uuid, uuid],
@@ -241,6 +272,9 @@ struct DueAgent {
     /// Whether a budget applies to its calls, and its model's prices.
     budgeted: bool,
     prices: Option<budget::Prices>,
+    /// For an agent that runs the loop (tools or an output schema): its tools' names and the
+    /// bytes of its output schema.
+    loop_tools: Option<(Vec<String>, u64)>,
 }
 
 /// What an agent's budgets leave for this claim.
@@ -359,8 +393,30 @@ fn token_bounds(
     due: &DueAgent,
     ids: &[Uuid],
 ) -> SpiResult<Vec<u64>> {
+    // The declarations are the same for each of the agent's tasks: asked once.
+    let declared = match &due.loop_tools {
+        Some((names, schema_bytes)) => {
+            let row = client
+                .select(
+                    &plans.tools,
+                    Some(1),
+                    &[due.organization.into(), names.clone().into()],
+                )?
+                .first();
+            Some((
+                schema_bytes + row.get::<i64>(1)?.map_or(0, |b| b.max(0) as u64),
+                1 + row.get::<i64>(2)?.map_or(0, |n| n.max(0) as u64),
+            ))
+        }
+        None => None,
+    };
     let mut by_id = HashMap::new();
-    for row in client.select(&plans.prompts, None, &[ids.to_vec().into()])? {
+    let args = [
+        due.organization.into(),
+        ids.to_vec().into(),
+        declared.is_some().into(),
+    ];
+    for row in client.select(&plans.prompts, None, &args)? {
         let Some(id) = row.get::<Uuid>(1)? else {
             continue;
         };
@@ -368,14 +424,18 @@ fn token_bounds(
         let description: Option<String> = row.get(3)?;
         let input: String = row.get(4)?.unwrap_or_default();
         let history: Option<i64> = row.get(5)?;
+        let steps_bytes: Option<i64> = row.get(6)?;
+        let steps: Option<i64> = row.get(7)?;
         let prompt = llm::PromptSize {
             system_bytes: due.system_bytes,
             message_bytes: llm::task_message_bytes(&title, description.as_deref(), &input),
             history: history.map(|bytes| (u64::try_from(bytes).unwrap_or(0), history_limit())),
-            tools_and_steps: (
-                row.get::<i64>(6)?.map_or(0, |b| b.max(0) as u64),
-                row.get::<i64>(7)?.map_or(0, |n| n.max(0) as u64),
-            ),
+            tools_and_steps: declared.map_or((0, 0), |(bytes, items)| {
+                (
+                    bytes + steps_bytes.map_or(0, |b| b.max(0) as u64),
+                    items + steps.map_or(0, |n| n.max(0) as u64),
+                )
+            }),
         };
         by_id.insert(id, prompt.token_bound(due.max_tokens));
     }
@@ -390,16 +450,19 @@ fn history_limit() -> u64 {
     u64::try_from(HISTORY_LIMIT.get()).unwrap_or(0)
 }
 
-/// The tasks of this claim and the agent version each is pinned to, at most `max_tasks`.
-/// Declared in sql/idempotent/tasks.sql; only claim_due_tasks calls it, inside its
-/// transaction, whose row locks hold the tasks until they are marked running.
+/// The tasks of this claim (of `organizations` only, when given), each with its organization
+/// and the agent version it is pinned to, at most `max_tasks`. Declared in
+/// sql/idempotent/tasks.sql; only claim_due_tasks calls it, inside its transaction, whose row
+/// locks hold the tasks until they are marked running.
 #[pg_extern(sql = false)]
 fn choose_due_tasks(
     max_tasks: i32,
+    organizations: Option<Vec<Uuid>>,
 ) -> TableIterator<
     'static,
     (
         name!(task_id, Uuid),
+        name!(organization_id, Uuid),
         name!(version_id, Option<Uuid>),
         name!(budget_pico, Option<i64>),
     ),
@@ -407,20 +470,31 @@ fn choose_due_tasks(
     NEXT_LOOK.set(None);
     RESERVATIONS.with_borrow_mut(HashMap::clear);
     let wanted = u64::try_from(max_tasks).unwrap_or(0);
-    let chosen = Spi::connect_mut(|client| choose(client, wanted))
+    let chosen = Spi::connect_mut(|client| choose(client, wanted, organizations))
         .unwrap_or_else(|e| error!("claiming due tasks failed: {e}"));
     TableIterator::new(chosen)
 }
 
-/// Each task with the version it runs and what its budgets reserved, in pico-dollars.
-type Chosen = Vec<(Uuid, Option<Uuid>, Option<i64>)>;
+/// Each task with its organization, the version it runs and what its budgets reserved, in
+/// pico-dollars.
+type Chosen = Vec<(Uuid, Uuid, Option<Uuid>, Option<i64>)>;
 
-fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
+fn choose(
+    client: &mut SpiClient,
+    wanted: u64,
+    organizations: Option<Vec<Uuid>>,
+) -> SpiResult<Chosen> {
     let plans = plans(client)?;
     let mut due = vec![];
     let mut weights = vec![];
     let mut heads = vec![];
-    for row in client.select(&plans.due_agents, None, &[])? {
+    let rows = match organizations {
+        None => client.select(&plans.due_agents, None, &[])?,
+        Some(organizations) => {
+            client.select(&plans.due_agents_of, None, &[organizations.into()])?
+        }
+    };
+    for row in rows {
         let (Some(organization), Some(agent)) = (row.get::<Uuid>(1)?, row.get::<Uuid>(2)?) else {
             continue;
         };
@@ -441,6 +515,15 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
                 }),
                 _ => None,
             },
+            loop_tools: row.get::<Vec<String>>(14)?.map(|names| {
+                (
+                    names,
+                    row.get::<i64>(15)
+                        .ok()
+                        .flatten()
+                        .map_or(0, |b| b.max(0) as u64),
+                )
+            }),
         });
         heads.push((
             row.get::<i32>(3)?.unwrap_or(0),
@@ -491,7 +574,7 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
         chosen.extend(
             lock(client, i, left, &mut locked)?
                 .into_iter()
-                .map(|id| (id, None, None)),
+                .map(|id| (id, due[i].organization, None, None)),
         );
     }
 
@@ -587,6 +670,7 @@ fn choose(client: &mut SpiClient, wanted: u64) -> SpiResult<Chosen> {
                     .map(|(&id, &cost)| {
                         (
                             id,
+                            d.organization,
                             d.version,
                             budgeted.then(|| i64::try_from(cost).unwrap_or(i64::MAX)),
                         )

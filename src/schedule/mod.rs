@@ -39,8 +39,9 @@ pub fn checked_schedule(cron: &str, timezone: &str) -> Result<(Schedule, chrono_
     Ok((schedule, tz))
 }
 
-/// The first fire time of `cron` strictly after `after`, read in `timezone`.
-#[pg_extern(stable, parallel_safe)]
+/// The first fire time of `cron` strictly after `after`, read in `timezone`. Immutable: cron
+/// math and the time zone rules compiled into the library.
+#[pg_extern(immutable, parallel_safe)]
 fn next_run_time(
     cron: &str,
     timezone: default!(&str, "'UTC'"),

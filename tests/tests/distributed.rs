@@ -228,33 +228,60 @@ fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
     );
     assert_eq!(code, "23503", "{message}");
 
-    // A run's lease and its failure, given only the task id; the run is set up by hand, as a
-    // node's worker would claim it. (complete_tasks does not run on Citus yet:
-    // docs/distributed.md.)
+    // The claim names the organizations of one shard (a node's worker claims its shards'):
+    // every organization at once, or two shards' organizations, are refused.
+    let org: String = c
+        .query_one(
+            "SELECT organization_id::text FROM ai_agents.ai_agents WHERE id = $1::text::uuid",
+            &[&agent],
+        )
+        .unwrap()
+        .get(0);
+    let (code, message) = error_of(&mut c, "SELECT ai_agents.claim_due_tasks('test', 5)");
+    assert_eq!(code, "0A000", "{message}");
+    let (code, message) = error_of(
+        &mut c,
+        "SELECT ai_agents.claim_due_tasks('test', 5, organizations => ARRAY(
+             SELECT DISTINCT ON (get_shard_id_for_distribution_column('ai_agents.ai_agent_tasks', organization_id))
+                    organization_id FROM ai_agents.ai_agents))",
+    );
+    assert_eq!(code, "22023", "{message}");
+    assert!(message.contains("one shard"), "{message}");
+    let (code, message) = error_of(&mut c, "SELECT ai_agents.rescue_expired_leases()");
+    assert_eq!(code, "0A000", "{message}");
+    let claim = |c: &mut Client| -> Vec<(String, i64, String)> {
+        c.query(
+            "SELECT id::text, fencing_token, organization_id::text
+               FROM ai_agents.claim_due_tasks('test', 5, '1 minute', ARRAY[$1::text::uuid])",
+            &[&org],
+        )
+        .expect("claim_due_tasks for one organization")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    };
+    let claimed = claim(&mut c);
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    let (id, token, owner) = &claimed[0];
+    assert_eq!((id, owner), (&first, &org));
     c.execute(
-        "UPDATE ai_agents.ai_agent_tasks
-            SET status = 'running', attempts = 1, fencing_token = 7, locked_by = 'test',
-                lease_expires_at = now() + interval '1 minute', execution_started_at = now()
-          WHERE organization_id = (SELECT organization_id FROM ai_agents.ai_agents WHERE id = $1::text::uuid)
-            AND id = $2::text::uuid",
-        &[&agent, &first],
-    )
-    .unwrap();
-    c.execute(
-        "SELECT ai_agents.heartbeat_task($1::text::uuid, 7)",
-        &[&first],
+        "SELECT ai_agents.heartbeat_task($1::text::uuid, $2)",
+        &[&first, token],
     )
     .expect("heartbeat_task");
     let (code, message) = error_of(
         &mut c,
-        &format!("SELECT ai_agents.heartbeat_task('{first}', 6)"),
+        &format!("SELECT ai_agents.heartbeat_task('{first}', {})", token - 1),
     );
     assert_eq!(code, "55000", "{message}");
-    assert!(message.contains("running with token 7"), "{message}");
+    assert!(
+        message.contains(&format!("running with token {token}")),
+        "{message}"
+    );
     let status: String = c
         .query_one(
-            "SELECT status FROM ai_agents.fail_task($1::text::uuid, 7, 'boom', permanent => true, tokens_used => 12)",
-            &[&first],
+            "SELECT status FROM ai_agents.fail_task($1::text::uuid, $2, 'boom', permanent => true, tokens_used => 12)",
+            &[&first, token],
         )
         .expect("fail_task")
         .get(0);
@@ -287,15 +314,44 @@ fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
         &format!("SELECT ai_agents.run_task_now('{second}')"),
     );
     assert_eq!(code, "55000", "{message}");
+    // A run completed, and another rescued when its lease ran out.
+    for title in ["third", "fourth"] {
+        c.execute(
+            "SELECT ai_agents.enqueue_task($1::text::uuid, $2)",
+            &[&agent, &title],
+        )
+        .unwrap();
+    }
+    let claimed = claim(&mut c);
+    assert_eq!(claimed.len(), 2, "{claimed:?}");
+    let status: String = c
+        .query_one(
+            "SELECT status FROM ai_agents.complete_task($1::text::uuid, $2, 'done', tokens_used => 30)",
+            &[&claimed[0].0, &claimed[0].1],
+        )
+        .expect("complete_task")
+        .get(0);
+    assert_eq!(status, "completed");
+    c.execute(
+        "UPDATE ai_agents.ai_agent_tasks SET lease_expires_at = now() - interval '1 second'
+          WHERE organization_id = $1::text::uuid AND id = $2::text::uuid",
+        &[&org, &claimed[1].0],
+    )
+    .unwrap();
+    let rescued: i32 = c
+        .query_one(
+            "SELECT ai_agents.rescue_expired_leases(ARRAY[$1::text::uuid])",
+            &[&org],
+        )
+        .expect("rescue_expired_leases for one organization")
+        .get(0);
+    assert_eq!(rescued, 1);
+    let retried = claim(&mut c);
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    assert_eq!(retried[0].0, claimed[1].0);
+    assert!(retried[0].1 > claimed[1].1, "a new token for the new run");
     // Called with a value: in a query over a distributed table, Citus would push the call
     // down to the shards.
-    let org: String = c
-        .query_one(
-            "SELECT organization_id::text FROM ai_agents.ai_agents WHERE id = $1::text::uuid",
-            &[&agent],
-        )
-        .unwrap()
-        .get(0);
     let summary: (i64, i64, i64) = c
         .query_one(
             "SELECT total_tasks, failed, coalesce(total_tokens, 0) FROM ai_agents.task_summary('1 hour', $1::text::uuid)",
@@ -303,7 +359,7 @@ fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
         )
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .expect("task_summary");
-    assert_eq!(summary, (2, 1, 12));
+    assert_eq!(summary, (4, 1, 42));
 
     // Custom plans on every node: Citus distributes no generic plan with parameters.
     for node in std::iter::once(&cluster.coordinator).chain(&cluster.workers) {

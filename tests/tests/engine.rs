@@ -983,3 +983,65 @@ fn the_workers_batch_of_replies_completes_the_current_runs_and_discards_only_the
         "{discarded:?}"
     );
 }
+
+#[test]
+fn a_claim_or_rescue_naming_organizations_leaves_the_others_alone() {
+    let (mut c, _) = fresh_database();
+    let (mine, agent) = create_agent(&mut c, "mine");
+    let (_, other) = create_agent(&mut c, "other");
+    for a in [&agent, &other] {
+        enqueue(&mut c, a, "renewal");
+    }
+    let only = |c: &mut Client, sql: &str| -> Vec<String> {
+        c.query(sql, &[&mine])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let claimed = only(
+        &mut c,
+        "SELECT agent_id::text FROM ai_agents.claim_due_tasks('w', 10, '50 milliseconds', ARRAY[$1::text::uuid])",
+    );
+    assert_eq!(claimed, [agent]);
+    let rest: Vec<String> = c
+        .query(
+            "SELECT c.agent_id::text
+               FROM ai_agents.ai_agents a,
+                    ai_agents.claim_due_tasks('w', 10, '50 milliseconds', ARRAY[a.organization_id]) c
+              WHERE a.id = $1::text::uuid",
+            &[&other],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rest, std::slice::from_ref(&other));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let rescued: i32 = c
+        .query_one(
+            "SELECT ai_agents.rescue_expired_leases(ARRAY[$1::text::uuid])",
+            &[&mine],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rescued, 1);
+    let running = only(
+        &mut c,
+        "SELECT agent_id::text FROM ai_agents.ai_agent_tasks
+          WHERE status = 'running' AND organization_id <> $1::text::uuid",
+    );
+    assert_eq!(
+        running,
+        [other],
+        "the other organization's lease is left to its claimer"
+    );
+    // On one server any organizations may be named together; an empty list claims nothing.
+    let none = c
+        .query(
+            "SELECT * FROM ai_agents.claim_due_tasks('w', 10, organizations => ARRAY[gen_random_uuid(), gen_random_uuid()])",
+            &[],
+        )
+        .expect("organizations of any shard on one server");
+    assert!(none.is_empty());
+}

@@ -109,8 +109,7 @@ const SECURITY_DEFINER: &[&str] = &[
 /// SQL helpers left unpinned so they can be inlined; only pinned functions call them.
 const UNPINNED_SQL_HELPERS: &[&str] = &[
     "ai_agents._current_actor()",
-    "ai_agents._next_run_after_now(text,text)",
-    "ai_agents._tools_of(uuid)",
+    "ai_agents._next_run_after(text,text,timestamp with time zone)",
 ];
 
 #[test]
