@@ -299,9 +299,9 @@ BEGIN
     IF lease IS NULL OR lease <= interval '0' THEN
         RAISE EXCEPTION 'lease must be a positive interval, got %', coalesce(lease::text, 'NULL') USING ERRCODE = '22023';
     END IF;
-    PERFORM ai_agents._check_claim_scope(organizations, 'claim_due_tasks');
     -- Any claimer rescues expired leases first, so a crashed worker's tasks come back without
-    -- anyone running SQL by hand (the lease index makes this a cheap probe).
+    -- anyone running SQL by hand (the lease index makes this a cheap probe). The rescue also
+    -- refuses organizations the claim cannot take (_check_claim_scope), before anything else.
     PERFORM ai_agents.rescue_expired_leases(organizations);
     -- An agent whose current version is gone (only a superuser bypassing triggers can do
     -- that) has nothing to run: its tasks are claimed without a version and fail without a
@@ -313,7 +313,8 @@ BEGIN
       FROM ai_agents._choose_due_tasks(max_tasks, organizations) c;
     -- The claimed tasks in one statement: a statement per task cost more in executor start-up
     -- than in the updates themselves. Every value a row's columns do not give is computed
-    -- first, and joined by task: Citus takes no volatile function in an UPDATE.
+    -- first, and joined by task: Citus takes no volatile function in an UPDATE. The filter on
+    -- owners is what routes the statement to its shard.
     RETURN QUERY
     UPDATE ai_agents.ai_agent_tasks t
        SET status = 'running',
@@ -339,7 +340,7 @@ $$;
 
 -- Refuses a claim or rescue for every organization at once where the tables are distributed
 -- (Citus locks no rows across shards), and one for organizations of more than one shard.
-CREATE OR REPLACE FUNCTION ai_agents._check_claim_scope(organizations uuid[], caller text) RETURNS void
+CREATE OR REPLACE FUNCTION ai_agents._check_claim_scope(organizations uuid[]) RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -348,13 +349,13 @@ BEGIN
         RETURN;
     END IF;
     IF organizations IS NULL THEN
-        RAISE EXCEPTION '% needs the organizations to claim for: the tables are distributed', caller
+        RAISE EXCEPTION 'a claim or rescue needs the organizations to claim for: the tables are distributed'
             USING ERRCODE = '0A000',
                   HINT = 'Each node''s worker claims its own shards'' tasks; see docs/distributed.md#claiming.';
     END IF;
     IF (SELECT count(DISTINCT pg_catalog.get_shard_id_for_distribution_column('ai_agents.ai_agent_tasks', o))
           FROM unnest(organizations) o) > 1 THEN
-        RAISE EXCEPTION '% takes the organizations of one shard at a time', caller
+        RAISE EXCEPTION 'a claim or rescue takes the organizations of one shard at a time'
             USING ERRCODE = '22023',
                   HINT = 'get_shard_id_for_distribution_column(''ai_agents.ai_agent_tasks'', organization_id) tells an organization''s shard.';
     END IF;
@@ -787,7 +788,7 @@ DECLARE
     rescued_at timestamptz := now();
     expired record;
 BEGIN
-    PERFORM ai_agents._check_claim_scope(organizations, 'rescue_expired_leases');
+    PERFORM ai_agents._check_claim_scope(organizations);
     -- What each run becomes is computed with its lock, and joined by task: Citus takes no
     -- volatile function, nor a stable one of a row's columns, in an UPDATE.
     SELECT array_agg(t.id) AS ids, array_agg(t.organization_id) AS owners,
