@@ -338,7 +338,7 @@ BEGIN
 END
 $$;
 
--- Refuses a claim or rescue for every organization at once where the tables are distributed
+-- Refuses a claim, rescue or prune for every organization at once where the tables are distributed
 -- (Citus locks no rows across shards), and one for organizations of more than one shard.
 CREATE OR REPLACE FUNCTION ai_agents._check_claim_scope(organizations uuid[]) RETURNS void
 LANGUAGE plpgsql STABLE
@@ -349,13 +349,13 @@ BEGIN
         RETURN;
     END IF;
     IF organizations IS NULL THEN
-        RAISE EXCEPTION 'a claim or rescue needs the organizations to claim for: the tables are distributed'
+        RAISE EXCEPTION 'a claim, rescue or prune needs the organizations to work on: the tables are distributed'
             USING ERRCODE = '0A000',
                   HINT = 'Each node''s worker claims its own shards'' tasks; see docs/distributed.md#claiming.';
     END IF;
     IF (SELECT count(DISTINCT pg_catalog.get_shard_id_for_distribution_column('ai_agents.ai_agent_tasks', o))
           FROM unnest(organizations) o) > 1 THEN
-        RAISE EXCEPTION 'a claim or rescue takes the organizations of one shard at a time'
+        RAISE EXCEPTION 'a claim, rescue or prune takes the organizations of one shard at a time'
             USING ERRCODE = '22023',
                   HINT = 'get_shard_id_for_distribution_column(''ai_agents.ai_agent_tasks'', organization_id) tells an organization''s shard.';
     END IF;
@@ -830,7 +830,11 @@ $$;
 -- Deletes finished one-shot tasks and activity older than older_than, at most batch_size rows
 -- of each per call, so that no call holds many locks or writes much WAL. Returns the number of
 -- rows deleted; call again until it returns 0.
-CREATE OR REPLACE FUNCTION ai_agents.prune_history(older_than interval, batch_size integer DEFAULT 1000)
+-- organizations: prune only theirs (NULL: every organization's); under Citus, those of one
+-- shard, as for claim_due_tasks (each node's worker prunes its own shards).
+DROP FUNCTION IF EXISTS ai_agents.prune_history(interval, integer);
+CREATE OR REPLACE FUNCTION ai_agents.prune_history(older_than interval, batch_size integer DEFAULT 1000,
+                                                   organizations uuid[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -847,15 +851,18 @@ BEGIN
         RAISE EXCEPTION 'batch_size must be at least 1, got %', coalesce(batch_size::text, 'NULL')
             USING ERRCODE = '22023';
     END IF;
+    PERFORM ai_agents._check_claim_scope(organizations);
     -- What pruned activity says about LLM usage is kept per hour, for reports that look
     -- further back than the history is kept.
     WITH doomed AS (
-        SELECT l.id FROM ai_agents.ai_agent_activity_log l
+        SELECT l.organization_id, l.id FROM ai_agents.ai_agent_activity_log l
          WHERE l.created_at < now() - older_than
+           AND (organizations IS NULL OR l.organization_id = ANY (organizations))
          ORDER BY l.created_at
          LIMIT batch_size
     ), gone AS (
-        DELETE FROM ai_agents.ai_agent_activity_log l USING doomed d WHERE l.id = d.id
+        DELETE FROM ai_agents.ai_agent_activity_log l USING doomed d
+         WHERE l.organization_id = d.organization_id AND l.id = d.id
         RETURNING l.*
     ), rolled_up AS (
         INSERT INTO ai_agents.ai_agent_usage_hourly AS u
@@ -866,7 +873,8 @@ BEGIN
                count(*) FILTER (WHERE g.action_type = 'task_completed'),
                coalesce(sum(g.tokens_used), 0), coalesce(sum(g.cost_usd), 0)
           FROM gone g
-          LEFT JOIN ai_agents.ai_agent_versions v ON v.id = (g.details ->> 'agent_version_id')::uuid
+          LEFT JOIN ai_agents.ai_agent_versions v
+            ON v.organization_id = g.organization_id AND v.id = (g.details ->> 'agent_version_id')::uuid
          WHERE g.action_type IN ('task_completed', 'task_failed')
          GROUP BY 1, 2, 3, 4, 5
         ON CONFLICT ON CONSTRAINT ai_agent_usage_hourly_key DO UPDATE
@@ -875,14 +883,15 @@ BEGIN
     )
     SELECT count(*) INTO activity_deleted FROM gone;
     WITH doomed AS (
-        SELECT t.id FROM ai_agents.ai_agent_tasks t
+        SELECT t.organization_id, t.id FROM ai_agents.ai_agent_tasks t
          WHERE t.status IN ('completed', 'failed', 'cancelled') AND t.next_run_at IS NULL
            AND t.updated_at < now() - older_than
+           AND (organizations IS NULL OR t.organization_id = ANY (organizations))
          ORDER BY t.updated_at
          LIMIT batch_size
            FOR UPDATE SKIP LOCKED
     )
-    DELETE FROM ai_agents.ai_agent_tasks t USING doomed d WHERE t.id = d.id;
+    DELETE FROM ai_agents.ai_agent_tasks t USING doomed d WHERE t.organization_id = d.organization_id AND t.id = d.id;
     GET DIAGNOSTICS tasks_deleted = ROW_COUNT;
     RETURN tasks_deleted + activity_deleted;
 END
@@ -922,7 +931,7 @@ REVOKE ALL ON FUNCTION ai_agents.complete_tasks(uuid[], bigint[], text[], jsonb[
 REVOKE ALL ON FUNCTION ai_agents.fail_task(uuid, bigint, text, integer, interval, boolean, integer, numeric, integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.heartbeat_task(uuid, bigint, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.rescue_expired_leases(uuid[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ai_agents.prune_history(interval, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents.prune_history(interval, integer, uuid[]) FROM PUBLIC;
 
 -- The functions that take arrays plan generically on one server (see the top of this file).
 -- Citus plans no generic plan with parameters, so in a database with Citus they plan each call

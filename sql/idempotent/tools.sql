@@ -216,9 +216,10 @@ CREATE OR REPLACE FUNCTION ai_agents._store_tool_step(t ai_agents.ai_agent_tasks
                                           tool_call_id text, tool_name text, arguments jsonb,
                                           result jsonb, error text, error_code text, duration_ms integer)
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql -- not sql: Citus plans no SQL function with parameters
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
     INSERT INTO ai_agents.ai_agent_task_steps
         (organization_id, task_id, step_number, agent_id, kind, tool_call_id, tool_name, arguments,
          result, error, error_code, duration_ms, fencing_token)
@@ -230,6 +231,7 @@ AS $$
     VALUES (t.organization_id, t.agent_id, t.id, 'tool_called', error IS NULL, t.attempts, duration_ms, error,
             jsonb_build_object('step_number', step_number, 'tool', left(tool_name, 256),
                                'tool_call_id', left(tool_call_id, 256), 'error_code', error_code));
+END
 $$;
 REVOKE ALL ON FUNCTION ai_agents._store_tool_step(ai_agents.ai_agent_tasks, integer, text, text, jsonb, jsonb, text, text, integer) FROM PUBLIC;
 
@@ -257,8 +259,10 @@ DECLARE
     problems text[];
     started timestamptz := clock_timestamp();
     fn text;
+    org uuid := ai_agents._task_organization(_run_tool_step.task_id);
 BEGIN
-    SELECT * INTO t FROM ai_agents.ai_agent_tasks tt WHERE tt.id = _run_tool_step.task_id FOR UPDATE;
+    SELECT * INTO t FROM ai_agents.ai_agent_tasks tt
+     WHERE tt.organization_id = org AND tt.id = _run_tool_step.task_id FOR UPDATE;
     IF NOT FOUND OR t.status <> 'running' OR t.fencing_token IS DISTINCT FROM _run_tool_step.fencing_token THEN
         RETURN 'stale';
     END IF;
@@ -268,7 +272,7 @@ BEGIN
         RETURN 'done';
     END IF;
     SELECT _run_tool_step.tool_name = ANY (v.tools) INTO attached
-      FROM ai_agents.ai_agent_versions v WHERE v.id = t.agent_version_id;
+      FROM ai_agents.ai_agent_versions v WHERE v.organization_id = org AND v.id = t.agent_version_id;
     SELECT * INTO tool FROM ai_agents._tools_of(t.organization_id) tl WHERE tl.name = _run_tool_step.tool_name;
     IF NOT coalesce(attached, false) THEN
         err := format('tool %s is not one of this agent''s tools', left(_run_tool_step.tool_name, 64));
@@ -348,8 +352,10 @@ AS $$
 #variable_conflict use_column
 DECLARE
     t ai_agents.ai_agent_tasks;
+    org uuid := ai_agents._task_organization(_record_tool_failure.task_id);
 BEGIN
-    SELECT * INTO t FROM ai_agents.ai_agent_tasks tt WHERE tt.id = _record_tool_failure.task_id FOR UPDATE;
+    SELECT * INTO t FROM ai_agents.ai_agent_tasks tt
+     WHERE tt.organization_id = org AND tt.id = _record_tool_failure.task_id FOR UPDATE;
     IF NOT FOUND OR t.status <> 'running' OR t.fencing_token IS DISTINCT FROM _record_tool_failure.fencing_token THEN
         RETURN 'stale';
     END IF;
@@ -392,9 +398,11 @@ DECLARE
     cost numeric;
     total record;
     details jsonb;
+    org uuid := ai_agents._task_organization(_record_llm_step.task_id);
 BEGIN
     BEGIN
-        SELECT * INTO t FROM ai_agents.ai_agent_tasks tt WHERE tt.id = _record_llm_step.task_id FOR UPDATE NOWAIT;
+        SELECT * INTO t FROM ai_agents.ai_agent_tasks tt
+         WHERE tt.organization_id = org AND tt.id = _record_llm_step.task_id FOR UPDATE NOWAIT;
     EXCEPTION WHEN lock_not_available THEN
         status := 'busy';
         RETURN NEXT;
@@ -411,14 +419,14 @@ BEGIN
         RETURN NEXT;
         RETURN;
     END IF;
-    SELECT * INTO v FROM ai_agents.ai_agent_versions vv WHERE vv.id = t.agent_version_id;
+    SELECT * INTO v FROM ai_agents.ai_agent_versions vv WHERE vv.organization_id = org AND vv.id = t.agent_version_id;
     -- After the tool steps of the previous reply, which leave the task row alone.
     n := greatest(t.step_count, (SELECT max(s.step_number) FROM ai_agents.ai_agent_task_steps s
                                   WHERE s.organization_id = t.organization_id AND s.task_id = t.id)) + 1;
     cost := ai_agents._llm_cost_usd(v.provider, _record_llm_step.model, _record_llm_step.input_tokens,
                                     _record_llm_step.output_tokens, _record_llm_step.cached_input_tokens,
                                     _record_llm_step.cache_write_tokens);
-    details := jsonb_build_object('step_number', n, 'request_id', _record_llm_step.request_id,
+    details := jsonb_build_object('step_number', n, 'request_id', _record_llm_step.request_id, 'worker', t.locked_by,
                                   'model', _record_llm_step.model,
                                   'input_tokens', _record_llm_step.input_tokens,
                                   'output_tokens', _record_llm_step.output_tokens,
@@ -454,7 +462,7 @@ BEGIN
     END IF;
     UPDATE ai_agents.ai_agent_tasks tt
        SET step_count = n, tokens_used = total.tokens, cost_usd = total.cost, budget_reserved_usd = NULL
-     WHERE tt.id = t.id;
+     WHERE tt.organization_id = org AND tt.id = t.id;
     IF calls > 0 AND total.llm_calls >= v.max_steps THEN
         PERFORM ai_agents.fail_task(t.id, t.fencing_token,
             format('max_steps_exceeded: the model still called tools after %s LLM calls, the version''s max_steps', total.llm_calls),
@@ -500,15 +508,22 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+    -- Computed first: Citus takes no subquery or volatile function in this UPDATE
+    -- (docs/distributed.md#claiming).
+    org uuid := ai_agents._task_organization(_continue_task.task_id);
+    at timestamptz := now();
+    steps integer := (SELECT max(s.step_number) FROM ai_agents.ai_agent_task_steps s
+                       WHERE s.organization_id = org AND s.task_id = _continue_task.task_id);
 BEGIN
     UPDATE ai_agents.ai_agent_tasks t
        SET status = 'pending',
-           next_run_at = CASE WHEN t.schedule_cron IS NULL THEN least(t.created_at, now()) ELSE now() END,
+           next_run_at = CASE WHEN t.schedule_cron IS NULL THEN least(t.created_at, at) ELSE at END,
            attempts = greatest(t.attempts - 1, 0),
-           step_count = (SELECT max(s.step_number) FROM ai_agents.ai_agent_task_steps s
-                          WHERE s.organization_id = t.organization_id AND s.task_id = t.id),
+           step_count = steps,
            locked_by = NULL, lease_expires_at = NULL
-     WHERE t.id = _continue_task.task_id AND t.status = 'running' AND t.fencing_token = _continue_task.fencing_token;
+     WHERE t.organization_id = org AND t.id = _continue_task.task_id AND t.status = 'running'
+       AND t.fencing_token = _continue_task.fencing_token;
     RETURN FOUND;
 END
 $$;

@@ -33,7 +33,10 @@ $$;
 -- agent version's settings and, for a conversation task, its newest messages, oldest first:
 -- at most history_limit of them and ai_agents.history_max_bytes of content (the newest one
 -- always), so that no conversation can grow a call beyond what a request may hold.
-CREATE OR REPLACE FUNCTION ai_agents._claim_llm_calls(worker text, max_calls integer, lease interval, history_limit integer)
+-- organizations: as for claim_due_tasks (under Citus, those of one shard).
+DROP FUNCTION IF EXISTS ai_agents._claim_llm_calls(text, integer, interval, integer);
+CREATE OR REPLACE FUNCTION ai_agents._claim_llm_calls(worker text, max_calls integer, lease interval, history_limit integer,
+                                          organizations uuid[] DEFAULT NULL)
 RETURNS TABLE (task_id uuid, fencing_token bigint, provider text, model text, system_prompt text,
                temperature float8, max_tokens integer, title text, description text, input jsonb,
                history jsonb, agent_id uuid, organization_id uuid, base_url text, tools jsonb,
@@ -45,13 +48,32 @@ AS $$
 DECLARE
     max_bytes bigint := pg_catalog.pg_size_bytes(current_setting('ai_agents.history_max_bytes'));
     claimed ai_agents.ai_agent_tasks[];
+    owners uuid[];
+    looping uuid[];
+    declared jsonb;
 BEGIN
     -- The claim first, in a statement of its own. It sees tasks committed up to its own
     -- statements' snapshots, later than this function's; a conversation's newest message was
     -- committed with its task, so only a statement that starts after the claim is sure to see
     -- it (in one statement, a message sent just then was missing from its own reply's call).
     claimed := ARRAY(SELECT c FROM ai_agents.claim_due_tasks(_claim_llm_calls.worker, _claim_llm_calls.max_calls,
-                                                             _claim_llm_calls.lease) c);
+                                                             _claim_llm_calls.lease, _claim_llm_calls.organizations) c);
+    -- Every statement below names the claimed tasks' organizations (docs/distributed.md#statements).
+    owners := ARRAY(SELECT DISTINCT t.organization_id FROM unnest(claimed) t);
+    -- An agent with tools or an output schema runs the loop: the declarations of its
+    -- organization's tools, asked apart from the query below, which Citus runs on the shard,
+    -- where a function reading distributed tables cannot run.
+    looping := ARRAY(SELECT DISTINCT v.organization_id
+                       FROM unnest(claimed) t
+                       JOIN ai_agents.ai_agent_versions v
+                         ON v.organization_id = ANY (owners) AND v.organization_id = t.organization_id
+                        AND v.id = t.agent_version_id
+                      WHERE cardinality(v.tools) > 0 OR v.output_schema IS NOT NULL);
+    SELECT jsonb_object_agg(o, (SELECT jsonb_object_agg(tl.name, jsonb_build_object(
+                                           'name', tl.name, 'description', tl.description, 'parameters', tl.parameters))
+                                  FROM ai_agents._tools_of(o) tl))
+      INTO declared
+      FROM unnest(looping) o;
     RETURN QUERY
     SELECT t.id, t.fencing_token, v.provider, v.model, v.system_prompt, v.temperature::float8,
            v.max_tokens, t.title, t.description, t.input,
@@ -62,21 +84,20 @@ BEGIN
                                sum(octet_length(newest.content)) OVER w AS bytes,
                                row_number() OVER w AS n
                           FROM (SELECT * FROM ai_agents.ai_agent_messages mm
-                                 WHERE mm.conversation_id = t.conversation_id AND mm.role IN ('user', 'assistant')
+                                 WHERE mm.organization_id = ANY (owners) AND mm.organization_id = t.organization_id
+                                   AND mm.conversation_id = t.conversation_id AND mm.role IN ('user', 'assistant')
                                  ORDER BY mm.created_at DESC, mm.id DESC
                                  LIMIT _claim_llm_calls.history_limit) newest
                         WINDOW w AS (ORDER BY newest.created_at DESC, newest.id DESC)) m
                  WHERE m.bytes <= max_bytes OR m.n = 1)
            END,
            t.agent_id, t.organization_id, v.config ->> 'base_url',
-           -- An agent with tools or an output schema runs the loop: the tools' declarations,
-           -- in the version's order (one no longer registered is left out; a call of it is
-           -- refused), and the run's steps so far.
+           -- The loop's tools in the version's order (one no longer registered is left out; a
+           -- call of it is refused), and the run's steps so far.
            CASE WHEN cardinality(v.tools) > 0 OR v.output_schema IS NOT NULL THEN
-               (SELECT coalesce(jsonb_agg(jsonb_build_object('name', tl.name, 'description', tl.description,
-                                                             'parameters', tl.parameters) ORDER BY n.i), '[]')
+               (SELECT coalesce(jsonb_agg(declared -> t.organization_id::text -> n.name ORDER BY n.i), '[]')
                   FROM unnest(v.tools) WITH ORDINALITY n(name, i)
-                  JOIN ai_agents._tools_of(t.organization_id) tl ON tl.name = n.name)
+                 WHERE declared -> t.organization_id::text ? n.name)
            END,
            CASE WHEN cardinality(v.tools) > 0 OR v.output_schema IS NOT NULL THEN
                (SELECT coalesce(jsonb_agg(jsonb_build_object('step_number', s.step_number, 'kind', s.kind,
@@ -85,13 +106,14 @@ BEGIN
                                                              'result', s.result, 'error', s.error)
                                           ORDER BY s.step_number), '[]')
                   FROM ai_agents.ai_agent_task_steps s
-                 WHERE s.organization_id = t.organization_id AND s.task_id = t.id
-                   AND s.step_number >= t.run_first_step)
+                 WHERE s.organization_id = ANY (owners) AND s.organization_id = t.organization_id
+                   AND s.task_id = t.id AND s.step_number >= t.run_first_step)
            END,
            v.output_schema
       FROM unnest(claimed) t
       -- No version (it was deleted behind the extension's back): the worker fails the task.
-      LEFT JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
+      LEFT JOIN ai_agents.ai_agent_versions v
+        ON v.organization_id = ANY (owners) AND v.organization_id = t.organization_id AND v.id = t.agent_version_id;
 END
 $$;
 
@@ -112,18 +134,30 @@ AS $$
 DECLARE
     stale record;
     live record;
+    costs numeric[];
+    -- The statements below name the tasks' organizations (docs/distributed.md#statements); the
+    -- worker records the replies of one shard's tasks at a time.
+    owners uuid[] := ARRAY(SELECT DISTINCT t.organization_id FROM ai_agents.ai_agent_tasks t
+                            WHERE t.id = ANY (_record_llm_reply_batch.task_ids));
 BEGIN
     -- Locked first (in one order, as every batch is), so that a run found current stays so
     -- until it is completed.
     -- NOWAIT: a row another session holds makes the batch fail at once (55P03), and
     -- _record_llm_replies reports that reply 'busy' instead of the worker waiting on it.
-    PERFORM FROM ai_agents.ai_agent_tasks t WHERE t.id = ANY (_record_llm_reply_batch.task_ids) ORDER BY t.id FOR UPDATE OF t NOWAIT;
+    PERFORM FROM ai_agents.ai_agent_tasks t
+      WHERE t.organization_id = ANY (owners) AND t.id = ANY (_record_llm_reply_batch.task_ids)
+      ORDER BY t.id FOR UPDATE OF t NOWAIT;
     SELECT array_agg(g.id ORDER BY g.i) AS ids, array_agg(g.token ORDER BY g.i) AS tokens,
            array_agg(g.content ORDER BY g.i) AS contents,
            array_agg(least(g.input::numeric + g.output, 2147483647)::integer ORDER BY g.i) AS tokens_used,
-           array_agg(ai_agents._llm_cost_usd(v.provider, g.model, g.input, g.output, g.cached, g.written) ORDER BY g.i) AS costs,
+           -- Priced below: Citus runs this query on the shard, where a function reading the
+           -- (reference) price table cannot run.
+           array_agg(v.provider ORDER BY g.i) AS providers, array_agg(g.model ORDER BY g.i) AS models,
+           array_agg(g.input ORDER BY g.i) AS inputs, array_agg(g.output ORDER BY g.i) AS outputs,
+           array_agg(g.cached ORDER BY g.i) AS cached, array_agg(g.written ORDER BY g.i) AS written,
            array_agg(g.ms ORDER BY g.i) AS times,
-           array_agg(jsonb_build_object('request_id', g.request_id, 'model', g.model,
+           -- The worker that claimed the run (under Citus, its node's: docs/distributed.md).
+           array_agg(jsonb_build_object('request_id', g.request_id, 'worker', t.locked_by, 'model', g.model,
                                         'input_tokens', g.input, 'output_tokens', g.output,
                                         'cached_input_tokens', g.cached, 'cache_write_tokens', g.written) ORDER BY g.i) AS details,
            array_agg(least(g.output, 2147483647)::integer ORDER BY g.i) AS output_tokens
@@ -133,10 +167,12 @@ BEGIN
                   _record_llm_reply_batch.cached_input_tokens, _record_llm_reply_batch.cache_write_tokens,
                   _record_llm_reply_batch.models, _record_llm_reply_batch.request_ids,
                   _record_llm_reply_batch.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, cached, written, model, request_id, ms, i)
-      JOIN ai_agents.ai_agent_tasks t ON t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
+      JOIN ai_agents.ai_agent_tasks t
+        ON t.organization_id = ANY (owners) AND t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
       -- A version deleted behind the extension's back during the call: the reply is kept, at
       -- no known price.
-      LEFT JOIN ai_agents.ai_agent_versions v ON v.id = t.agent_version_id;
+      LEFT JOIN ai_agents.ai_agent_versions v
+        ON v.organization_id = ANY (owners) AND v.organization_id = t.organization_id AND v.id = t.agent_version_id;
     FOR stale IN
         SELECT g.id, g.token, g.request_id
           FROM unnest(_record_llm_reply_batch.task_ids, _record_llm_reply_batch.fencing_tokens,
@@ -155,11 +191,15 @@ BEGIN
     IF live.ids IS NULL THEN
         RETURN;
     END IF;
+    costs := ARRAY(SELECT ai_agents._llm_cost_usd(c.provider, c.model, c.input, c.output, c.cached, c.written)
+                     FROM unnest(live.providers, live.models, live.inputs, live.outputs, live.cached, live.written)
+                          WITH ORDINALITY AS c(provider, model, input, output, cached, written, i)
+                    ORDER BY c.i);
     RETURN QUERY
     WITH completed AS (
         SELECT c.id, c.status, c.conversation_id, c.organization_id, c.output, m.tokens
           FROM ai_agents.complete_tasks(live.ids, live.tokens, live.contents, NULL,
-                                        live.tokens_used, live.costs, live.times, live.details)
+                                        live.tokens_used, costs, live.times, live.details)
                WITH ORDINALITY c
           JOIN unnest(live.output_tokens) WITH ORDINALITY AS m(tokens, i) ON m.i = c.ordinality
     ), said AS (
@@ -230,9 +270,11 @@ AS $$
 #variable_conflict use_column
 DECLARE
     t ai_agents.ai_agent_tasks;
+    org uuid := ai_agents._task_organization(_record_llm_failure.task_id);
 BEGIN
     -- As for replies: a task row another session holds is 'busy', offered again next turn.
-    PERFORM FROM ai_agents.ai_agent_tasks tt WHERE tt.id = _record_llm_failure.task_id FOR UPDATE NOWAIT;
+    PERFORM FROM ai_agents.ai_agent_tasks tt
+      WHERE tt.organization_id = org AND tt.id = _record_llm_failure.task_id FOR UPDATE NOWAIT;
     -- A 429 with Retry-After has paused the credential that was refused before this runs
     -- (src/worker/credential.rs): claim_due_tasks holds back the tasks that would use it.
     t := ai_agents.fail_task(_record_llm_failure.task_id, _record_llm_failure.fencing_token,
@@ -260,33 +302,95 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+    t ai_agents.ai_agent_tasks;
+    org uuid := ai_agents._task_organization(_log_discarded_result.task_id);
 BEGIN
+    -- Its values first: Citus takes no subquery inside INSERT ... VALUES.
+    SELECT * INTO t FROM ai_agents.ai_agent_tasks tt
+     WHERE tt.organization_id = org AND tt.id = _log_discarded_result.task_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
     INSERT INTO ai_agents.ai_agent_activity_log
         (organization_id, agent_id, task_id, action_type, success, attempt, error, details)
-    SELECT t.organization_id, t.agent_id, t.id, 'result_discarded', false, t.attempts,
-           _log_discarded_result.reason,
-           jsonb_build_object('fencing_token', _log_discarded_result.fencing_token,
-                              'request_id', _log_discarded_result.request_id)
-      FROM ai_agents.ai_agent_tasks t WHERE t.id = _log_discarded_result.task_id;
+    VALUES (t.organization_id, t.agent_id, t.id, 'result_discarded', false, t.attempts,
+            _log_discarded_result.reason,
+            jsonb_build_object('fencing_token', _log_discarded_result.fencing_token,
+                               'request_id', _log_discarded_result.request_id));
 END
 $$;
 
 -- Runs cut short by a crash or restart of the worker (tasks locked by an earlier incarnation of
--- it; there is one worker per server) are rescued when it starts, not only when their leases run
--- out. Returns how many.
+-- it: a worker's name is ai_agents-worker-<server>-<pid>, and there is one worker per server)
+-- have their leases ended when it starts, not only when they run out: the claim that follows
+-- rescues them (every claim rescues its organizations' expired leases first). Returns how many.
 CREATE OR REPLACE FUNCTION ai_agents._release_orphaned_runs(current_worker text) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     orphaned integer;
+    -- Under Citus the other nodes' workers are alive: only this server's earlier ones count.
+    this_server text := left(current_worker, length(current_worker) - strpos(reverse(current_worker), '-') + 1);
+    ended timestamptz := now() - interval '1 microsecond';
 BEGIN
     UPDATE ai_agents.ai_agent_tasks
-       SET lease_expires_at = now() - interval '1 microsecond'
-     WHERE status = 'running' AND locked_by LIKE 'ai_agents-worker-%' AND locked_by <> current_worker;
+       SET lease_expires_at = ended
+     WHERE status = 'running' AND starts_with(locked_by, this_server) AND locked_by <> current_worker;
     GET DIAGNOSTICS orphaned = ROW_COUNT;
-    PERFORM ai_agents.rescue_expired_leases();
     RETURN orphaned;
+END
+$$;
+
+-- What this server's worker claims or prunes for, one call per row: on one server every
+-- organization (a single row of NULLs); under Citus, for each shard of tasks placed on this
+-- node, its organizations (docs/distributed.md#the-worker-on-each-node): with due tasks or
+-- expired leases when `due`, else every one with an agent. Shards are read directly, on their
+-- own node, so no other node's tasks are ever claimed here; the claim itself, a router query to
+-- the shard's placement, decides which tasks it takes.
+CREATE OR REPLACE FUNCTION ai_agents._local_scopes(due boolean)
+RETURNS TABLE (shard bigint, organizations uuid[])
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    placed record;
+BEGIN
+    IF NOT ai_agents._is_distributed('ai_agents.ai_agent_tasks') THEN
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- Citus's catalogs, named only where Citus is known to be installed. A task shard's agents
+    -- are in the agents shard of the same hash range (the tables are co-located).
+    FOR placed IN EXECUTE
+        'SELECT t.shardid AS tasks, a.shardid AS agents
+           FROM pg_catalog.pg_dist_shard t
+           JOIN pg_catalog.pg_dist_placement p ON p.shardid = t.shardid
+           JOIN pg_catalog.pg_dist_shard a ON a.logicalrelid = ''ai_agents.ai_agents''::regclass
+                                          AND a.shardminvalue = t.shardminvalue
+          WHERE t.logicalrelid = ''ai_agents.ai_agent_tasks''::regclass
+            AND p.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group)
+          ORDER BY t.shardid'
+    LOOP
+        shard := placed.tasks;
+        IF due THEN
+            EXECUTE format('SELECT array_agg(DISTINCT t.organization_id) FROM ai_agents.%I t
+                             WHERE (t.status IN (''pending'', ''completed'', ''failed'') AND t.next_run_at IS NOT NULL
+                                    AND NOT t.paused AND t.next_run_at <= now())
+                                OR t.lease_expires_at < now()',
+                           'ai_agent_tasks_' || placed.tasks)
+                INTO organizations;
+        ELSE
+            EXECUTE format('SELECT array_agg(DISTINCT a.organization_id) FROM ai_agents.%I a',
+                           'ai_agents_' || placed.agents)
+                INTO organizations;
+        END IF;
+        IF organizations IS NOT NULL THEN
+            RETURN NEXT;
+        END IF;
+    END LOOP;
 END
 $$;
 
@@ -323,8 +427,9 @@ CREATE OR REPLACE TRIGGER ai_agent_tasks_wake_worker
     AFTER INSERT OR UPDATE OF next_run_at, status ON ai_agents.ai_agent_tasks
     FOR EACH STATEMENT EXECUTE FUNCTION ai_agents._wake_worker_on_change();
 
-REVOKE ALL ON FUNCTION ai_agents._claim_llm_calls(text, integer, interval, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents._claim_llm_calls(text, integer, interval, integer, uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents._record_llm_replies(uuid[], bigint[], text[], bigint[], bigint[], bigint[], bigint[], text[], text[], integer[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents._record_llm_failure(uuid, bigint, text, integer, bigint, boolean, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents.run_scheduler_once(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents._release_orphaned_runs(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents._local_scopes(boolean) FROM PUBLIC;

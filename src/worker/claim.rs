@@ -3,6 +3,7 @@
 //! in `Statements::claim` (statements.rs).
 use super::credential;
 use super::pool::Job;
+use super::scope::Scope;
 use super::secrets::Keys;
 use super::statements::Statements;
 use super::steps::{self, NumberedCalls, ToolRun};
@@ -10,7 +11,7 @@ use crate::fair_claim;
 use crate::llm;
 use crate::settings::{self, HISTORY_LIMIT, HTTP_TIMEOUT_S, LEASE_S};
 use pgrx::prelude::*;
-use pgrx::spi::{SpiHeapTupleData, SpiResult};
+use pgrx::spi::{SpiClient, SpiHeapTupleData, SpiResult};
 use std::time::Duration;
 
 /// The timeouts of one call, from ai_agents.http_timeout.
@@ -29,20 +30,68 @@ fn lease() -> Duration {
 }
 
 /// Claims up to `free` tasks and turns them into jobs; a task whose run stopped between a
-/// reply and its tool calls gets those calls to run instead of a call.
+/// reply and its tool calls gets those calls to run instead of a call. On one server that is
+/// one claim; under Citus one per shard of this node with work (_local_scopes), each asking
+/// for an equal share of `free` first, then those that filled their share for what is left.
 pub fn claim(st: &Statements, worker: &str, free: usize) -> (Vec<Job>, Vec<ToolRun>) {
-    let free = i32::try_from(free).unwrap_or(i32::MAX);
-    let lease = lease().as_secs_f64();
-    let history = HISTORY_LIMIT.get();
-    let allowlist = settings::text(&settings::ALLOWED_BASE_URLS);
     Spi::connect(|client| {
-        let mut jobs = vec![];
-        let mut runs = vec![];
-        let mut keys = Keys::default();
+        let mut claimed = Claims::default();
+        let scopes = client
+            .select(&st.scopes, None, &[true.into()])?
+            .map(|row| Scope::decode(&row))
+            .collect::<SpiResult<Vec<Scope>>>()?;
+        let share = free.div_ceil(scopes.len().max(1));
+        let mut filled = vec![];
+        for scope in scopes {
+            let asked = share.min(free - claimed.count());
+            if asked > 0 && claimed.claim(client, st, worker, asked, &scope)? == asked {
+                filled.push(scope);
+            }
+        }
+        for scope in filled {
+            let asked = free - claimed.count();
+            if asked > 0 {
+                claimed.claim(client, st, worker, asked, &scope)?;
+            }
+        }
+        Ok::<_, pgrx::spi::Error>((claimed.jobs, claimed.runs))
+    })
+    .unwrap_or_else(|e| error!("{e}"))
+}
+
+#[derive(Default)]
+struct Claims {
+    jobs: Vec<Job>,
+    runs: Vec<ToolRun>,
+    keys: Keys,
+}
+
+impl Claims {
+    fn count(&self) -> usize {
+        self.jobs.len() + self.runs.len()
+    }
+
+    /// Claims up to `asked` tasks of `scope`; returns how many it took.
+    fn claim(
+        &mut self,
+        client: &SpiClient,
+        st: &Statements,
+        worker: &str,
+        asked: usize,
+        scope: &Scope,
+    ) -> SpiResult<usize> {
+        let before = self.count();
+        let allowlist = settings::text(&settings::ALLOWED_BASE_URLS);
         for row in client.select(
             &st.claim,
             None,
-            &[worker.into(), free.into(), lease.into(), history.into()],
+            &[
+                worker.into(),
+                i32::try_from(asked).unwrap_or(i32::MAX).into(),
+                lease().as_secs_f64().into(),
+                HISTORY_LIMIT.get().into(),
+                scope.organizations.clone().into(),
+            ],
         )? {
             let claimed = Claimed::decode(&row)?;
             let looped = claimed.tools.is_some();
@@ -54,7 +103,7 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> (Vec<Job>, Vec<ToolR
                     if let Some(reservation) = fair_claim::reservation(&claimed.task_id) {
                         crate::ratelimit::settle(&reservation, 0);
                     }
-                    runs.push(ToolRun {
+                    self.runs.push(ToolRun {
                         task_id: claimed.task_id,
                         fencing_token: claimed.fencing_token,
                         calls: pending,
@@ -67,7 +116,7 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> (Vec<Job>, Vec<ToolR
                     match llm::check_base_url(&base_url, &allowlist) {
                         Err(refused) => Err(refused),
                         Ok(()) => Ok(llm::Request {
-                            api_key: keys.get(
+                            api_key: self.keys.get(
                                 client,
                                 provider,
                                 &claimed.agent_id,
@@ -86,20 +135,20 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> (Vec<Job>, Vec<ToolR
                     }
                 }
             };
-            jobs.push(Job {
+            self.jobs.push(Job {
                 pass: None,
                 looped,
                 output_schema: claimed.output_schema,
                 reservation: fair_claim::reservation(&claimed.task_id),
                 task_id: claimed.task_id,
                 fencing_token: claimed.fencing_token,
+                shard: scope.shard,
                 call,
                 timeouts: timeouts(),
             });
         }
-        Ok::<_, pgrx::spi::Error>((jobs, runs))
-    })
-    .unwrap_or_else(|e| error!("{e}"))
+        Ok(self.count() - before)
+    }
 }
 
 /// One row of claim_llm_calls, read by column name.

@@ -12,6 +12,7 @@ mod pool;
 mod prune;
 mod record;
 mod scheduled_reports;
+mod scope;
 mod secrets;
 mod statements;
 mod steps;
@@ -80,8 +81,11 @@ pub extern "C-unwind" fn ai_agents_worker_main(_arg: pg_sys::Datum) {
         .unwrap_or_else(|e| error!("ai_agents worker: setting its search_path failed: {e}"));
     apply_session_settings();
     wake::publish_my_latch();
-    // SAFETY: reading this process's pid.
-    let name = format!("ai_agents-worker-{}", unsafe { pg_sys::MyProcPid });
+    // Named by server and process: under Citus every node runs a worker, and a worker that
+    // starts ends the leases of its own server's earlier incarnations only.
+    // SAFETY: reading this server's system identifier and this process's pid.
+    let (server, pid) = unsafe { (pg_sys::GetSystemIdentifier(), pg_sys::MyProcPid) };
+    let name = format!("ai_agents-worker-{server}-{pid}");
     let size = usize::try_from(MAX_CONCURRENT_CALLS.get())
         .unwrap_or(1)
         .max(1);

@@ -18,6 +18,9 @@ pub struct Job {
     pub output_schema: Option<serde_json::Value>,
     pub task_id: String,
     pub fencing_token: i64,
+    /// The shard of the task under Citus (None on one server): its reply is recorded with
+    /// those of its shard.
+    pub shard: Option<i64>,
     /// The request to send, or why none is sent (its row cannot be turned into a call, its
     /// base URL is not allowed): then that is the outcome.
     pub call: Result<llm::Request, llm::Failure>,
@@ -32,6 +35,7 @@ pub struct Done {
     pub output_schema: Option<serde_json::Value>,
     pub task_id: String,
     pub fencing_token: i64,
+    pub shard: Option<i64>,
     pub outcome: Result<llm::Reply, llm::Failure>,
     pub elapsed: Duration,
     /// What the call was made with (None: no call was made); a 429 pauses it.
@@ -151,6 +155,7 @@ fn serve(jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake_write: RawFd) {
             output_schema: job.output_schema,
             task_id: job.task_id,
             fencing_token: job.fencing_token,
+            shard: job.shard,
             outcome,
             elapsed: started.elapsed(),
             credential: job.call.as_ref().ok().map(Credential::of),

@@ -33,8 +33,9 @@ impl Recorded {
     }
 }
 
-/// Records the finished calls. The replies are recorded together, in one statement (see
-/// _record_llm_replies), but those of the agent loop, each stored as a step; the failures,
+/// Records the finished calls. The replies are recorded together, in one statement per shard
+/// (see _record_llm_replies; one on one server), but those of the agent loop, each stored as a
+/// step; the failures,
 /// rarer and each with its own retry decision, one by one. An ERROR ends the caller's
 /// transaction, and nothing of it is kept.
 pub fn record(st: &Statements, finished: &[Done]) -> Recorded {
@@ -73,36 +74,16 @@ pub fn record(st: &Statements, finished: &[Done]) -> Recorded {
             Step::Ended => {}
         }
     }
-    if !replies.is_empty() {
-        let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        Spi::connect(|client| {
-            let rows = client.select(
-                &st.replies,
-                None,
-                &[
-                    column(&replies, |d, _| d.task_id.as_str()).into(),
-                    column(&replies, |d, _| d.fencing_token).into(),
-                    column(&replies, |_, r| r.content.as_str()).into(),
-                    column(&replies, |_, r| tokens(r.input_tokens)).into(),
-                    column(&replies, |_, r| tokens(r.output_tokens)).into(),
-                    column(&replies, |_, r| tokens(r.cached_input_tokens)).into(),
-                    column(&replies, |_, r| tokens(r.cache_write_tokens)).into(),
-                    column(&replies, |_, r| r.model.as_str()).into(),
-                    column(&replies, |_, r| r.request_id.as_deref()).into(),
-                    column(&replies, |d, _| elapsed_ms(d)).into(),
-                ],
-            )?;
-            for row in rows {
-                let task = row.get::<String>(1)?.unwrap_or_default();
-                match row.get::<String>(2)?.as_deref() {
-                    Some("completed") => completed.insert(task),
-                    Some("busy") => busy.insert(task),
-                    _ => false,
-                };
-            }
-            Ok::<_, pgrx::spi::SpiError>(())
-        })
-        .unwrap_or_else(|e| error!("recording {} replies failed: {e}", replies.len()));
+    let mut shards: Vec<Option<i64>> = replies.iter().map(|(done, _)| done.shard).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    for shard in shards {
+        let of_shard: Replies = replies
+            .iter()
+            .filter(|(done, _)| done.shard == shard)
+            .copied()
+            .collect();
+        record_replies(st, &of_shard, &mut completed, &mut busy);
     }
     for done in finished {
         let Err(failure) = &done.outcome else {
@@ -153,6 +134,44 @@ pub fn record(st: &Statements, finished: &[Done]) -> Recorded {
         busy,
         tool_runs,
     }
+}
+
+/// Records `replies` (of one shard's tasks) in one statement.
+fn record_replies(
+    st: &Statements,
+    replies: &Replies,
+    completed: &mut HashSet<String>,
+    busy: &mut HashSet<String>,
+) {
+    let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    Spi::connect(|client| {
+        let rows = client.select(
+            &st.replies,
+            None,
+            &[
+                column(replies, |d, _| d.task_id.as_str()).into(),
+                column(replies, |d, _| d.fencing_token).into(),
+                column(replies, |_, r| r.content.as_str()).into(),
+                column(replies, |_, r| tokens(r.input_tokens)).into(),
+                column(replies, |_, r| tokens(r.output_tokens)).into(),
+                column(replies, |_, r| tokens(r.cached_input_tokens)).into(),
+                column(replies, |_, r| tokens(r.cache_write_tokens)).into(),
+                column(replies, |_, r| r.model.as_str()).into(),
+                column(replies, |_, r| r.request_id.as_deref()).into(),
+                column(replies, |d, _| elapsed_ms(d)).into(),
+            ],
+        )?;
+        for row in rows {
+            let task = row.get::<String>(1)?.unwrap_or_default();
+            match row.get::<String>(2)?.as_deref() {
+                Some("completed") => completed.insert(task),
+                Some("busy") => busy.insert(task),
+                _ => false,
+            };
+        }
+        Ok::<_, pgrx::spi::SpiError>(())
+    })
+    .unwrap_or_else(|e| error!("recording {} replies failed: {e}", replies.len()));
 }
 
 /// Finished calls with their replies.

@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiResult};
 
 pub struct Statements {
+    pub scopes: OwnedPreparedStatement,
     pub claim: OwnedPreparedStatement,
     pub replies: OwnedPreparedStatement,
     pub failure: OwnedPreparedStatement,
@@ -33,13 +34,14 @@ impl Statements {
                 Ok(client.prepare_mut(sql, types)?.keep())
             };
             Ok(Statements {
+                scopes: keep(super::scope::SCOPES, &[boolean])?,
                 // Decoded by these names in claim.rs.
                 claim: keep(
                     "SELECT task_id::text, fencing_token, provider, model, system_prompt, temperature, \
                             max_tokens, title, description, input::text, history::text, agent_id::text, \
                             organization_id::text, base_url, tools, steps::text, output_schema \
-                       FROM ai_agents._claim_llm_calls($1, $2, make_interval(secs => $3), $4)",
-                    &[text, int4, float8, int4],
+                       FROM ai_agents._claim_llm_calls($1, $2, make_interval(secs => $3), $4, $5::uuid[])",
+                    &[text, int4, float8, int4, texts],
                 )?,
                 replies: keep(
                     "SELECT task_id::text, status \

@@ -408,3 +408,184 @@ fn without_citus_the_functions_that_take_arrays_keep_generic_plans() {
         ]
     );
 }
+
+/// The server a worker runs on, from its name (ai_agents-worker-<system identifier>-<pid>).
+fn server_of(worker: &str) -> String {
+    worker.rsplit('-').nth(1).unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_worker_on_every_node_runs_the_tasks_of_its_own_shards_exactly_once() {
+    let stub = ai_agents_tests::stub::Stub::start();
+    let settings = [
+        format!(
+            "ai_agents.database = '{}'",
+            ai_agents_tests::citus::DATABASE
+        ),
+        "ai_agents.worker_enabled = on".to_string(),
+        format!("ai_agents.openai_base_url = '{}'", stub.base_url),
+        format!("ai_agents.allowed_base_urls = '{}'", stub.base_url),
+        "ai_agents.openai_api_key = 'sk-distributed'".to_string(),
+        "ai_agents.rate_limit_global_per_minute = 1000000".to_string(),
+        "ai_agents.rate_limit_organization_per_minute = 1000000".to_string(),
+        "ai_agents.rate_limit_agent_per_minute = 1000000".to_string(),
+    ];
+    let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+    let cluster = CitusCluster::start("node-workers", 2, &settings);
+    let mut c = cluster.connect();
+    // Twenty gyms; the first agent runs the loop with the built-in current_time tool.
+    c.batch_execute(
+        "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model)
+         SELECT gen_random_uuid(), 'front desk ' || g, 'customer_care', 'gpt-4o-mini'
+           FROM generate_series(1, 20) g;
+         UPDATE ai_agents.ai_agents SET tools = ARRAY['current_time'] WHERE name = 'front desk 1';
+         SELECT count(*) FROM ai_agents.distribute(8);",
+    )
+    .expect("agents, then distributing");
+    stub.set_call_first_tool(true);
+    // Tasks and conversations after distributing, each through its own call (a call per row
+    // of a query over a distributed table would run on the shards).
+    c.batch_execute(
+        "DO $$
+         DECLARE a record;
+         BEGIN
+             FOR a IN SELECT id, name FROM ai_agents.ai_agents ORDER BY name LOOP
+                 FOR g IN 1 .. 5 LOOP
+                     PERFORM ai_agents.enqueue_task(a.id, 'renewals ' || g);
+                 END LOOP;
+                 IF a.name IN ('front desk 2', 'front desk 3') THEN
+                     PERFORM ai_agents.send_message((ai_agents.start_conversation(a.id)).id, 'hello');
+                 END IF;
+             END LOOP;
+         END $$",
+    )
+    .expect("tasks enqueued through the coordinator");
+    let started = std::time::Instant::now();
+    loop {
+        let left: i64 = c
+            .query_one(
+                "SELECT count(*) FROM ai_agents.ai_agent_tasks WHERE status <> 'completed'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(90),
+            "{left} tasks not completed: {:?}",
+            strings(
+                &mut c,
+                "SELECT status || ' ' || coalesce(error_message, '') FROM ai_agents.ai_agent_tasks
+                  WHERE status <> 'completed' LIMIT 5"
+            )
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    println!("102 tasks on 2 nodes completed in {:?}", started.elapsed());
+
+    // Each task completed once, by the worker of the node that holds its shard.
+    let completions: Vec<(String, i64, Option<String>, String)> = c
+        .query(
+            "SELECT t.id::text, count(l.id), min(l.details ->> 'worker'), t.organization_id::text
+               FROM ai_agents.ai_agent_tasks t
+               LEFT JOIN ai_agents.ai_agent_activity_log l
+                 ON l.organization_id = t.organization_id AND l.task_id = t.id AND l.action_type = 'task_completed'
+              GROUP BY t.organization_id, t.id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(completions.len(), 102);
+    let mut port_of = std::collections::HashMap::new();
+    for (_, _, _, org) in &completions {
+        if !port_of.contains_key(org) {
+            let port: i32 = c
+                .query_one(
+                    "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n ON n.groupid = p.groupid
+                      WHERE p.shardid = get_shard_id_for_distribution_column('ai_agents.ai_agent_tasks', $1::text::uuid)",
+                    &[org],
+                )
+                .unwrap()
+                .get(0);
+            port_of.insert(org.clone(), port);
+        }
+    }
+    let server_at = |port: i32| -> String {
+        let node = cluster
+            .workers
+            .iter()
+            .find(|w| i32::from(w.port()) == port)
+            .unwrap_or_else(|| panic!("a shard on port {port}, which is no worker"));
+        node.connect(ai_agents_tests::citus::DATABASE)
+            .query_one(
+                "SELECT system_identifier::text FROM pg_control_system()",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let servers: std::collections::HashMap<i32, String> = cluster
+        .workers
+        .iter()
+        .map(|w| (i32::from(w.port()), server_at(i32::from(w.port()))))
+        .collect();
+    let mut by_server = std::collections::HashMap::new();
+    for (task, times, worker, org) in &completions {
+        let port = &port_of[org];
+        assert_eq!(*times, 1, "task {task} completed {times} times");
+        let worker = worker.as_deref().unwrap_or_default();
+        assert_eq!(
+            server_of(worker),
+            servers[port],
+            "task {task} on the node at {port} was run by {worker}"
+        );
+        *by_server.entry(server_of(worker)).or_insert(0) += 1;
+    }
+    assert_eq!(by_server.len(), 2, "both workers ran tasks: {by_server:?}");
+    println!("tasks run per node: {by_server:?}");
+
+    // The loop: the tool ran as a step on the shard's node, and the answer came after it.
+    let steps: Vec<String> = strings(
+        &mut c,
+        "SELECT s.kind || ' ' || coalesce(s.tool_name, '') || ' ' || (s.error IS NULL)::text
+           FROM ai_agents.ai_agent_task_steps s JOIN ai_agents.ai_agents a
+             ON a.organization_id = s.organization_id AND a.id = s.agent_id
+          WHERE a.name = 'front desk 1' ORDER BY s.task_id, s.step_number",
+    );
+    assert_eq!(steps.len(), 15, "{steps:?}");
+    assert!(
+        steps
+            .chunks(3)
+            .all(|s| s == ["llm  true", "tool current_time true", "llm  true"]),
+        "{steps:?}"
+    );
+    // The conversations got their replies.
+    let replies = strings(
+        &mut c,
+        "SELECT content FROM ai_agents.ai_agent_messages WHERE role = 'assistant' ORDER BY 1",
+    );
+    assert_eq!(replies, ["stub reply to: hello", "stub reply to: hello"]);
+
+    // Pruning names one shard's organizations, as a claim does.
+    let (code, message) = error_of(&mut c, "SELECT ai_agents.prune_history('0 days')");
+    assert_eq!(code, "0A000", "{message}");
+    let org: String = c
+        .query_one(
+            "SELECT organization_id::text FROM ai_agents.ai_agents WHERE name = 'front desk 4'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let pruned: i64 = c
+        .query_one(
+            "SELECT ai_agents.prune_history('0 days', 1000, ARRAY[$1::text::uuid])",
+            &[&org],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(pruned, 10, "5 tasks and their 5 completions");
+}
