@@ -1157,6 +1157,10 @@ BEGIN
            coalesce(array_agg(nextval('ai_agents.fencing_token_seq')), '{}')
       INTO claimable, owners, versions, reserved, tokens
       FROM ai_agents._choose_due_tasks(max_tasks, organizations) c;
+    -- Nothing to claim: no UPDATE, which under Citus would name no shard and go to all of them.
+    IF cardinality(claimable) = 0 THEN
+        RETURN;
+    END IF;
     -- The claimed tasks in one statement: a statement per task cost more in executor start-up
     -- than in the updates themselves. Every value a row's columns do not give is computed
     -- first, and joined by task: Citus takes no volatile function in an UPDATE. The filter on
@@ -2155,9 +2159,9 @@ END
 $$;
 
 -- What this server's worker claims or prunes for, one call per row: on one server every
--- organization (a single row of NULLs); under Citus, for each shard of tasks placed on this
--- node, its organizations (docs/distributed.md#the-worker-on-each-node): with due tasks or
--- expired leases when `due`, else every one with an agent. Shards are read directly, on their
+-- organization (a single row of NULLs); under Citus, each shard of tasks placed on this node
+-- with its organizations (docs/distributed.md#the-worker-on-each-node): those with due tasks
+-- or expired leases when `due` (none: empty), else every one with an agent. Shards are read directly, on their
 -- own node, so no other node's tasks are ever claimed here; the claim itself, a router query to
 -- the shard's placement, decides which tasks it takes.
 CREATE OR REPLACE FUNCTION ai_agents._local_scopes(due boolean)
@@ -2198,10 +2202,28 @@ BEGIN
                            'ai_agents_' || placed.agents)
                 INTO organizations;
         END IF;
-        IF organizations IS NOT NULL THEN
-            RETURN NEXT;
-        END IF;
+        organizations := coalesce(organizations, '{}');
+        RETURN NEXT;
     END LOOP;
+END
+$$;
+
+-- The claims of the last minute of a shard's tasks (NULL: of every task, on one server): what
+-- each one's latest claim was, with its age. A worker counts them in its limiter when it
+-- finds the shard new on its node (moved there, or the worker started), so that an
+-- organization's windows hold across the move (src/worker/scope.rs).
+CREATE OR REPLACE FUNCTION ai_agents._recent_claims(shard bigint)
+RETURNS TABLE (organization_id uuid, agent_id uuid, age_us bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY EXECUTE format(
+        'SELECT t.organization_id, t.agent_id,
+                (extract(epoch FROM clock_timestamp() - t.execution_started_at) * 1000000)::bigint
+           FROM ai_agents.%I t
+          WHERE t.execution_started_at > clock_timestamp() - interval ''1 minute''',
+        CASE WHEN shard IS NULL THEN 'ai_agent_tasks' ELSE 'ai_agent_tasks_' || shard END);
 END
 $$;
 
@@ -2244,6 +2266,7 @@ REVOKE ALL ON FUNCTION ai_agents._record_llm_failure(uuid, bigint, text, integer
 REVOKE ALL ON FUNCTION ai_agents.run_scheduler_once(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents._release_orphaned_runs(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ai_agents._local_scopes(boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents._recent_claims(bigint) FROM PUBLIC;
 
 -- ==== sql/idempotent/budgets.sql
 

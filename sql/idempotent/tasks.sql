@@ -311,6 +311,10 @@ BEGIN
            coalesce(array_agg(nextval('ai_agents.fencing_token_seq')), '{}')
       INTO claimable, owners, versions, reserved, tokens
       FROM ai_agents._choose_due_tasks(max_tasks, organizations) c;
+    -- Nothing to claim: no UPDATE, which under Citus would name no shard and go to all of them.
+    IF cardinality(claimable) = 0 THEN
+        RETURN;
+    END IF;
     -- The claimed tasks in one statement: a statement per task cost more in executor start-up
     -- than in the updates themselves. Every value a row's columns do not give is computed
     -- first, and joined by task: Citus takes no volatile function in an UPDATE. The filter on

@@ -167,7 +167,8 @@ const STILL_DUE: &str = concat!(
 
 /// The activity row of a hold: $1 organization, $2 agent (NULL: the whole organization),
 /// $3 tier, $4 seconds until the limit has room; it counts the due tasks, at most $5, other
-/// than those this claim took ($6).
+/// than those this claim took ($6). (`SELECT 1`: Citus cannot plan an INSERT from a subquery
+/// of no columns.)
 const LOG_HOLD: &str = concat!(
     "INSERT INTO ai_agents.ai_agent_activity_log
          (organization_id, agent_id, action_type, success, error, details)
@@ -175,7 +176,7 @@ const LOG_HOLD: &str = concat!(
             format('%s limit reached; %s due tasks held back for %s s', $3, h.n, round($4::numeric, 1)),
             jsonb_build_object('tier', $3, 'held_back', h.n, 'retry_after_seconds', $4,
                                'by', ai_agents._current_actor())
-       FROM (SELECT count(*) AS n FROM (SELECT FROM ai_agents.ai_agent_tasks t
+       FROM (SELECT count(*) AS n FROM (SELECT 1 FROM ai_agents.ai_agent_tasks t
               WHERE t.organization_id = $1 AND t.agent_id = coalesce($2, t.agent_id) AND ",
     claimable!(),
     " AND t.next_run_at <= now() AND t.id <> ALL ($6) LIMIT $5) d) h"

@@ -576,6 +576,32 @@ fn pause_rate_limit(
     result.or_report()
 }
 
+/// Counts calls this server's limiter did not admit, each of an organization's agent
+/// `age_us` ago, at the organization and agent call tiers: the calls of the last minute of the
+/// organizations of a shard that moved here, or of every organization when the server started,
+/// so that their windows hold across the move or the restart (docs/distributed.md). An
+/// organization the limiter knows already is left alone: it counted its calls itself (the
+/// worker restarted, not the server).
+pub fn count_past_calls(calls: &[(Uuid, Uuid, u64)]) -> Result<(), Error> {
+    shmem::with_table(|table, now| {
+        let known: std::collections::HashSet<Uuid> = calls
+            .iter()
+            .map(|(organization, _, _)| *organization)
+            .filter(|organization| table.knows(key(&tier_key(1, organization, organization))))
+            .collect();
+        calls
+            .iter()
+            .filter(|(organization, _, _)| !known.contains(organization))
+            .try_for_each(|(organization, agent, age_us)| {
+                let keys = tier_keys(organization, agent);
+                let at_us = now.saturating_sub(*age_us);
+                table.count_taken(key(&keys.names[1]), at_us, now)?;
+                table.count_taken(key(&keys.names[2]), at_us, now)
+            })
+    })?
+    .map_err(|retry_after_us| Error::TableFull(interval_us(retry_after_us)))
+}
+
 /// Pauses `name` (over `window_us`) for `ahead_us` from now; a pause already longer stays.
 pub fn pause(name: &str, window_us: u64, ahead_us: u64) -> Result<(), Error> {
     let key = Key { name, window_us };

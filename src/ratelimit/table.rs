@@ -297,21 +297,39 @@ impl<'a> Table<'a> {
     /// Refuses every call on `key` until `until_us` (a provider's Retry-After), or longer when
     /// it is paused longer already.
     pub fn pause(&mut self, key: Key, until_us: u64, now_us: u64) -> Result<(), u64> {
+        let i = self.slot_of(key, now_us)?;
+        // Of two pauses, the longer wins: a shorter Retry-After never shortens one in force.
+        self.slots[i].paused_until_us = self.slots[i].paused_until_us.max(until_us);
+        self.slots[i].last_used_us = now_us;
+        Ok(())
+    }
+
+    pub fn knows(&self, key: Key) -> bool {
+        self.find(key.hash()).is_ok()
+    }
+
+    /// Counts one taken from `key` at `at_us`, a time in its window (a call admitted by
+    /// another server's limiter, or before this one started).
+    pub fn count_taken(&mut self, key: Key, at_us: u64, now_us: u64) -> Result<(), u64> {
+        let i = self.slot_of(key, now_us)?;
+        self.slots[i].window.adjust(now_us, at_us, 1);
+        self.slots[i].last_used_us = now_us;
+        Ok(())
+    }
+
+    /// The slot of `key`, made when it has none; Err: how long until one is free.
+    fn slot_of(&mut self, key: Key, now_us: u64) -> Result<usize, u64> {
         let pinned = Limit::new(key, 0, 0);
         if self.find(pinned.hash).is_err() {
             self.make_room(1, &[pinned], now_us)?;
         }
-        let i = match self.find(pinned.hash) {
+        Ok(match self.find(pinned.hash) {
             Ok(i) => i,
             Err(empty) => {
                 self.insert(empty, new_slot(key, pinned.hash, now_us));
                 empty
             }
-        };
-        // Of two pauses, the longer wins: a shorter Retry-After never shortens one in force.
-        self.slots[i].paused_until_us = self.slots[i].paused_until_us.max(until_us);
-        self.slots[i].last_used_us = now_us;
-        Ok(())
+        })
     }
 
     /// Forgets the keys whose name is `name` (any window), or every key; returns how many.
@@ -485,6 +503,32 @@ mod tests {
             Outcome::Admitted { .. }
         ));
         assert_eq!(t.paused_for(key("provider:openai"), 5_000_000), 0);
+    }
+
+    #[test]
+    fn calls_counted_from_the_past_fill_their_window_and_leave_it_on_time() {
+        let mut store = Store::new(4);
+        let mut t = store.table();
+        let now = 10 * MINUTE;
+        assert!(!t.knows(key("org:moved")));
+        // Two calls another server admitted 50 s and 10 s ago, one from before the window.
+        for ago in [50_000_000, 10_000_000, MINUTE + 1_000_000] {
+            t.count_taken(key("org:moved"), now - ago, now).unwrap();
+        }
+        assert!(t.knows(key("org:moved")));
+        let Outcome::Admitted { remaining } = t.check(now, &[limit("org:moved", 3)], true) else {
+            panic!("the third call of three was refused");
+        };
+        assert_eq!(remaining, [0]);
+        let Outcome::Refused { retry_after_us, .. } = t.check(now, &[limit("org:moved", 3)], true)
+        else {
+            panic!("a fourth call within the window was admitted");
+        };
+        // Room again once the call of 50 s ago leaves the window (to a bucket's width).
+        assert!(
+            (9_000_000..=11_000_000).contains(&retry_after_us),
+            "{retry_after_us}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! in `Statements::claim` (statements.rs).
 use super::credential;
 use super::pool::Job;
-use super::scope::Scope;
+use super::scope::{self, Scope};
 use super::secrets::Keys;
 use super::statements::Statements;
 use super::steps::{self, NumberedCalls, ToolRun};
@@ -40,6 +40,8 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> (Vec<Job>, Vec<ToolR
             .select(&st.scopes, None, &[true.into()])?
             .map(|row| Scope::decode(&row))
             .collect::<SpiResult<Vec<Scope>>>()?;
+        scope::count_calls_of_new_shards(client, &scopes)?;
+        let scopes: Vec<Scope> = scopes.into_iter().filter(Scope::has_work).collect();
         let share = free.div_ceil(scopes.len().max(1));
         let mut filled = vec![];
         for scope in scopes {

@@ -27,7 +27,8 @@ pub fn run_once() -> Instant {
         })
     });
     let mut full = false;
-    for scope in scopes.and_then(Result::ok).unwrap_or_default() {
+    let scopes = scopes.and_then(Result::ok).unwrap_or_default();
+    for scope in scopes.into_iter().filter(Scope::has_work) {
         let deleted = super::step("pruning history", || {
             Spi::connect(|client| {
                 client

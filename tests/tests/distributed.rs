@@ -1,6 +1,7 @@
 //! ai_agents on Citus (docs/distributed.md): `ai_agents.distribute()` on a coordinator and two
 //! workers on loopback, Citus built from ../shared/vendor when the machine does not have it.
 use ai_agents_tests::citus::CitusCluster;
+use ai_agents_tests::stub::Stub;
 use ai_agents_tests::{error_of, fresh_database, strings};
 use postgres::Client;
 
@@ -414,10 +415,10 @@ fn server_of(worker: &str) -> String {
     worker.rsplit('-').nth(1).unwrap_or_default().to_string()
 }
 
-#[test]
-fn a_worker_on_every_node_runs_the_tasks_of_its_own_shards_exactly_once() {
-    let stub = ai_agents_tests::stub::Stub::start();
-    let settings = [
+/// A coordinator and two workers whose background workers run tasks against `stub`, the rate
+/// limits out of the way but for `extra` settings (later lines win).
+fn cluster_with_workers(name: &str, stub: &Stub, extra: &[String]) -> CitusCluster {
+    let mut settings = vec![
         format!(
             "ai_agents.database = '{}'",
             ai_agents_tests::citus::DATABASE
@@ -430,8 +431,15 @@ fn a_worker_on_every_node_runs_the_tasks_of_its_own_shards_exactly_once() {
         "ai_agents.rate_limit_organization_per_minute = 1000000".to_string(),
         "ai_agents.rate_limit_agent_per_minute = 1000000".to_string(),
     ];
+    settings.extend_from_slice(extra);
     let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
-    let cluster = CitusCluster::start("node-workers", 2, &settings);
+    CitusCluster::start(name, 2, &settings)
+}
+
+#[test]
+fn a_worker_on_every_node_runs_the_tasks_of_its_own_shards_exactly_once() {
+    let stub = Stub::start();
+    let cluster = cluster_with_workers("node-workers", &stub, &[]);
     let mut c = cluster.connect();
     // Twenty gyms; the first agent runs the loop with the built-in current_time tool.
     c.batch_execute(
@@ -588,4 +596,210 @@ fn a_worker_on_every_node_runs_the_tasks_of_its_own_shards_exactly_once() {
         .unwrap()
         .get(0);
     assert_eq!(pruned, 10, "5 tasks and their 5 completions");
+}
+
+/// The most of `sorted` (seconds) within any window of `window` seconds.
+fn most_in_any_window(sorted: &[f64], window: f64) -> usize {
+    let mut most = 0;
+    let mut first = 0;
+    for (last, &at) in sorted.iter().enumerate() {
+        while at - sorted[first] >= window {
+            first += 1;
+        }
+        most = most.max(last - first + 1);
+    }
+    most
+}
+
+#[test]
+fn a_hundred_organizations_run_twenty_thousand_tasks_on_their_own_nodes_through_a_shard_move() {
+    const ORGANIZATIONS: i64 = 100;
+    const TASKS_PER_ORGANIZATION: i64 = 200;
+    const ORGANIZATION_LIMIT: usize = 100;
+    let stub = Stub::start();
+    stub.set_default_delay_ms(20);
+    let cluster = cluster_with_workers(
+        "scale",
+        &stub,
+        &[
+            format!("ai_agents.rate_limit_organization_per_minute = {ORGANIZATION_LIMIT}"),
+            "ai_agents.max_concurrent_calls = 16".to_string(),
+        ],
+    );
+    let mut c = cluster.connect();
+    c.execute(
+        "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model)
+         SELECT gen_random_uuid(), 'front desk ' || g, 'customer_care', 'gpt-4o-mini'
+           FROM generate_series(1, $1::int8) g",
+        &[&ORGANIZATIONS],
+    )
+    .unwrap();
+    c.batch_execute("SELECT count(*) FROM ai_agents.distribute(8)")
+        .expect("distributing");
+    let started = std::time::Instant::now();
+    c.execute(
+        "INSERT INTO ai_agents.ai_agent_tasks (organization_id, agent_id, title)
+         SELECT a.organization_id, a.id, 'renewal ' || g FROM ai_agents.ai_agents a, generate_series(1, $1::int8) g",
+        &[&TASKS_PER_ORGANIZATION],
+    )
+    .expect("20,000 tasks, inserted through the coordinator");
+    let total = ORGANIZATIONS * TASKS_PER_ORGANIZATION;
+    let left = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT count(*) FROM ai_agents.ai_agent_tasks WHERE status <> 'completed'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let wait_until = |c: &mut Client, most_left: i64| {
+        while left(c) > most_left {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(900),
+                "{} tasks left after {:?}",
+                left(c),
+                started.elapsed()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    };
+    // Half way through, the first shard group moves to the other worker, with tasks of it
+    // running (claimed on the node it leaves, recorded on the one it moves to).
+    wait_until(&mut c, total / 2);
+    let row = c
+        .query_one(
+            "SELECT s.shardid, n.nodeport,
+                    (SELECT o.nodeport FROM pg_dist_node o WHERE o.shouldhaveshards AND o.nodeport <> n.nodeport)
+               FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n ON n.groupid = p.groupid
+              WHERE s.logicalrelid = 'ai_agents.ai_agent_tasks'::regclass
+              ORDER BY s.shardid LIMIT 1",
+            &[],
+        )
+        .unwrap();
+    let (shard, from, to): (i64, i32, i32) = (row.get(0), row.get(1), row.get(2));
+    let running_when_moved: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agents.ai_agent_tasks WHERE status = 'running'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let move_started: f64 = c
+        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .unwrap()
+        .get(0);
+    c.execute(
+        "SELECT citus_move_shard_placement($1, '127.0.0.1', $2, '127.0.0.1', $3, shard_transfer_mode => 'block_writes')",
+        &[&shard, &from, &to],
+    )
+    .expect("moving a shard group in the middle of the run");
+    let move_ended: f64 = c
+        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .unwrap()
+        .get(0);
+    wait_until(&mut c, 0);
+    let took = started.elapsed();
+
+    // Every task completed exactly once: one completion each, and one attempt.
+    let (tasks, completions, attempts): (i64, i64, i64) = {
+        let row = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM ai_agents.ai_agent_tasks WHERE status = 'completed'),
+                        (SELECT count(*) FROM ai_agents.ai_agent_activity_log WHERE action_type = 'task_completed'),
+                        (SELECT count(DISTINCT task_id) FROM ai_agents.ai_agent_activity_log WHERE action_type = 'task_completed')",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!((tasks, completions, attempts), (total, total, total));
+
+    // Where each task was claimed: the node of the worker that ran it, against the node its
+    // shard was on when it was claimed (the moved group: before, during or after the move).
+    let servers: std::collections::HashMap<String, i32> = cluster
+        .workers
+        .iter()
+        .map(|w| {
+            let server: String = w
+                .connect(ai_agents_tests::citus::DATABASE)
+                .query_one(
+                    "SELECT system_identifier::text FROM pg_control_system()",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            (server, i32::from(w.port()))
+        })
+        .collect();
+    let mut placed = std::collections::HashMap::new();
+    let organizations = strings(
+        &mut c,
+        "SELECT organization_id::text FROM ai_agents.ai_agents",
+    );
+    for org in &organizations {
+        let row = c
+            .query_one(
+                "SELECT get_shard_id_for_distribution_column('ai_agents.ai_agent_tasks', $1::text::uuid),
+                        (SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n ON n.groupid = p.groupid
+                          WHERE p.shardid = get_shard_id_for_distribution_column('ai_agents.ai_agent_tasks', $1::text::uuid))",
+                &[org],
+            )
+            .unwrap();
+        placed.insert(org.clone(), (row.get::<_, i64>(0), row.get::<_, i32>(1)));
+    }
+    let runs: Vec<(String, String, f64)> = c
+        .query(
+            "SELECT l.organization_id::text, l.details ->> 'worker', extract(epoch FROM t.execution_started_at)::float8
+               FROM ai_agents.ai_agent_activity_log l
+               JOIN ai_agents.ai_agent_tasks t ON t.organization_id = l.organization_id AND t.id = l.task_id
+              WHERE l.action_type = 'task_completed'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let mut local = 0;
+    let mut starts: std::collections::HashMap<&str, Vec<f64>> = std::collections::HashMap::new();
+    for (org, worker, claimed_at) in &runs {
+        let ran_on = servers[&server_of(worker)];
+        let (org_shard, now_on) = placed[org];
+        let was_on: &[i32] = if org_shard != shard || *claimed_at > move_ended {
+            &[now_on]
+        } else if *claimed_at < move_started {
+            &[from]
+        } else {
+            &[from, to]
+        };
+        if was_on.contains(&ran_on) {
+            local += 1;
+        }
+        starts.entry(org).or_default().push(*claimed_at);
+    }
+    let local_share = f64::from(local) / runs.len() as f64;
+    // No organization's calls over its limit in any 60 s window (less a second for the
+    // difference between a claim's transaction start, recorded, and its admission).
+    let mut busiest = 0;
+    let mut busiest_moved = 0;
+    for (org, mut times) in starts {
+        times.sort_by(f64::total_cmp);
+        let most = most_in_any_window(&times, 59.0);
+        if placed[org].0 == shard {
+            busiest_moved = busiest_moved.max(most);
+        } else {
+            busiest = busiest.max(most);
+        }
+    }
+    println!(
+        "{total} tasks of {ORGANIZATIONS} organizations on 2 nodes in {took:?} ({:.0} tasks/s); \
+         {:.2}% claimed on the node holding their shard; shard group {shard} moved from {from} to {to} \
+         in {:.2} s with {running_when_moved} tasks running; busiest 60 s window of an organization: \
+         {busiest} (moved: {busiest_moved}), limit {ORGANIZATION_LIMIT}",
+        total as f64 / took.as_secs_f64(),
+        local_share * 100.0,
+        move_ended - move_started
+    );
+    assert!(local_share >= 0.95, "{local_share}");
+    assert!(busiest <= ORGANIZATION_LIMIT, "{busiest}");
+    assert!(busiest_moved <= ORGANIZATION_LIMIT, "{busiest_moved}");
 }

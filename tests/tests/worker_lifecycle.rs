@@ -6,6 +6,15 @@ use serde_json::json;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+fn status_of(c: &mut Client, task: &str) -> String {
+    c.query_one(
+        "SELECT status FROM ai_agent_tasks WHERE id = $1::text::uuid",
+        &[&task],
+    )
+    .unwrap()
+    .get(0)
+}
+
 fn worker_pid(c: &mut Client) -> Option<i32> {
     c.query_opt(
         "SELECT pid FROM pg_stat_activity WHERE backend_type = 'ai_agents worker'",
@@ -128,6 +137,51 @@ fn a_restart_while_calls_run_rescues_them_and_they_finish() {
 }
 
 #[test]
+fn a_restarted_server_still_counts_the_calls_of_the_last_minute() {
+    let env = WorkerEnv::start(
+        "restart-limits",
+        &["ai_agents.rate_limit_organization_per_minute = 3"],
+    );
+    let mut c = env.connect();
+    let (_, agent) = create_agent(&mut c, "a");
+    for i in 0..3 {
+        let task = enqueue(&mut c, &agent, &format!("before the restart {i}"));
+        wait_for(
+            &mut c,
+            &task,
+            "status = 'completed'",
+            Duration::from_secs(10),
+        );
+    }
+    // The limiter's counts live in shared memory, which a restart empties: the worker counts
+    // the claims of the last minute again when it starts.
+    env.cluster.pg_ctl(&["restart", "-m", "fast", "-w"]);
+    let mut c = env.connect();
+    let task = enqueue(&mut c, &agent, "after the restart");
+    let started = Instant::now();
+    loop {
+        let held: i64 = c
+            .query_one(
+                "SELECT count(*) FROM ai_agent_activity_log
+                  WHERE action_type = 'rate_limited' AND details ->> 'tier' = 'organization'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if held > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the fourth call of the minute was not held back after the restart"
+        );
+        sleep(Duration::from_millis(100));
+    }
+    let status = status_of(&mut c, &task);
+    assert_eq!(status, "pending");
+}
+
+#[test]
 fn a_fast_stop_while_the_provider_hangs_ends_within_the_http_timeout() {
     let env = WorkerEnv::start("hanging", &[]); // ai_agents.http_timeout = 5
     let mut c = env.connect();
@@ -158,13 +212,7 @@ fn sighup_reloads_the_settings() {
     sleep(Duration::from_millis(500));
     let task = enqueue(&mut c, &agent, "waits while disabled");
     sleep(Duration::from_secs(1));
-    let status: String = c
-        .query_one(
-            "SELECT status FROM ai_agent_tasks WHERE id = $1::text::uuid",
-            &[&task],
-        )
-        .unwrap()
-        .get(0);
+    let status = status_of(&mut c, &task);
     assert_eq!(status, "pending", "a disabled worker claims nothing");
     c.batch_execute("ALTER SYSTEM SET ai_agents.worker_enabled = on")
         .unwrap();
