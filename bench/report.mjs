@@ -69,6 +69,7 @@ if (noisySizes.length === 3) {
   targets.push([`claim latency beside a held-back backlog of ${big(noisySizes[2])} vs none`, m(`noisy_claim/ai_agents/${noisySizes[2]}`) / m("noisy_claim/ai_agents/0"), "<=", 1.5]);
 }
 targets.push(
+  ["Citus: LLM-bound drain, two worker nodes vs one", m("distributed/ai_agents/2-nodes") / m("distributed/ai_agents/1-node"), ">=", 1.7],
   ["idle: WAL bytes written", m("idle/ai_agents/wal_bytes", { zeroOk: true }), "<=", 0],
   ["idle: CPU, % of one core", m("idle/ai_agents/cpu_pct_of_core", { zeroOk: true }), "<", 1],
 );
@@ -158,6 +159,10 @@ table("8. Noisy neighbour: 20 quiet organizations beside one organization's held
   row(`${big(n)}: insert-to-start p99`, `noisy/ai_agents/p99-${n}`, "noisy/ai_agents/p99-0"),
   row(`${big(n)}: claim_due_tasks(…, 1)`, `noisy_claim/ai_agents/${n}`, "noisy_claim/ai_agents/0"),
 ]));
+table("9. Citus: LLM-bound drain, stub at 200 ms, 16 calls per node (tasks/s)", ["worker nodes", "median", "min-max", "vs one"], [
+  row("one", "distributed/ai_agents/1-node"),
+  row("two", "distributed/ai_agents/2-nodes", "distributed/ai_agents/1-node"),
+]);
 table("6. Idle, nothing due, worker on", ["figure", "median", "min-max", ""], [
   row("WAL bytes written", "idle/ai_agents/wal_bytes"),
   row("CPU of the whole cluster, % of one core", "idle/ai_agents/cpu_pct_of_core"),

@@ -40,8 +40,10 @@ pub fn claim(st: &Statements, worker: &str, free: usize) -> (Vec<Job>, Vec<ToolR
             .select(&st.scopes, None, &[true.into()])?
             .map(|row| Scope::decode(&row))
             .collect::<SpiResult<Vec<Scope>>>()?;
-        scope::count_calls_of_new_shards(client, &scopes)?;
-        let scopes: Vec<Scope> = scopes.into_iter().filter(Scope::has_work).collect();
+        let scopes: Vec<Scope> = scope::settled(client, scopes)?
+            .into_iter()
+            .filter(Scope::has_work)
+            .collect();
         let share = free.div_ceil(scopes.len().max(1));
         let mut filled = vec![];
         for scope in scopes {

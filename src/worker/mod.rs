@@ -506,8 +506,10 @@ fn until_next_due(st: &Statements) -> Duration {
     // Called when nothing more could be claimed: due tasks the claim left (held back by a
     // limit, or locked by another claimer) must not make the worker spin.
     let next_due = seconds.map_or(IDLE_WAIT, |s| Duration::from_secs_f64(s.max(0.0)));
-    fair_claim::next_look()
-        .map_or(next_due, |look| look.min(next_due))
+    [fair_claim::next_look(), scope::next_settled()]
+        .into_iter()
+        .flatten()
+        .fold(next_due, Duration::min)
         .clamp(MIN_WAIT, IDLE_WAIT)
 }
 
