@@ -3838,6 +3838,12 @@ BEGIN
     FOREACH tbl IN ARRAY restore LOOP
         EXECUTE tbl;
     END LOOP;
+    -- The coordinator's own copies of the rows, copied to the shards and no longer read.
+    FOR tbl IN SELECT c.relname FROM pg_class c
+                WHERE c.relnamespace = 'ai_agents'::regnamespace AND c.relkind = 'r'
+                  AND ai_agents._is_distributed(c.oid) LOOP
+        PERFORM truncate_local_data_after_distributing_table(format('ai_agents.%I', tbl));
+    END LOOP;
     IF guarded THEN
         ALTER EVENT TRIGGER ai_agents_guard_extension_objects ENABLE;
     END IF;

@@ -127,6 +127,13 @@ fn distribute_shards_every_tenant_table_by_organization_and_keeps_every_row() {
     }
 
     assert_eq!(row_counts(&mut c), before, "every row kept");
+    // The coordinator keeps no copy of them in its own tables.
+    let kept_locally = strings(
+        &mut c,
+        "SELECT c.relname::text FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid
+          WHERE c.relnamespace = 'ai_agents'::regnamespace AND pg_relation_size(c.oid) > 0",
+    );
+    assert!(kept_locally.is_empty(), "{kept_locally:?}");
     assert_eq!(triggers(&mut c), triggers_before, "every trigger kept");
     // What could not be kept as it was is replaced: ids found by plain indexes, policies
     // without subqueries, and the foreign key to the templates added back.
