@@ -49,14 +49,17 @@ CREATE OR REPLACE TRIGGER ai_agent_budgets_wake_worker
 CREATE OR REPLACE FUNCTION ai_agents._budgets_of(organization_id uuid, agent_id uuid, at timestamptz)
 RETURNS TABLE (budget_id uuid, budget_agent_id uuid, limit_usd numeric, thresholds numeric[],
                period_start timestamptz, period_end timestamptz)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE -- not sql: Citus plans no SQL function with parameters
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    RETURN QUERY
     SELECT b.id, b.agent_id, b.limit_usd, b.thresholds, s.start,
            (s.start AT TIME ZONE b.timezone + ('1 ' || b.period)::interval) AT TIME ZONE b.timezone
       FROM ai_agents.ai_agent_budgets b
      CROSS JOIN LATERAL (SELECT date_trunc(b.period, $3, b.timezone) AS start) s
-     WHERE b.organization_id = $1 AND (b.agent_id IS NULL OR b.agent_id = $2)
+     WHERE b.organization_id = $1 AND (b.agent_id IS NULL OR b.agent_id = $2);
+END
 $$;
 
 -- The room an agent's next calls have under its budgets, locked for this claim: in
@@ -106,16 +109,23 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+    b record;
+    -- A value, not now() inside the UPDATE: Citus takes no volatile or stable function in a
+    -- CASE of an UPDATE (docs/distributed.md#claiming); for the same reason one UPDATE per
+    -- budget rather than one joined with _budgets_of.
+    at timestamptz := now();
 BEGIN
-    UPDATE ai_agents.ai_agent_budget_periods p
-       SET reserved_usd = p.reserved_usd + _budget_reserve.pico / 1e12,
-           held_since = CASE WHEN _budget_reserve.next_pico IS NOT NULL
-                              AND (b.limit_usd - p.spent_usd - p.reserved_usd - _budget_reserve.pico / 1e12)
-                                  < _budget_reserve.next_pico / 1e12
-                             THEN coalesce(p.held_since, now()) END
-      FROM ai_agents._budgets_of(_budget_reserve.organization_id, _budget_reserve.agent_id, now()) b
-     WHERE p.organization_id = _budget_reserve.organization_id AND p.budget_id = b.budget_id
-       AND p.period_start = b.period_start;
+    FOR b IN SELECT * FROM ai_agents._budgets_of(_budget_reserve.organization_id, _budget_reserve.agent_id, at) LOOP
+        UPDATE ai_agents.ai_agent_budget_periods p
+           SET reserved_usd = p.reserved_usd + _budget_reserve.pico / 1e12,
+               held_since = CASE WHEN _budget_reserve.next_pico IS NOT NULL
+                                  AND (b.limit_usd - p.spent_usd - p.reserved_usd - _budget_reserve.pico / 1e12)
+                                      < _budget_reserve.next_pico / 1e12
+                                 THEN coalesce(p.held_since, at) END
+         WHERE p.organization_id = _budget_reserve.organization_id AND p.budget_id = b.budget_id
+           AND p.period_start = b.period_start;
+    END LOOP;
 END
 $$;
 

@@ -454,6 +454,8 @@ fn a_worker_on_every_node_runs_the_tasks_of_its_own_shards_exactly_once() {
          SELECT gen_random_uuid(), 'front desk ' || g, 'customer_care', 'gpt-4o-mini'
            FROM generate_series(1, 20) g;
          UPDATE ai_agents.ai_agents SET tools = ARRAY['current_time'] WHERE name = 'front desk 1';
+         INSERT INTO ai_agents.ai_agent_budgets (organization_id, period, limit_usd)
+         SELECT organization_id, 'month', 50 FROM ai_agents.ai_agents WHERE name = 'front desk 5';
          SELECT count(*) FROM ai_agents.distribute(8);",
     )
     .expect("agents, then distributing");
@@ -584,6 +586,42 @@ fn a_worker_on_every_node_runs_the_tasks_of_its_own_shards_exactly_once() {
         "SELECT content FROM ai_agents.ai_agent_messages WHERE role = 'assistant' ORDER BY 1",
     );
     assert_eq!(replies, ["stub reply to: hello", "stub reply to: hello"]);
+
+    // The budget reserved each call at its claim, on the shard's node, and settled it at its
+    // cost: what it counts spent is what the organization's tasks cost.
+    let budgeted: String = c
+        .query_one(
+            "SELECT organization_id::text FROM ai_agents.ai_agents WHERE name = 'front desk 5'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let (spent, reserved, periods): (String, String, i64) = {
+        let row = c
+            .query_one(
+                "SELECT sum(spent_usd)::text, sum(reserved_usd)::text, count(*)
+                   FROM ai_agents.ai_agent_budget_periods WHERE organization_id = $1::text::uuid",
+                &[&budgeted],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    let cost: String = c
+        .query_one(
+            "SELECT sum(cost_usd)::text FROM ai_agents.ai_agent_tasks WHERE organization_id = $1::text::uuid",
+            &[&budgeted],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(periods, 1);
+    assert_eq!(
+        (spent.as_str(), reserved.trim_end_matches('0')),
+        (cost.as_str(), "0.")
+    );
+    assert!(
+        spent.trim_matches(|ch| ch == '0' || ch == '.') != "",
+        "{spent}"
+    );
 
     // Pruning names one shard's organizations, as a claim does.
     let (code, message) = error_of(&mut c, "SELECT ai_agents.prune_history('0 days')");
