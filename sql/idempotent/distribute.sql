@@ -16,6 +16,28 @@ BEGIN
 END
 $$;
 
+-- Runs `command` on every Citus worker, each in a transaction of its own, and fails naming the
+-- first worker where it failed; does nothing without Citus.
+CREATE OR REPLACE FUNCTION ai_agents._run_on_workers(command text, doing text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    node record;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_node') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR node IN EXECUTE 'SELECT * FROM pg_catalog.run_command_on_workers($1)' USING command LOOP
+        IF NOT node.success THEN
+            RAISE EXCEPTION '% worker %:% failed: %', doing, node.nodename, node.nodeport, node.result
+                USING ERRCODE = '55000';
+        END IF;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION ai_agents._run_on_workers(text, text) FROM PUBLIC;
+
 -- What every node's copy of the tables needs before Citus distributes them, run on the
 -- coordinator in distribute()'s transaction and on each worker through
 -- run_command_on_workers (each worker holds the extension's tables, which become the shells of
@@ -106,7 +128,6 @@ DECLARE
     tenant_tables text[];
     ready text[];
     tbl text;
-    node record;
     restore text[];
     guarded boolean := EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'ai_agents_guard_extension_objects');
 BEGIN
@@ -129,12 +150,7 @@ BEGIN
 
     -- What it drops is created again at the end.
     restore := ai_agents._prepare_distribution();
-    FOR node IN SELECT * FROM run_command_on_workers('SELECT ai_agents._prepare_distribution()') LOOP
-        IF NOT node.success THEN
-            RAISE EXCEPTION 'preparing worker %:% failed: %', node.nodename, node.nodeport, node.result
-                USING ERRCODE = '55000';
-        END IF;
-    END LOOP;
+    PERFORM ai_agents._run_on_workers('SELECT ai_agents._prepare_distribution()', 'preparing');
 
     -- Citus replaces the tables' constraints and indexes with its own while it distributes;
     -- the drop guard is for hands, not for this. Triggers run on the shards: each one reads

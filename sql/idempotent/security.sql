@@ -80,6 +80,29 @@ EXCEPTION WHEN invalid_text_representation THEN
 END
 $$;
 
+-- Under Citus, a member's query on a distributed table runs on the worker that holds the rows,
+-- where the policies ask that worker's session for the request's claims; PostgREST put them
+-- into the coordinator's session only. Called at the start of a request (PostgREST's
+-- db-pre-request), this sets them again with SET LOCAL, which Citus sends on to every worker
+-- the transaction reaches (citus.propagate_set_commands = local). Without Citus it does
+-- nothing. It pins no search_path, as settings of its own would undo its SET LOCALs on return:
+-- every name in it is qualified instead.
+CREATE OR REPLACE FUNCTION ai_agents.forward_request_claims() RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    claims constant text := pg_catalog.current_setting('request.jwt.claims', true);
+BEGIN
+    IF pg_catalog.current_setting('citus.propagate_set_commands', true) IS NULL THEN
+        RETURN;
+    END IF;
+    SET LOCAL citus.propagate_set_commands = 'local';
+    IF claims IS NOT NULL THEN
+        EXECUTE pg_catalog.format('SET LOCAL request.jwt.claims = %L', claims);
+    END IF;
+END
+$$;
+
 -- Refuses a caller who may not act for `org`; `what` names the object in the message, which is
 -- the same whether the object exists elsewhere or not at all, so ids cannot be probed.
 CREATE OR REPLACE FUNCTION ai_agents._check_organization(org uuid, what text) RETURNS void
@@ -161,14 +184,15 @@ BEGIN
 END
 $$;
 
--- Grants for the report reader and for Supabase's roles that exist now; run again after
--- creating them. Returns the Supabase roles it found.
-CREATE OR REPLACE FUNCTION ai_agents.apply_role_grants() RETURNS text[]
+-- Grants for the report reader and for Supabase's roles that exist now, on this node; run
+-- again after creating them (apply_role_grants). Returns the Supabase roles it found.
+CREATE OR REPLACE FUNCTION ai_agents._grant_to_roles() RETURNS text[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     applied text[] := '{}';
+    on_citus_worker boolean := false;
     -- What members read, through row-level security; the report reader reads the same.
     tenant_tables constant text :=
         'ai_agents.ai_agents, ai_agents.ai_agent_versions, ai_agents.ai_agent_tasks,
@@ -180,6 +204,14 @@ DECLARE
          ai_agents.ai_agent_budget_periods, ai_agents.budget_usage, ai_agents.agent_budget_state,
          ai_agents.ai_agent_tools, ai_agents.ai_agent_builtin_tools, ai_agents.ai_agent_task_steps';
 BEGIN
+    -- A Citus worker refuses grants on the schema it shares with the coordinator, as changes
+    -- to make there: these are this node's own, sent by the coordinator's apply_role_grants.
+    IF to_regproc('pg_catalog.citus_is_coordinator') IS NOT NULL THEN
+        EXECUTE 'SELECT NOT pg_catalog.citus_is_coordinator()' INTO on_citus_worker;
+    END IF;
+    IF on_citus_worker THEN
+        PERFORM set_config('citus.enable_ddl_propagation', 'off', true);
+    END IF;
     -- Template queries run as the reader (see _run_report_queries); the policies call
     -- _request_organization_ids.
     GRANT USAGE ON SCHEMA ai_agents TO ai_agents_report_reader;
@@ -213,12 +245,28 @@ BEGIN
             ai_agents.start_conversation(uuid, text, jsonb),
             ai_agents.send_message(uuid, text, text),
             ai_agents.get_latest_agent_report(uuid, text),
-            ai_agents.task_summary(interval, uuid)
+            ai_agents.task_summary(interval, uuid),
+            ai_agents.forward_request_claims()
            TO authenticated;
         applied := applied || 'authenticated'::text;
     END IF;
     -- anon: nothing, on purpose.
     RETURN applied;
+END
+$$;
+REVOKE ALL ON FUNCTION ai_agents._grant_to_roles() FROM PUBLIC;
+
+-- The grants, on this node and, on a Citus coordinator, on every worker: a member's query on a
+-- distributed table runs there, as the member's role (docs/distributed.md#members).
+CREATE OR REPLACE FUNCTION ai_agents.apply_role_grants() RETURNS text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- The workers first, each in a transaction of its own: this transaction's grants on the
+    -- schema reach them too, and would hold the locks their own grants wait for.
+    PERFORM ai_agents._run_on_workers('SELECT ai_agents._grant_to_roles()', 'granting on');
+    RETURN ai_agents._grant_to_roles();
 END
 $$;
 
@@ -278,4 +326,5 @@ END
 $$;
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA ai_agents FROM PUBLIC;
-SELECT ai_agents.apply_role_grants();
+-- This node's: under Citus, CREATE EXTENSION runs this script on every node.
+SELECT ai_agents._grant_to_roles();

@@ -875,3 +875,235 @@ fn a_hundred_organizations_run_twenty_thousand_tasks_on_their_own_nodes_through_
     assert!(busiest_org <= ORGANIZATION_LIMIT && busiest_org_moved <= ORGANIZATION_LIMIT);
     assert!(busiest_agent <= FINANCE_LIMIT && busiest_agent_moved <= FINANCE_LIMIT);
 }
+
+/// A PostgREST request: a transaction of `authenticated` with the JWT claims set for it alone,
+/// then the pre-request function when `forward`, then `sql`.
+fn request(
+    member: &mut Client,
+    claims: &str,
+    forward: bool,
+    sql: &str,
+) -> Result<Vec<postgres::Row>, postgres::Error> {
+    let mut tx = member.transaction()?;
+    tx.batch_execute("SET LOCAL ROLE authenticated")?;
+    tx.execute(
+        "SELECT set_config('request.jwt.claims', $1, true)",
+        &[&claims],
+    )?;
+    if forward {
+        tx.execute("SELECT ai_agents.forward_request_claims()", &[])?;
+    }
+    let rows = tx.query(sql, &[])?;
+    tx.commit()?;
+    Ok(rows)
+}
+
+fn count_of(member: &mut Client, claims: &str, sql: &str) -> i64 {
+    request(member, claims, true, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))[0].get(0)
+}
+
+#[test]
+fn members_read_and_write_their_own_rows_on_the_workers_through_the_coordinator() {
+    let cluster = CitusCluster::start("members", 2, &[]);
+    let mut c = cluster.connect();
+    // Supabase's roles, created after the extension (Citus creates them on the workers too).
+    // A member's query reaches a worker as the member's role: it must be able to log in there
+    // (docs/distributed.md#members), and only there.
+    c.batch_execute(
+        "CREATE ROLE authenticated NOLOGIN; CREATE ROLE service_role NOLOGIN BYPASSRLS;
+         CREATE ROLE authenticator LOGIN NOINHERIT; GRANT authenticated, service_role TO authenticator;",
+    )
+    .unwrap();
+    for worker in &cluster.workers {
+        worker
+            .connect(ai_agents_tests::citus::DATABASE)
+            .batch_execute(
+                "SET citus.enable_alter_role_propagation = off; ALTER ROLE authenticated LOGIN",
+            )
+            .unwrap();
+    }
+    let applied = strings(&mut c, "SELECT unnest(ai_agents.apply_role_grants())");
+    assert_eq!(applied, ["service_role", "authenticated"]);
+    c.query("SELECT * FROM ai_agents.distribute(4)", &[])
+        .expect("distribute");
+
+    // Twelve gyms; A and B the first two whose shards live on different workers.
+    c.batch_execute(
+        "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model)
+         SELECT gen_random_uuid(), 'front desk ' || g, 'customer_care', 'gpt-4o-mini'
+           FROM generate_series(1, 12) g",
+    )
+    .unwrap();
+    let homes: Vec<(String, String, i32)> = c
+        .query(
+            "SELECT a.organization_id::text, a.id::text, n.nodeport
+               FROM ai_agents.ai_agents a
+               JOIN pg_dist_placement p ON p.shardid = get_shard_id_for_distribution_column('ai_agents.ai_agents', a.organization_id)
+               JOIN pg_dist_node n ON n.groupid = p.groupid
+              ORDER BY a.name",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let (org_a, agent_a, node_a) = homes[0].clone();
+    let (org_b, agent_b, _) = homes
+        .iter()
+        .find(|(_, _, node)| *node != node_a)
+        .cloned()
+        .expect("twelve organizations on one worker only");
+    for agent in [&agent_a, &agent_b] {
+        c.batch_execute(&format!(
+            "SELECT ai_agents.enqueue_task('{agent}', 'renewals');
+             SELECT ai_agents.start_conversation('{agent}');"
+        ))
+        .unwrap();
+    }
+    let task_b: String = strings(
+        &mut c,
+        &format!("SELECT id::text FROM ai_agents.ai_agent_tasks WHERE organization_id = '{org_b}'"),
+    )
+    .remove(0);
+    let conversation_a: String = strings(
+        &mut c,
+        &format!("SELECT id::text FROM ai_agents.ai_agent_conversations WHERE organization_id = '{org_a}'"),
+    )
+    .remove(0);
+
+    let conninfo = cluster
+        .coordinator
+        .conninfo(ai_agents_tests::citus::DATABASE)
+        .replace("user=postgres", "user=authenticator");
+    let mut member = Client::connect(&conninfo, postgres::NoTls).unwrap();
+    let claims_a = ai_agents_tests::claims(&org_a);
+    let claims_b = ai_agents_tests::claims(&org_b);
+
+    // Without the claims forwarded, the workers' policies see no organization: nothing, not
+    // everything.
+    for sql in [
+        "SELECT count(*) FROM ai_agents.ai_agents".to_string(),
+        format!("SELECT count(*) FROM ai_agents.ai_agent_tasks WHERE organization_id = '{org_a}'"),
+    ] {
+        let rows = request(&mut member, &claims_a, false, &sql).unwrap();
+        assert_eq!(rows[0].get::<_, i64>(0), 0, "{sql}");
+    }
+    // Forwarded: each member reads its own rows, over every shard or routed to one, and none
+    // of the other's.
+    for (claims, org, other) in [(&claims_a, &org_a, &org_b), (&claims_b, &org_b, &org_a)] {
+        assert_eq!(
+            count_of(
+                &mut member,
+                claims,
+                "SELECT count(*) FROM ai_agents.ai_agents"
+            ),
+            1
+        );
+        assert_eq!(
+            count_of(
+                &mut member,
+                claims,
+                "SELECT count(*) FROM ai_agents.ai_agent_tasks"
+            ),
+            1
+        );
+        assert_eq!(
+            count_of(
+                &mut member,
+                claims,
+                &format!("SELECT count(*) FROM ai_agents.ai_agent_conversations WHERE organization_id = '{org}'")
+            ),
+            1
+        );
+        assert_eq!(
+            count_of(
+                &mut member,
+                claims,
+                &format!(
+                    "SELECT count(*) FROM ai_agents.ai_agents WHERE organization_id = '{other}'"
+                )
+            ),
+            0
+        );
+    }
+    assert_eq!(
+        count_of(
+            &mut member,
+            &claims_a,
+            &format!("SELECT count(*) FROM ai_agents.ai_agent_tasks WHERE id = '{task_b}'")
+        ),
+        0,
+        "guessing an id reads nothing"
+    );
+
+    // The functions a browser calls, through the coordinator.
+    let refused = request(
+        &mut member,
+        &claims_a,
+        true,
+        &format!("SELECT ai_agents.enqueue_task('{agent_b}', 'spend B''s budget')"),
+    )
+    .expect_err("B's agent");
+    let refused = refused.as_db_error().expect("a database error");
+    assert_eq!(
+        (refused.code().code(), refused.message()),
+        (
+            "42501",
+            format!("agent {agent_b} is not in your organization").as_str()
+        )
+    );
+    let enqueue = format!(
+        "SELECT id::text FROM ai_agents.enqueue_task('{agent_a}', 'mine', idempotency_key => 'k1')"
+    );
+    let first: String = request(&mut member, &claims_a, true, &enqueue).unwrap()[0].get(0);
+    let again: String = request(&mut member, &claims_a, true, &enqueue).unwrap()[0].get(0);
+    assert_eq!(first, again, "one task for one idempotency key");
+    let reply: String = request(
+        &mut member,
+        &claims_a,
+        true,
+        &format!("SELECT task_type FROM ai_agents.send_message('{conversation_a}', 'hello')"),
+    )
+    .unwrap()[0]
+        .get(0);
+    assert_eq!(reply, "conversation");
+    let status: String = request(
+        &mut member,
+        &claims_a,
+        true,
+        &format!("SELECT status FROM ai_agents.cancel_task('{first}')"),
+    )
+    .unwrap()[0]
+        .get(0);
+    assert_eq!(status, "cancelled");
+    let summary = request(
+        &mut member,
+        &claims_a,
+        true,
+        "SELECT total_tasks, pending FROM ai_agents.task_summary('1 day')",
+    )
+    .unwrap();
+    assert_eq!(
+        (summary[0].get::<_, i64>(0), summary[0].get::<_, i64>(1)),
+        (3, 2),
+        "A's renewal, its reply and its cancelled task"
+    );
+    let by = strings(
+        &mut c,
+        &format!("SELECT details ->> 'by' FROM ai_agents.ai_agent_activity_log WHERE task_id = '{first}' AND action_type = 'task_cancelled'"),
+    );
+    assert_eq!(
+        by,
+        [format!("user-of-{org_a}")],
+        "the JWT's user is recorded"
+    );
+    // Nothing of B's changed.
+    assert_eq!(
+        count_of(
+            &mut member,
+            &claims_b,
+            "SELECT count(*) FROM ai_agents.ai_agent_tasks WHERE status = 'pending'"
+        ),
+        1
+    );
+}

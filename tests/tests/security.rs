@@ -96,6 +96,7 @@ const AUTHENTICATED_FUNCTIONS: &[&str] = &[
     "ai_agents.send_message(uuid,text,text)",
     "ai_agents.get_latest_agent_report(uuid,text)",
     "ai_agents.task_summary(interval,uuid)",
+    "ai_agents.forward_request_claims()",
 ];
 /// The roles that run what others wrote: template queries (the reader) and tools (the runner).
 const RESTRICTED_ROLES: &[&str] = &["ai_agents_report_reader", "ai_agents_tool_runner"];
@@ -110,6 +111,7 @@ const SECURITY_DEFINER: &[&str] = &[
 const UNPINNED_SQL_HELPERS: &[&str] = &[
     "ai_agents._current_actor()",
     "ai_agents._next_run_after(text,text,timestamp with time zone)",
+    "ai_agents.forward_request_claims()",
 ];
 
 #[test]
