@@ -219,3 +219,40 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION ai_agents.distribute(integer) FROM PUBLIC;
+
+-- Called before DROP EXTENSION ai_agents drops the tables (guard.sql). Citus drops no shards of
+-- tables that an extension takes with it (13.2.2: they stay behind on the workers, orphaned),
+-- and the coordinator's copies of the reference tables carry triggers and policies naming the
+-- extension's functions, which stop the drop. So the tables leave Citus first, as Citus's own
+-- DROP TABLE would make them: shards dropped on every node, metadata removed from every node.
+-- Then the drop runs as on one server, on the coordinator and, sent on by Citus, on each worker.
+CREATE OR REPLACE FUNCTION ai_agents._release_from_citus() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tbl record;
+BEGIN
+    -- Two statements: one expression would name Citus's function where it does not exist.
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN;
+    END IF;
+    IF NOT citus_is_coordinator() THEN
+        RETURN;
+    END IF;
+    -- The coordinator drops its own copies of the reference tables: they are Citus's.
+    IF EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'ai_agents_guard_extension_objects') THEN
+        ALTER EVENT TRIGGER ai_agents_guard_extension_objects DISABLE;
+    END IF;
+    FOR tbl IN
+        SELECT p.logicalrelid::oid AS id, c.relname AS name
+          FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid
+         WHERE c.relnamespace = 'ai_agents'::regnamespace
+    LOOP
+        PERFORM master_remove_distributed_table_metadata_from_workers(tbl.id, 'ai_agents', tbl.name);
+        PERFORM citus_drop_all_shards(tbl.id, 'ai_agents', tbl.name, false);
+        PERFORM master_remove_partition_metadata(tbl.id, 'ai_agents', tbl.name);
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION ai_agents._release_from_citus() FROM PUBLIC;

@@ -52,3 +52,19 @@ BEGIN
     END IF;
 END
 $$;
+
+-- DROP EXTENSION ai_agents on a Citus coordinator hands the tables back from Citus before it
+-- drops them (src/guard.rs, distribute.sql's _release_from_citus).
+CREATE OR REPLACE FUNCTION ai_agents._before_drop_extension() RETURNS event_trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'before_drop_extension';
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'ai_agents_before_drop_extension') THEN
+        CREATE EVENT TRIGGER ai_agents_before_drop_extension ON ddl_command_start
+            WHEN TAG IN ('DROP EXTENSION')
+            EXECUTE FUNCTION ai_agents._before_drop_extension();
+    END IF;
+END
+$$;

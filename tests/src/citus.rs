@@ -6,7 +6,8 @@ use crate::Cluster;
 use postgres::Client;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Once, OnceLock};
 
 /// The database the nodes share (Citus connects to the same name on every node).
 pub const DATABASE: &str = "gyms";
@@ -44,24 +45,35 @@ impl CitusCluster {
         let workers: Vec<Cluster> = (0..workers)
             .map(|i| Cluster::start(&format!("{name}-worker{i}"), &all))
             .collect();
-        for node in std::iter::once(&coordinator).chain(&workers) {
+        let cluster = CitusCluster {
+            coordinator,
+            workers,
+        };
+        cluster.create_database(DATABASE);
+        cluster
+    }
+
+    /// Database `name` on every node, joined into one Citus database, with the extension created
+    /// on the coordinator (Citus creates it on the workers), not yet distributed.
+    fn create_database(&self, name: &str) {
+        for node in self.nodes() {
             node.connect("postgres")
-                .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+                .batch_execute(&format!("CREATE DATABASE {name}"))
                 .expect("CREATE DATABASE");
-            node.connect(DATABASE)
+            node.connect(name)
                 .batch_execute(&format!(
-                    "ALTER DATABASE {DATABASE} SET search_path = ai_agents, public;
+                    "ALTER DATABASE {name} SET search_path = ai_agents, public;
                      CREATE EXTENSION citus"
                 ))
                 .expect("CREATE EXTENSION citus");
         }
-        let mut c = coordinator.connect(DATABASE);
+        let mut c = self.coordinator.connect(name);
         c.execute(
             "SELECT citus_set_coordinator_host('127.0.0.1', $1)",
-            &[&i32::from(coordinator.port())],
+            &[&i32::from(self.coordinator.port())],
         )
         .expect("citus_set_coordinator_host");
-        for worker in &workers {
+        for worker in &self.workers {
             c.execute(
                 "SELECT citus_add_node('127.0.0.1', $1)",
                 &[&i32::from(worker.port())],
@@ -70,14 +82,45 @@ impl CitusCluster {
         }
         c.batch_execute("CREATE EXTENSION ai_agents")
             .expect("CREATE EXTENSION ai_agents on the coordinator");
-        CitusCluster {
-            coordinator,
-            workers,
-        }
+    }
+
+    /// A new database of this cluster with the extension distributed (4 shards), as tests written
+    /// for one server use it: a connection to the coordinator, and the database's name.
+    pub fn fresh_database(&self) -> (Client, String) {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("d{}", NEXT.fetch_add(1, Ordering::SeqCst));
+        self.create_database(&name);
+        let mut c = self.coordinator.connect(&name);
+        c.batch_execute("SET client_min_messages = warning; SELECT ai_agents.distribute(4); RESET client_min_messages")
+            .expect("ai_agents.distribute");
+        (c, name)
+    }
+
+    fn nodes(&self) -> impl Iterator<Item = &Cluster> {
+        std::iter::once(&self.coordinator).chain(&self.workers)
     }
 
     /// A connection to the coordinator.
     pub fn connect(&self) -> Client {
         self.coordinator.connect(DATABASE)
     }
+}
+
+/// The Citus cluster shared by the tests of one binary that run against a coordinator
+/// (`AI_AGENTS_TEST_TARGET=citus`, see `crate::fresh_database`); stopped when the binary exits.
+pub fn shared() -> &'static CitusCluster {
+    static SHARED: OnceLock<CitusCluster> = OnceLock::new();
+    let mut started = false;
+    let cluster = SHARED.get_or_init(|| {
+        started = true;
+        CitusCluster::start(
+            "shared-citus",
+            2,
+            &["ai_agents.rate_limit_global_per_minute = 1000000"],
+        )
+    });
+    if started {
+        cluster.nodes().for_each(crate::stop_at_exit);
+    }
+    cluster
 }

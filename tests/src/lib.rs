@@ -312,9 +312,20 @@ pub fn shared_cluster() -> &'static Cluster {
     cluster
 }
 
-/// A connection to a fresh database of the shared cluster, and the database's name.
+/// A connection to a fresh database of the shared cluster, and the database's name. With
+/// `AI_AGENTS_TEST_TARGET=citus`, a database of the shared Citus cluster, distributed, and a
+/// connection to its coordinator: the tests that take their database here run against either.
 pub fn fresh_database() -> (Client, String) {
-    shared_cluster().fresh_database()
+    if on_citus() {
+        citus::shared().fresh_database()
+    } else {
+        shared_cluster().fresh_database()
+    }
+}
+
+/// Whether the tests run against a Citus coordinator (`AI_AGENTS_TEST_TARGET=citus`).
+pub fn on_citus() -> bool {
+    std::env::var("AI_AGENTS_TEST_TARGET").is_ok_and(|t| t == "citus")
 }
 
 /// Creates an organization's agent and returns (organization_id, agent_id) as text.

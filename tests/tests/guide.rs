@@ -1,7 +1,8 @@
 //! The deployment guide's SQL, verbatim (tests/guide/*.sql), against the extension with
-//! search_path = ai_agents, public.
+//! search_path = ai_agents, public: on one server, and with AI_AGENTS_TEST_TARGET=citus against
+//! a Citus coordinator with the tables distributed (scripts/test runs both).
 use ai_agents_tests::postgres::{Client, SimpleQueryMessage};
-use ai_agents_tests::{create_agent, error_of, fresh_database};
+use ai_agents_tests::{create_agent, error_of, fresh_database, on_citus};
 
 /// Runs a script and returns, per statement, its rows as text columns.
 fn run_script(client: &mut Client, sql: &str) -> Vec<Vec<Vec<Option<String>>>> {
@@ -31,6 +32,19 @@ fn guide(name: &str, agent: &str, org: &str, task: &str) -> String {
         .replace("YOUR_AGENT_UUID", agent)
         .replace("YOUR_ORG_UUID", org)
         .replace("YOUR_TASK_UUID", task)
+}
+
+/// Claims as a worker would, and returns the claims' fencing tokens. Names the organization:
+/// on Citus a claim says whose shards it works on (docs/distributed.md#claiming).
+fn claim(c: &mut Client, worker: &str, max_tasks: i32, org: &str) -> Vec<i64> {
+    c.query(
+        "SELECT fencing_token FROM ai_agents.claim_due_tasks($1, $2, organizations => ARRAY[$3::text::uuid])",
+        &[&worker, &max_tasks, &org],
+    )
+    .unwrap()
+    .iter()
+    .map(|row| row.get(0))
+    .collect()
 }
 
 fn text(v: &[&str]) -> Vec<Option<String>> {
@@ -108,13 +122,7 @@ fn step4_statements_run_as_written() {
     assert_eq!(row.get::<_, String>(5), org);
 
     // Run it through the engine as the worker will, then read it back with the guide's queries.
-    let claimed = c
-        .query_one(
-            "SELECT fencing_token FROM ai_agents.claim_due_tasks('guide-test', 1)",
-            &[],
-        )
-        .unwrap();
-    let token: i64 = claimed.get(0);
+    let token: i64 = claim(&mut c, "guide-test", 1, &org)[0];
     c.execute(
         "SELECT ai_agents.complete_task($1::text::uuid, $2, output => 'done', tokens_used => 42, cost_usd => 0.0001)",
         &[&task, &token],
@@ -172,11 +180,7 @@ fn step5_monitoring_and_troubleshooting_queries_run() {
     let (org, agent) = create_agent(&mut c, "Finance");
     run_script(&mut c, &guide("step4_1_insert_test_task", &agent, &org, ""));
     run_script(&mut c, &guide("step4_4_create_60_tasks", &agent, &org, ""));
-    c.query(
-        "SELECT * FROM ai_agents.claim_due_tasks('stuck-worker', 2)",
-        &[],
-    )
-    .unwrap();
+    claim(&mut c, "stuck-worker", 2, &org);
     c.batch_execute("UPDATE ai_agent_tasks SET execution_started_at = now() - interval '2 hours' WHERE status = 'running'")
         .unwrap();
 
@@ -228,8 +232,7 @@ fn rollback_updates_run_and_its_drops_are_refused() {
     let (mut c, _) = fresh_database();
     let (org, agent) = create_agent(&mut c, "Lead Follow-up");
     run_script(&mut c, &guide("step4_4_create_60_tasks", &agent, &org, ""));
-    c.query("SELECT * FROM ai_agents.claim_due_tasks('w', 3)", &[])
-        .unwrap();
+    claim(&mut c, "w", 3, &org);
 
     let rollback = guide("rollback_full", &agent, &org, "");
     let step3 = rollback.find("-- 3.").expect("the guide's step 3");
@@ -245,10 +248,7 @@ fn rollback_updates_run_and_its_drops_are_refused() {
         .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (3, 57));
     // Nothing is claimable any more.
-    let claimed = c
-        .query("SELECT * FROM ai_agents.claim_due_tasks('w', 100)", &[])
-        .unwrap();
-    assert!(claimed.is_empty());
+    assert!(claim(&mut c, "w", 100, &org).is_empty());
 
     for statement in rollback[step3..step4]
         .split(';')
@@ -288,6 +288,42 @@ fn rollback_updates_run_and_its_drops_are_refused() {
         left, 0,
         "DROP EXTENSION removes every object of the extension"
     );
-    // And it can be installed again.
+    if on_citus() {
+        // On every worker too, shards included.
+        let left: Vec<String> = c
+            .query(
+                "SELECT result FROM run_command_on_workers($$SELECT (SELECT count(*) FROM pg_class \
+                 WHERE relnamespace = 'ai_agents'::regnamespace) + (SELECT count(*) FROM pg_proc \
+                 WHERE pronamespace = 'ai_agents'::regnamespace)$$)",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(left, vec!["0", "0"], "nothing left on the workers");
+        let metadata: i64 = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_dist_partition) + (SELECT count(*) FROM pg_dist_shard)",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(metadata, 0, "nor in Citus's metadata");
+    }
+    // And it can be installed again, and used.
     c.batch_execute("CREATE EXTENSION ai_agents").unwrap();
+    if on_citus() {
+        c.batch_execute("SET client_min_messages = warning; SELECT ai_agents.distribute(4)")
+            .unwrap();
+    }
+    let (org, _) = create_agent(&mut c, "Again");
+    let agents: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ai_agents WHERE organization_id = $1::text::uuid",
+            &[&org],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(agents, 1);
 }
