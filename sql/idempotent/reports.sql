@@ -1,6 +1,9 @@
 -- Reports (docs/reports.md): figures computed from tasks and activity for an organization
 -- and a period, a Markdown rendering a gym owner reads, and a narrative written by the agent's
 -- LLM through the task queue. Every function pins search_path: they are not on the hot path.
+-- The functions that read tenant tables are PL/pgSQL and name the organization in every
+-- statement, joins included: under Citus each statement then runs on the node holding it
+-- (Citus plans no SQL-language function with parameters; docs/distributed.md#statements).
 
 -- Whether a template query is exactly one SELECT, as PostgreSQL's parser reads it
 -- (src/reports/query.rs); a syntax error is raised as such.
@@ -99,10 +102,11 @@ $$;
 -- Attempts and events of one window, from the activity log: outcomes, latency, failures.
 CREATE OR REPLACE FUNCTION ai_agents._report_window(org uuid, agent uuid, from_ts timestamptz, to_ts timestamptz)
 RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT jsonb_build_object(
+BEGIN
+    RETURN (SELECT jsonb_build_object(
         'attempts', count(*) FILTER (WHERE l.run),
         'succeeded', count(*) FILTER (WHERE l.action_type = 'task_completed'),
         'failed_attempts', count(*) FILTER (WHERE l.action_type = 'task_failed'),
@@ -125,8 +129,9 @@ AS $$
                    a.action_type IN ('task_completed', 'task_failed') AS run,
                    coalesce((a.details ->> 'will_retry')::boolean, false) AS will_retry
               FROM ai_agents.ai_agent_activity_log a
-             WHERE a.organization_id = $1 AND ($2 IS NULL OR a.agent_id = $2)
-               AND a.created_at >= $3 AND a.created_at < $4) l
+             WHERE a.organization_id = org AND (agent IS NULL OR a.agent_id = agent)
+               AND a.created_at >= from_ts AND a.created_at < to_ts) l);
+END
 $$;
 
 -- LLM usage of one window per agent and model: the activity log where it is still kept, the
@@ -134,9 +139,12 @@ $$;
 CREATE OR REPLACE FUNCTION ai_agents._report_usage(org uuid, agent uuid, from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (agent_id uuid, provider text, model text, attempts bigint, succeeded bigint,
                tokens bigint, cost_usd numeric)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT u.agent_id, u.provider, u.model, sum(u.attempts)::bigint, sum(u.succeeded)::bigint,
            sum(u.tokens)::bigint, sum(u.cost_usd)
       FROM (SELECT l.agent_id, coalesce(v.provider, 'unknown') AS provider,
@@ -144,16 +152,18 @@ AS $$
                    (l.action_type = 'task_completed')::integer AS succeeded,
                    coalesce(l.tokens_used, 0) AS tokens, coalesce(l.cost_usd, 0) AS cost_usd
               FROM ai_agents.ai_agent_activity_log l
-              LEFT JOIN ai_agents.ai_agent_versions v ON v.id = (l.details ->> 'agent_version_id')::uuid
-             WHERE l.organization_id = $1 AND ($2 IS NULL OR l.agent_id = $2)
-               AND l.created_at >= $3 AND l.created_at < $4
+              LEFT JOIN ai_agents.ai_agent_versions v
+                ON v.organization_id = l.organization_id AND v.id = (l.details ->> 'agent_version_id')::uuid
+             WHERE l.organization_id = org AND (agent IS NULL OR l.agent_id = agent)
+               AND l.created_at >= from_ts AND l.created_at < to_ts
                AND l.action_type IN ('task_completed', 'task_failed')
             UNION ALL
             SELECT h.agent_id, h.provider, h.model, h.attempts, h.succeeded, h.tokens, h.cost_usd
               FROM ai_agents.ai_agent_usage_hourly h
-             WHERE h.organization_id = $1 AND ($2 IS NULL OR h.agent_id = $2)
-               AND h.hour >= $3 AND h.hour < $4) u
-     GROUP BY 1, 2, 3
+             WHERE h.organization_id = org AND (agent IS NULL OR h.agent_id = agent)
+               AND h.hour >= from_ts AND h.hour < to_ts) u
+     GROUP BY 1, 2, 3;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION ai_agents._report_usage_totals(org uuid, agent uuid, from_ts timestamptz, to_ts timestamptz)
@@ -216,23 +226,36 @@ $$;
 -- organization, or the agent) spent in the window.
 CREATE OR REPLACE FUNCTION ai_agents._report_budgets(org uuid, agent uuid, from_ts timestamptz, to_ts timestamptz)
 RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-               'budget_id', b.id, 'agent_id', b.agent_id, 'name', a.name, 'period', b.period,
-               'limit_usd', b.limit_usd, 'allowance_usd', w.allowance, 'spent_usd', w.spent,
-               'share', round(w.spent / nullif(w.allowance, 0), 4))
-             ORDER BY b.agent_id NULLS FIRST, a.name), '[]')
-      FROM ai_agents.ai_agent_budgets b
-      LEFT JOIN ai_agents.ai_agents a ON a.id = b.agent_id
-     CROSS JOIN LATERAL (SELECT date_trunc(b.period, from_ts, b.timezone) AS start) s
-     CROSS JOIN LATERAL (
-           SELECT round(b.limit_usd * extract(epoch FROM to_ts - from_ts)
-                        / extract(epoch FROM (s.start AT TIME ZONE b.timezone + ('1 ' || b.period)::interval)
-                                             AT TIME ZONE b.timezone - s.start), 12) AS allowance,
-                  (SELECT coalesce(sum(r.cost_usd), 0) FROM ai_agents._report_usage(org, b.agent_id, from_ts, to_ts) r) AS spent) w
-     WHERE b.organization_id = org AND (agent IS NULL OR b.agent_id IS NULL OR b.agent_id = agent)
+DECLARE
+    b record;
+    spent numeric;
+    budgets jsonb := '[]';
+BEGIN
+    -- The spend of each is asked in a statement of its own: called from a query over the
+    -- budgets, Citus would run the call on the budgets' shard.
+    FOR b IN
+        SELECT bb.id, bb.agent_id, a.name, bb.period, bb.limit_usd,
+               round(bb.limit_usd * extract(epoch FROM to_ts - from_ts)
+                     / extract(epoch FROM (s.start AT TIME ZONE bb.timezone + ('1 ' || bb.period)::interval)
+                                          AT TIME ZONE bb.timezone - s.start), 12) AS allowance
+          FROM ai_agents.ai_agent_budgets bb
+          LEFT JOIN ai_agents.ai_agents a ON a.organization_id = bb.organization_id AND a.id = bb.agent_id
+         CROSS JOIN LATERAL (SELECT date_trunc(bb.period, from_ts, bb.timezone) AS start) s
+         WHERE bb.organization_id = org AND (agent IS NULL OR bb.agent_id IS NULL OR bb.agent_id = agent)
+         ORDER BY bb.agent_id NULLS FIRST, a.name
+    LOOP
+        SELECT coalesce(sum(r.cost_usd), 0) INTO spent
+          FROM ai_agents._report_usage(org, b.agent_id, from_ts, to_ts) r;
+        budgets := budgets || jsonb_build_array(jsonb_build_object(
+            'budget_id', b.id, 'agent_id', b.agent_id, 'name', b.name, 'period', b.period,
+            'limit_usd', b.limit_usd, 'allowance_usd', b.allowance, 'spent_usd', spent,
+            'share', round(spent / nullif(b.allowance, 0), 4)));
+    END LOOP;
+    RETURN budgets;
+END
 $$;
 
 -- Of those, the one of the report's own scope: the agent's, else its organization's (NULL:
@@ -263,6 +286,8 @@ DECLARE
     label text;
     previous_start timestamptz;
     trend jsonb;
+    counted jsonb;
+    agents jsonb;
     data jsonb;
 BEGIN
     label := CASE
@@ -282,11 +307,13 @@ BEGIN
         'summary', ai_agents._report_window(org, agent, from_ts, to_ts),
         'usage', ai_agents._report_usage_totals(org, agent, from_ts, to_ts));
     IF 'tasks_by_status' = ANY (t.sections) THEN
+        SELECT coalesce(jsonb_object_agg(n.status, n.tasks), '{}') INTO counted
+          FROM (SELECT tk.status, count(*) AS tasks FROM ai_agents.ai_agent_tasks tk
+                 WHERE tk.organization_id = org AND (agent IS NULL OR tk.agent_id = agent)
+                   AND tk.created_at >= from_ts AND tk.created_at < to_ts
+                 GROUP BY tk.status) n;
         data := data || jsonb_build_object('tasks_by_status', (
-            SELECT jsonb_object_agg(s.status, (SELECT count(*) FROM ai_agents.ai_agent_tasks tk
-                                                WHERE tk.organization_id = org AND (agent IS NULL OR tk.agent_id = agent)
-                                                  AND tk.created_at >= from_ts AND tk.created_at < to_ts
-                                                  AND tk.status = s.status))
+            SELECT jsonb_object_agg(s.status, coalesce(counted -> s.status, '0'))
               FROM unnest(ARRAY['pending', 'queued', 'running', 'completed', 'failed', 'cancelled']) s(status)));
     END IF;
     IF 'conversations' = ANY (t.sections) THEN
@@ -295,7 +322,8 @@ BEGIN
                                       'user_messages', count(*) FILTER (WHERE m.role = 'user'),
                                       'assistant_messages', count(*) FILTER (WHERE m.role = 'assistant'))
               FROM ai_agents.ai_agent_messages m
-              JOIN ai_agents.ai_agent_conversations c ON c.id = m.conversation_id
+              JOIN ai_agents.ai_agent_conversations c
+                ON c.organization_id = m.organization_id AND c.id = m.conversation_id
              WHERE m.organization_id = org AND (agent IS NULL OR c.agent_id = agent)
                AND m.created_at >= from_ts AND m.created_at < to_ts));
     END IF;
@@ -309,15 +337,21 @@ BEGIN
                      GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5) f));
     END IF;
     IF 'per_agent' = ANY (t.sections) THEN
+        -- The agents first, by id: a join of the usage function with the agents would run on
+        -- the agents' shard under Citus, and the function's own queries cannot run there.
+        SELECT coalesce(jsonb_object_agg(a.id, jsonb_build_object('name', a.name, 'agent_type', a.agent_type)), '{}')
+          INTO agents
+          FROM ai_agents.ai_agents a WHERE a.organization_id = org;
         data := data || jsonb_build_object('per_agent', (
-            SELECT coalesce(jsonb_agg(jsonb_build_object('agent_id', u.agent_id, 'name', coalesce(a.name, '(deleted agent)'),
-                                                         'agent_type', a.agent_type, 'attempts', u.attempts,
-                                                         'succeeded', u.succeeded, 'tokens', u.tokens, 'cost_usd', u.cost_usd)
-                                      ORDER BY u.cost_usd DESC, u.tokens DESC, a.name), '[]')
+            SELECT coalesce(jsonb_agg(jsonb_build_object('agent_id', u.agent_id,
+                                                         'name', coalesce(agents -> u.agent_id::text ->> 'name', '(deleted agent)'),
+                                                         'agent_type', agents -> u.agent_id::text ->> 'agent_type',
+                                                         'attempts', u.attempts, 'succeeded', u.succeeded,
+                                                         'tokens', u.tokens, 'cost_usd', u.cost_usd)
+                                      ORDER BY u.cost_usd DESC, u.tokens DESC, agents -> u.agent_id::text ->> 'name'), '[]')
               FROM (SELECT r.agent_id, sum(r.attempts) AS attempts, sum(r.succeeded) AS succeeded,
                            sum(r.tokens) AS tokens, sum(r.cost_usd) AS cost_usd
-                      FROM ai_agents._report_usage(org, agent, from_ts, to_ts) r GROUP BY 1) u
-              LEFT JOIN ai_agents.ai_agents a ON a.id = u.agent_id));
+                      FROM ai_agents._report_usage(org, agent, from_ts, to_ts) r GROUP BY 1) u));
     END IF;
     IF 'per_model' = ANY (t.sections) THEN
         data := data || jsonb_build_object('per_model', (
@@ -394,6 +428,8 @@ DECLARE
     data jsonb;
     previous_task uuid;
     r ai_agents.ai_agent_reports;
+    -- A value, not a call: Citus takes only immutable functions in ON CONFLICT DO UPDATE.
+    built_at constant timestamptz := now();
 BEGIN
     IF template IS NULL OR org IS NULL OR period_start IS NULL OR period_end IS NULL THEN
         RAISE EXCEPTION 'build_report needs a template, an organization_id, a period_start and a period_end'
@@ -437,12 +473,13 @@ BEGIN
     ON CONFLICT ON CONSTRAINT ai_agent_reports_period_key DO UPDATE
        SET report_type = excluded.report_type, title = excluded.title, data = excluded.data,
            narrative = NULL, narrative_status = excluded.narrative_status, narrative_error = NULL,
-           narrative_task_id = NULL, status = 'ready', error = NULL, updated_at = now()
+           narrative_task_id = NULL, status = 'ready', error = NULL, updated_at = built_at
     RETURNING * INTO r;
     -- The narrative of the replaced build would describe old figures.
-    IF previous_task IS NOT NULL THEN
-        PERFORM ai_agents.cancel_task(tk.id, 'report rebuilt') FROM ai_agents.ai_agent_tasks tk
-         WHERE tk.id = previous_task AND tk.status IN ('pending', 'queued', 'running');
+    IF EXISTS (SELECT FROM ai_agents.ai_agent_tasks tk
+                WHERE tk.organization_id = org AND tk.id = previous_task
+                  AND tk.status IN ('pending', 'queued', 'running')) THEN
+        PERFORM ai_agents.cancel_task(previous_task, 'report rebuilt');
     END IF;
     IF t.narrative_prompt IS NOT NULL THEN
         IF narrator.id IS NULL THEN
@@ -461,11 +498,11 @@ BEGIN
             END;
         END IF;
     END IF;
+    r.markdown := ai_agents._render_report_markdown(r.data, NULL, r.narrative_status, r.narrative_error);
     UPDATE ai_agents.ai_agent_reports rr
-       SET markdown = ai_agents._render_report_markdown(r.data, NULL, r.narrative_status, r.narrative_error),
-           narrative_status = r.narrative_status, narrative_error = r.narrative_error,
+       SET markdown = r.markdown, narrative_status = r.narrative_status, narrative_error = r.narrative_error,
            narrative_task_id = r.narrative_task_id
-     WHERE rr.id = r.id
+     WHERE rr.organization_id = org AND rr.id = r.id
     RETURNING * INTO r;
     RETURN r;
 END
@@ -489,7 +526,7 @@ BEGIN
        SET narrative = text_written, narrative_status = state, narrative_error = reason,
            markdown = ai_agents._render_report_markdown(r.data, text_written, state, reason),
            updated_at = now()
-     WHERE r.narrative_task_id = NEW.id;
+     WHERE r.organization_id = NEW.organization_id AND r.narrative_task_id = NEW.id;
     RETURN NULL;
 END
 $$;
@@ -523,6 +560,13 @@ DECLARE
 BEGIN
     IF max_reports < 1 THEN
         RAISE EXCEPTION 'max_reports must be at least 1, got %', max_reports USING ERRCODE = '22023';
+    END IF;
+    -- Under Citus the coordinator builds every organization's reports (its queries reach every
+    -- node), so that no two nodes' workers build the same report at once; the others build none.
+    IF to_regclass('pg_catalog.pg_dist_node') IS NOT NULL THEN
+        IF NOT citus_is_coordinator() THEN
+            RETURN NULL;
+        END IF;
     END IF;
     FOR due IN
         WITH scheduled AS (
@@ -589,14 +633,20 @@ $$;
 -- deployment guide names it.
 CREATE OR REPLACE FUNCTION ai_agents.get_latest_agent_report(agent_id uuid, report_type text DEFAULT NULL)
 RETURNS ai_agents.ai_agent_reports
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT r.* FROM ai_agents.ai_agent_reports r
+#variable_conflict use_variable
+DECLARE
+    latest ai_agents.ai_agent_reports;
+BEGIN
+    SELECT r.* INTO latest FROM ai_agents.ai_agent_reports r
      WHERE r.agent_id = get_latest_agent_report.agent_id
        AND (get_latest_agent_report.report_type IS NULL OR r.report_type = get_latest_agent_report.report_type)
      ORDER BY r.period_end DESC, r.created_at DESC, r.id DESC
-     LIMIT 1
+     LIMIT 1;
+    RETURN latest;
+END
 $$;
 
 REVOKE ALL ON FUNCTION ai_agents.build_due_reports(timestamptz, integer) FROM PUBLIC;

@@ -1107,3 +1107,192 @@ fn members_read_and_write_their_own_rows_on_the_workers_through_the_coordinator(
         1
     );
 }
+
+/// Two gyms of two agents each, with three months of history: activity (with the versions it
+/// ran), pruned hourly usage, tasks of every status, a conversation, budgets and a gym's own
+/// template of every section. Fixed ids, so that two databases hold the same. Run a statement
+/// at a time (`load_report_fixture`): Citus writes a reference table after a parallel write
+/// to distributed ones in no one transaction.
+const REPORT_FIXTURE: &str = "
+    INSERT INTO ai_agents.ai_agents (id, organization_id, name, agent_type, model, created_at)
+    SELECT (o || '0000000-0000-4000-8000-00000000000' || a)::uuid, (o || '0000000-0000-4000-8000-0000000000aa')::uuid,
+           CASE a WHEN 1 THEN 'Care ' ELSE 'Finance ' END || o, CASE a WHEN 1 THEN 'customer_care' ELSE 'finance' END,
+           'gpt-4o-mini', '2026-08-01'
+      FROM unnest(ARRAY['c', 'd']) o, generate_series(1, 2) a;
+    INSERT INTO ai_agents.ai_agent_activity_log
+        (organization_id, agent_id, action_type, success, tokens_used, cost_usd, execution_time_ms, error, details, created_at)
+    SELECT a.organization_id, a.id,
+           CASE WHEN d % 7 = 0 THEN 'task_failed' WHEN d % 11 = 0 THEN 'rate_limited'
+                WHEN d % 13 = 0 THEN 'task_cancelled' ELSE 'task_completed' END,
+           d % 7 <> 0, 100 + d, 0.000137 * d, 200 + 3 * d,
+           CASE WHEN d % 7 = 0 THEN CASE WHEN d % 2 = 0 THEN 'timeout' ELSE 'HTTP 429' END END,
+           jsonb_build_object('agent_version_id', a.current_version_id, 'will_retry', d % 14 = 0),
+           timestamptz '2026-09-01' + d * interval '19 hours'
+      FROM ai_agents.ai_agents a, generate_series(1, 110) d;
+    INSERT INTO ai_agents.ai_agent_usage_hourly
+        (organization_id, agent_id, provider, model, hour, attempts, succeeded, tokens, cost_usd)
+    SELECT a.organization_id, a.id, 'openai', 'gpt-4o', timestamptz '2026-08-03' + h * interval '1 day', 3, 2, 900, 0.0123
+      FROM ai_agents.ai_agents a, generate_series(0, 20) h;
+    INSERT INTO ai_agents.ai_agent_tasks (organization_id, agent_id, title, status, created_at)
+    SELECT a.organization_id, a.id, 'task ' || s || ' ' || i, s, timestamptz '2026-11-16' + i * interval '9 hours'
+      FROM ai_agents.ai_agents a, unnest(ARRAY['pending', 'completed', 'failed', 'cancelled']) s,
+           generate_series(1, 3) i;
+    INSERT INTO ai_agents.ai_agent_conversations (id, organization_id, agent_id)
+    SELECT (left(a.id::text, 35) || '9')::uuid, a.organization_id, a.id FROM ai_agents.ai_agents a WHERE a.agent_type = 'customer_care';
+    INSERT INTO ai_agents.ai_agent_messages (conversation_id, organization_id, role, content, created_at)
+    SELECT c.id, c.organization_id, CASE WHEN i % 2 = 0 THEN 'user' ELSE 'assistant' END, 'message ' || i,
+           timestamptz '2026-11-17' + i * interval '1 hour'
+      FROM ai_agents.ai_agent_conversations c, generate_series(1, 9) i;
+    INSERT INTO ai_agents.ai_agent_budgets (id, organization_id, agent_id, period, timezone, limit_usd)
+    SELECT (left(a.organization_id::text, 35) || 'b')::uuid, a.organization_id, NULL, 'month', 'UTC', 50
+      FROM ai_agents.ai_agents a WHERE a.agent_type = 'finance'
+    UNION ALL
+    SELECT (left(a.id::text, 35) || 'b')::uuid, a.organization_id, a.id, 'day', 'Europe/Berlin', 1.5
+      FROM ai_agents.ai_agents a WHERE a.agent_type = 'finance';
+    INSERT INTO ai_agents.ai_agent_report_templates (id, organization_id, name, report_type, scope, period, sections)
+    VALUES ('f0000000-0000-4000-8000-0000000000cc', 'c0000000-0000-4000-8000-0000000000aa', 'Everything', 'everything',
+            'organization', 'month',
+            '{tasks_by_status,conversations,success_rate,latency,failures,usage,per_agent,per_model,previous_period,trend,forecast,budget}');
+    UPDATE ai_agents.ai_agent_report_templates SET schedule_starts_at = '2026-09-01' WHERE organization_id IS NULL;
+";
+
+fn load_report_fixture(c: &mut Client) {
+    for statement in REPORT_FIXTURE.split(";\n") {
+        c.batch_execute(statement)
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}
+
+/// Everything the reports of REPORT_FIXTURE show, through `c`, as text to compare.
+fn build_fixture_reports(c: &mut Client) -> Vec<String> {
+    let mut shown = vec![];
+    for (template, org, agent, from, to) in [
+        (
+            "Customer Care Weekly Summary",
+            "c",
+            Some("c0000000-0000-4000-8000-000000000001"),
+            "2026-11-16",
+            "2026-11-23",
+        ),
+        (
+            "Customer Care Weekly Summary",
+            "d",
+            Some("d0000000-0000-4000-8000-000000000001"),
+            "2026-10-12",
+            "2026-10-19",
+        ),
+        (
+            "Finance Monthly Forecast",
+            "c",
+            Some("c0000000-0000-4000-8000-000000000002"),
+            "2026-11-01",
+            "2026-12-01",
+        ),
+        (
+            "Finance Monthly Forecast",
+            "d",
+            None,
+            "2026-10-01",
+            "2026-11-01",
+        ),
+        ("Everything", "c", None, "2026-11-01", "2026-12-01"),
+    ] {
+        let row = c
+            .query_one(
+                "SELECT data::text, markdown, narrative_status FROM ai_agents.build_report($1, $2::text::uuid, $3::text::timestamptz, $4::text::timestamptz, $5::text::uuid)",
+                &[&template, &format!("{org}0000000-0000-4000-8000-0000000000aa"), &from, &to, &agent],
+            )
+            .unwrap_or_else(|e| panic!("{template} of {org}: {e}"));
+        for i in 0..3 {
+            shown.push(row.get::<_, String>(i));
+        }
+    }
+    // Built again: the first build's narrative task is cancelled.
+    c.query(
+        "SELECT ai_agents.build_report('Customer Care Weekly Summary', 'c0000000-0000-4000-8000-0000000000aa', '2026-11-16', '2026-11-23', 'c0000000-0000-4000-8000-000000000001')",
+        &[],
+    )
+    .unwrap();
+    shown.extend(strings(
+        c,
+        "SELECT status || ' ' || count(*) FROM ai_agents.ai_agent_tasks WHERE task_type = 'report' GROUP BY status ORDER BY 1",
+    ));
+    shown.extend(strings(
+        c,
+        "SELECT (ai_agents.get_latest_agent_report('c0000000-0000-4000-8000-000000000001')).title",
+    ));
+    shown.extend(strings(
+        c,
+        "SELECT row(s.*)::text FROM ai_agents.task_summary('10 years', 'd0000000-0000-4000-8000-0000000000aa') s",
+    ));
+    shown
+}
+
+#[test]
+fn reports_built_through_the_coordinator_equal_those_of_one_server() {
+    let (mut single, _) = fresh_database();
+    load_report_fixture(&mut single);
+    let expected = build_fixture_reports(&mut single);
+
+    let cluster = CitusCluster::start("reports", 2, &[]);
+    let mut c = cluster.connect();
+    c.batch_execute("SET client_min_messages = warning; SELECT ai_agents.distribute(4)")
+        .unwrap();
+    load_report_fixture(&mut c);
+    let homes = strings(
+        &mut c,
+        "SELECT DISTINCT n.nodeport::text FROM unnest(ARRAY['c0000000-0000-4000-8000-0000000000aa', 'd0000000-0000-4000-8000-0000000000aa']::uuid[]) o
+           JOIN pg_dist_placement p ON p.shardid = get_shard_id_for_distribution_column('ai_agents.ai_agents', o)
+           JOIN pg_dist_node n ON n.groupid = p.groupid",
+    );
+    println!("the two gyms live on the workers at ports {homes:?}");
+    let got = build_fixture_reports(&mut c);
+
+    // Not empty figures compared with empty ones: the sections have content.
+    let everything: serde_json::Value = serde_json::from_str(&expected[12]).unwrap();
+    assert!(
+        everything["summary"]["attempts"].as_i64().unwrap() > 10,
+        "{everything}"
+    );
+    assert_eq!(everything["per_agent"].as_array().unwrap().len(), 2);
+    assert_eq!(everything["budget"].as_array().unwrap().len(), 2);
+    assert!(!everything["failures"].as_array().unwrap().is_empty());
+    assert_eq!(everything["trend"].as_array().unwrap().len(), 6);
+    assert!(
+        everything["conversations"]["user_messages"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
+    assert!(
+        expected.contains(&"cancelled 1".to_string()),
+        "{expected:?}"
+    );
+    for (i, (one, distributed)) in expected.iter().zip(&got).enumerate() {
+        assert_eq!(one, distributed, "item {i} differs through the coordinator");
+    }
+    assert_eq!(expected.len(), got.len());
+
+    // Scheduled reports: the coordinator builds them, for the gyms of every node; a worker node
+    // builds none (one builder: no report built twice at once).
+    let due = "SELECT coalesce(ai_agents.build_due_reports('2026-12-01 12:00+00')::text, 'none')";
+    let built = "SELECT count(*)::text FROM ai_agents.ai_agent_reports";
+    let before = strings(&mut c, built);
+    let mut on_worker = cluster.workers[0].connect(ai_agents_tests::citus::DATABASE);
+    assert_eq!(strings(&mut on_worker, due), ["none"]);
+    assert_eq!(strings(&mut c, built), before);
+    let scheduled = "SELECT t.name || ' ' || r.organization_id || ' ' || coalesce(r.agent_id::text, '-') || ' ' || r.period_start || ' ' || r.status
+                       FROM ai_agents.ai_agent_reports r JOIN ai_agents.ai_agent_report_templates t ON t.id = r.template_id
+                      WHERE r.created_at > now() - interval '1 hour' ORDER BY 1";
+    let next_on_one = strings(&mut single, due);
+    assert_eq!(strings(&mut c, due), next_on_one);
+    let on_one = strings(&mut single, scheduled);
+    let through_coordinator = strings(&mut c, scheduled);
+    assert!(on_one.len() > 10, "{on_one:?}");
+    assert_eq!(on_one, through_coordinator);
+    println!(
+        "{} report items equal on one server and through the coordinator; {} scheduled reports built by the coordinator",
+        got.len(),
+        through_coordinator.len()
+    );
+}
