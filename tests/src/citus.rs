@@ -15,6 +15,8 @@ pub const DATABASE: &str = "gyms";
 pub struct CitusCluster {
     pub coordinator: Cluster,
     pub workers: Vec<Cluster>,
+    name: String,
+    settings: Vec<String>,
 }
 
 fn install_citus() {
@@ -48,9 +50,36 @@ impl CitusCluster {
         let cluster = CitusCluster {
             coordinator,
             workers,
+            name: name.to_string(),
+            settings: all.iter().map(|s| s.to_string()).collect(),
         };
         cluster.create_database(DATABASE);
         cluster
+    }
+
+    /// One more worker with the same settings, in DATABASE with Citus created, added to the
+    /// cluster (citus_add_node) as docs/distributed.md#adding-a-node says; it holds no shards
+    /// until a rebalance moves some to it.
+    pub fn add_worker(&mut self) -> &Cluster {
+        let settings: Vec<&str> = self.settings.iter().map(String::as_str).collect();
+        let name = format!("{}-worker{}", self.name, self.workers.len());
+        let node = Cluster::start(&name, &settings);
+        node.connect("postgres")
+            .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+            .expect("CREATE DATABASE");
+        node.connect(DATABASE)
+            .batch_execute(&format!(
+                "ALTER DATABASE {DATABASE} SET search_path = ai_agents, public; CREATE EXTENSION citus"
+            ))
+            .expect("CREATE EXTENSION citus");
+        self.connect()
+            .execute(
+                "SELECT citus_add_node('127.0.0.1', $1)",
+                &[&i32::from(node.port())],
+            )
+            .expect("citus_add_node");
+        self.workers.push(node);
+        self.workers.last().expect("the worker just added")
     }
 
     /// Database `name` on every node, joined into one Citus database, with the extension created

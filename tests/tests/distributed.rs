@@ -1296,3 +1296,116 @@ fn reports_built_through_the_coordinator_equal_those_of_one_server() {
         through_coordinator.len()
     );
 }
+
+#[test]
+fn a_node_added_later_takes_shards_by_rebalance_and_its_worker_runs_their_tasks() {
+    let stub = Stub::start();
+    let mut cluster = cluster_with_workers("add-node", &stub, &[]);
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model)
+         SELECT gen_random_uuid(), 'front desk ' || g, 'customer_care', 'gpt-4o-mini'
+           FROM generate_series(1, 24) g;
+         SET client_min_messages = warning;
+         SELECT count(*) FROM ai_agents.distribute(8);",
+    )
+    .expect("agents, then distributing");
+
+    // docs/distributed.md#adding-a-node, step by step.
+    let added = cluster.add_worker();
+    let added_port = i32::from(added.port());
+    let added_server: String = added
+        .connect(ai_agents_tests::citus::DATABASE)
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let mut c = cluster.connect();
+    // Two statements: the wait sees the rebalance job once its start has committed.
+    c.batch_execute("SELECT citus_rebalance_start(shard_transfer_mode => 'block_writes')")
+        .expect("rebalance");
+    c.batch_execute("SELECT citus_rebalance_wait()")
+        .expect("rebalance");
+    let moved: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid)
+               JOIN pg_dist_node n ON n.groupid = p.groupid
+              WHERE s.logicalrelid = 'ai_agents.ai_agent_tasks'::regclass AND n.nodeport = $1",
+            &[&added_port],
+        )
+        .unwrap()
+        .get(0);
+    assert!(moved > 0, "the rebalance gave the new node no shard");
+
+    c.batch_execute(
+        "DO $$
+         DECLARE a record;
+         BEGIN
+             FOR a IN SELECT id FROM ai_agents.ai_agents LOOP
+                 FOR g IN 1 .. 4 LOOP
+                     PERFORM ai_agents.enqueue_task(a.id, 'renewals ' || g);
+                 END LOOP;
+             END LOOP;
+         END $$",
+    )
+    .expect("tasks enqueued through the coordinator");
+    let started = std::time::Instant::now();
+    while c
+        .query_one(
+            "SELECT count(*) FROM ai_agents.ai_agent_tasks WHERE status <> 'completed'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(90),
+            "tasks not completed after 90 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Each task once, and those of the new node's shards by the new node's worker.
+    let runs: Vec<(i64, String, i32)> = c
+        .query(
+            "SELECT count(l.id), coalesce(min(l.details ->> 'worker'), ''), t.organization_id::text
+               FROM ai_agents.ai_agent_tasks t
+               LEFT JOIN ai_agents.ai_agent_activity_log l
+                 ON l.organization_id = t.organization_id AND l.task_id = t.id AND l.action_type = 'task_completed'
+              GROUP BY t.organization_id, t.id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let port: i32 = cluster
+                .connect()
+                .query_one(
+                    "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n ON n.groupid = p.groupid
+                      WHERE p.shardid = get_shard_id_for_distribution_column('ai_agents.ai_agent_tasks', $1::text::uuid)",
+                    &[&r.get::<_, String>(2)],
+                )
+                .unwrap()
+                .get(0);
+            (r.get(0), r.get(1), port)
+        })
+        .collect();
+    assert_eq!(runs.len(), 96);
+    assert!(runs.iter().all(|(times, _, _)| *times == 1), "{runs:?}");
+    let on_added: Vec<&String> = runs
+        .iter()
+        .filter(|(_, _, port)| *port == added_port)
+        .map(|(_, worker, _)| worker)
+        .collect();
+    assert!(!on_added.is_empty(), "no organization on the new node");
+    assert!(
+        on_added.iter().all(|w| server_of(w) == added_server),
+        "a task of the new node's shards run elsewhere: {on_added:?}"
+    );
+    println!(
+        "the new node holds {moved} of the tasks' shards and ran {} of 96 tasks",
+        on_added.len()
+    );
+}
