@@ -216,7 +216,11 @@ CREATE OR REPLACE VIEW ai_agents.budget_usage WITH (security_invoker = true) AS
            greatest(b.limit_usd - coalesce(p.spent_usd, 0) - coalesce(p.reserved_usd, 0), 0) AS remaining_usd,
            coalesce(p.alerted, '{}') AS thresholds_reached, p.held_since
       FROM ai_agents.ai_agent_budgets b
-     CROSS JOIN LATERAL (SELECT date_trunc(b.period, now(), b.timezone) AS period_start) s
+      -- The period in a subquery over the budgets, not a lateral one of its own: Citus pushes
+      -- down no subquery without FROM that calls now().
+      JOIN (SELECT bb.organization_id, bb.id, date_trunc(bb.period, now(), bb.timezone) AS period_start
+              FROM ai_agents.ai_agent_budgets bb) s
+        ON s.organization_id = b.organization_id AND s.id = b.id
       LEFT JOIN ai_agents.ai_agent_budget_periods p
         ON p.organization_id = b.organization_id AND p.budget_id = b.id AND p.period_start = s.period_start;
 

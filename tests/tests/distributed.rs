@@ -3,6 +3,7 @@
 use ai_agents_tests::citus::CitusCluster;
 use ai_agents_tests::stub::Stub;
 use ai_agents_tests::{error_of, fresh_database, strings};
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 
 /// Rows per table of the schema, in name order.
@@ -1408,4 +1409,170 @@ fn a_node_added_later_takes_shards_by_rebalance_and_its_worker_runs_their_tasks(
         "the new node holds {moved} of the tasks' shards and ran {} of 96 tasks",
         on_added.len()
     );
+}
+
+/// Polls `sql` (a boolean) until it holds; panics after `limit`.
+fn wait_until(c: &mut Client, sql: &str, limit: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while !c.query_one(sql, &[]).unwrap().get::<_, bool>(0) {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {sql}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_budget_through_the_coordinator_is_never_overspent_alerts_once_per_threshold_and_holds() {
+    let stub = Stub::start();
+    let cluster = cluster_with_workers("budgets", &stub, &[]);
+    let mut c = cluster.connect();
+    // A model at $10 and $40 per million tokens: a call may cost up to about $0.013. The
+    // spender's organization has a budget; the other, none.
+    c.batch_execute(
+        "INSERT INTO ai_agents.ai_agent_model_prices (provider, model, input_usd_per_mtok, output_usd_per_mtok)
+         VALUES ('openai', 'budget-model', 10, 40);
+         INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, system_prompt, model, max_tokens)
+         SELECT gen_random_uuid(), n, 'finance', 'You watch the money.', 'budget-model', 300
+           FROM unnest(ARRAY['Spender', 'Free']) n;
+         SET client_min_messages = warning;
+         SELECT count(*) FROM ai_agents.distribute(4);",
+    )
+    .unwrap();
+    let agent_of = |c: &mut Client, name: &str| -> (String, String) {
+        let row = c
+            .query_one(
+                "SELECT organization_id::text, id::text FROM ai_agents.ai_agents WHERE name = $1",
+                &[&name],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let (org, agent) = agent_of(&mut c, "Spender");
+    let (free_org, free_agent) = agent_of(&mut c, "Free");
+    // Alerts are sent from the node holding the organization: listen there.
+    let home: i32 = c
+        .query_one(
+            "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n ON n.groupid = p.groupid
+              WHERE p.shardid = get_shard_id_for_distribution_column('ai_agents.ai_agents', $1::text::uuid)",
+            &[&org],
+        )
+        .unwrap()
+        .get(0);
+    let mut listener = cluster
+        .workers
+        .iter()
+        .find(|w| i32::from(w.port()) == home)
+        .expect("the organization's node")
+        .connect(ai_agents_tests::citus::DATABASE);
+    listener.batch_execute("LISTEN ai_agents_budget").unwrap();
+    let mut seed = 0x5eed_u64;
+    let mut next = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    let usage: Vec<serde_json::Value> = (0..1000)
+        .map(|_| {
+            serde_json::json!({"usage": {"prompt_tokens": 10 + next(51), "completion_tokens": 10 + next(291)}})
+        })
+        .collect();
+    stub.script(serde_json::Value::Array(usage));
+    c.execute(
+        "INSERT INTO ai_agents.ai_agent_budgets (organization_id, period, limit_usd) VALUES ($1::text::uuid, 'month', 1.00)",
+        &[&org],
+    )
+    .unwrap();
+    for (org, agent, tasks) in [(&org, &agent, 400), (&free_org, &free_agent, 20)] {
+        c.execute(
+            "INSERT INTO ai_agents.ai_agent_tasks (organization_id, agent_id, title)
+             SELECT $1::text::uuid, $2::text::uuid, 'spend ' || g FROM generate_series(1, $3) g",
+            &[org, agent, &tasks],
+        )
+        .unwrap();
+    }
+
+    // Through the coordinator: the view of the agents' state, and of the budget.
+    let settled = format!(
+        // SELECT 1: Citus fails on an EXISTS of a subquery over every shard that selects nothing.
+        "SELECT NOT EXISTS (SELECT 1 FROM ai_agents.ai_agent_tasks WHERE status = 'running')
+            AND EXISTS (SELECT 1 FROM ai_agents.agent_budget_state WHERE held AND agent_id = '{agent}')
+            AND NOT EXISTS (SELECT 1 FROM ai_agents.ai_agent_tasks WHERE organization_id = '{free_org}' AND status <> 'completed')"
+    );
+    let budget_now = |c: &mut Client| -> (String, String, String) {
+        let row = c
+            .query_one(
+                "SELECT spent_usd::text, reserved_usd::text, remaining_usd::text
+                   FROM ai_agents.budget_usage WHERE organization_id = $1::text::uuid",
+                &[&org],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    wait_until(&mut c, &settled, std::time::Duration::from_secs(60));
+    let (spent, reserved, remaining) = budget_now(&mut c);
+    println!("budget $1.00 on Citus: spent ${spent}, reserved ${reserved}, remaining ${remaining}");
+    let spend: f64 = spent.parse().unwrap();
+    assert!((0.95..=1.0).contains(&spend), "spent {spent}");
+    assert_eq!(reserved, "0.000000000000");
+    let recorded: String = c
+        .query_one(
+            "SELECT sum(cost_usd)::numeric(22, 12)::text FROM ai_agents.ai_agent_tasks
+              WHERE organization_id = $1::text::uuid AND status = 'completed'",
+            &[&org],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, spent, "the spend is the sum of the calls' costs");
+    let row = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'failed'),
+                    count(*) FILTER (WHERE status = 'pending' AND attempts = 0),
+                    count(*) FILTER (WHERE status = 'completed')
+               FROM ai_agents.ai_agent_tasks WHERE organization_id = $1::text::uuid",
+            &[&org],
+        )
+        .unwrap();
+    let (failed, waiting, completed): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (failed, waiting + completed),
+        (0, 400),
+        "later tasks wait, none fails"
+    );
+    let alerts = |c: &mut Client| -> Vec<String> {
+        strings(
+            c,
+            "SELECT details ->> 'threshold' FROM ai_agents.ai_agent_activity_log
+              WHERE action_type = 'budget_threshold' ORDER BY created_at, id",
+        )
+    };
+    assert_eq!(alerts(&mut c), ["0.8", "0.95"]);
+    let heard: Vec<serde_json::Value> = listener
+        .notifications()
+        .timeout_iter(std::time::Duration::from_millis(500))
+        .map(|n| Ok(serde_json::from_str(n.payload()).unwrap()))
+        .collect()
+        .unwrap();
+    let thresholds: Vec<String> = heard.iter().map(|n| n["threshold"].to_string()).collect();
+    assert_eq!(thresholds, ["0.8", "0.95"]);
+
+    // A raised budget releases the tasks at once; the thresholds already alerted stay quiet.
+    c.execute(
+        "UPDATE ai_agents.ai_agent_budgets SET limit_usd = 1.50 WHERE organization_id = $1::text::uuid",
+        &[&org],
+    )
+    .unwrap();
+    wait_until(
+        &mut c,
+        &format!(
+            "SELECT count(*) > {completed} FROM ai_agents.ai_agent_tasks
+              WHERE organization_id = '{org}' AND status = 'completed'"
+        ),
+        std::time::Duration::from_secs(5),
+    );
+    wait_until(&mut c, &settled, std::time::Duration::from_secs(60));
+    let (spent, _, _) = budget_now(&mut c);
+    let raised: f64 = spent.parse().unwrap();
+    assert!((1.45..=1.5).contains(&raised), "spent {spent}");
+    assert_eq!(alerts(&mut c).len(), 2);
+    println!("raised to $1.50: spent ${spent}");
 }
