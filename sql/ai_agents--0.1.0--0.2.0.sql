@@ -4199,6 +4199,10 @@ BEGIN
     END IF;
     IF on_citus_worker THEN
         PERFORM set_config('citus.enable_ddl_propagation', 'off', true);
+    ELSIF current_setting('citus.multi_shard_modify_mode', true) IS NOT NULL THEN
+        -- On a coordinator, grants on distributed and reference tables in one transaction go
+        -- over one connection per node: Citus refuses them after a parallel one.
+        PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
     END IF;
     -- Template queries run as the reader (see _run_report_queries); the policies call
     -- _request_organization_ids.

@@ -26,7 +26,29 @@ fn hook_organization_ids() -> Option<Vec<Option<Uuid>>> {
     .unwrap_or_default();
     // SAFETY: reading this backend's role of the request.
     let requester = unsafe { pg_sys::GetOuterUserId() };
+    // Under Citus the policies, and so the hook, also run inside a query on a worker's shard,
+    // where Citus refuses any query of its tables unless nested execution is allowed: for the
+    // hook's call only. Its tables are reference tables, read from the node's own copy
+    // (docs/distributed.md#members).
+    let nested = Spi::get_one::<String>(
+        "SELECT current_setting('citus.allow_nested_distributed_execution', true)",
+    )
+    .ok()
+    .flatten();
+    let allow_nested = |value: &str| {
+        Spi::run_with_args(
+            "SELECT set_config('citus.allow_nested_distributed_execution', $1, true)",
+            &[value.into()],
+        )
+        .unwrap_or_else(|e| error!("ai_agents.organization_hook: {e}"));
+    };
+    if nested.is_some() {
+        allow_nested("on");
+    }
     let ids = run_as(requester, || Spi::get_one::<Vec<Option<Uuid>>>(&call))
         .unwrap_or_else(|e| error!("ai_agents.organization_hook {hook}: {e}"));
+    if let Some(before) = &nested {
+        allow_nested(before);
+    }
     Some(ids.unwrap_or_default())
 }

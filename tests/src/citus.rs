@@ -116,6 +116,7 @@ impl CitusCluster {
     /// A new database of this cluster with the extension distributed (4 shards), as tests written
     /// for one server use it: a connection to the coordinator, and the database's name.
     pub fn fresh_database(&self) -> (Client, String) {
+        let _one_at_a_time = lock_nodes();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!("d{}", NEXT.fetch_add(1, Ordering::SeqCst));
         self.create_database(&name);
@@ -123,6 +124,67 @@ impl CitusCluster {
         c.batch_execute("SET client_min_messages = warning; SELECT ai_agents.distribute(4); RESET client_min_messages")
             .expect("ai_agents.distribute");
         (c, name)
+    }
+
+    /// Runs `sql` as the superuser in database `db` of every node, each node for itself (Citus
+    /// would send it on from the coordinator, and refuses it on a worker).
+    pub fn on_every_node(&self, db: &str, sql: &str) {
+        for node in self.nodes() {
+            node.connect(db)
+                .batch_execute(&format!("SET citus.enable_ddl_propagation = off; {sql}"))
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        }
+    }
+
+    /// A member's session through the coordinator. Citus connects to a worker as the session's
+    /// role and sends no session setting along, so a session-wide `request.jwt.claims` (what
+    /// `crate::as_role` sets on one server) would not reach the workers' policies. Here a
+    /// member logs in as a role of its own, a member of `role`, whose claims are its setting in
+    /// `db` on every node. (PostgREST's way, claims set per transaction and forwarded by
+    /// `forward_request_claims`, is tested in tests/tests/distributed.rs.) Without claims, or
+    /// for another role: `authenticator` switched to `role`, which logs in on the workers.
+    pub fn as_role(&self, db: &str, role: &str, claims: Option<&str>) -> Client {
+        let conninfo = self.coordinator.conninfo(db);
+        match claims {
+            Some(claims) => {
+                let _one_at_a_time = lock_nodes();
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&(role, claims), &mut hasher);
+                let member = format!("member_{:016x}", std::hash::Hasher::finish(&hasher));
+                self.on_every_node(
+                    "postgres",
+                    &format!(
+                        "DO $$ BEGIN
+                             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{member}') THEN
+                                 CREATE ROLE {member} LOGIN IN ROLE {role};
+                             END IF;
+                         END $$;
+                         ALTER ROLE {member} IN DATABASE {db} SET request.jwt.claims = '{}'",
+                        claims.replace('\'', "''")
+                    ),
+                );
+                Client::connect(
+                    &conninfo.replace("user=postgres", &format!("user={member}")),
+                    postgres::NoTls,
+                )
+                .expect("connect as a member")
+            }
+            None => {
+                for worker in &self.workers {
+                    worker
+                        .connect("postgres")
+                        .batch_execute(&format!("ALTER ROLE {role} LOGIN"))
+                        .expect("the role logs in on the workers");
+                }
+                let mut c = Client::connect(
+                    &conninfo.replace("user=postgres", "user=authenticator"),
+                    postgres::NoTls,
+                )
+                .expect("connect as authenticator");
+                c.batch_execute(&format!("SET ROLE {role}")).unwrap();
+                c
+            }
+        }
     }
 
     fn nodes(&self) -> impl Iterator<Item = &Cluster> {
@@ -133,6 +195,13 @@ impl CitusCluster {
     pub fn connect(&self) -> Client {
         self.coordinator.connect(DATABASE)
     }
+}
+
+/// Held while a test changes what every node of the shared cluster holds (a database joined to
+/// the cluster, a role): Citus copies roles to a node it adds, and two of those at once fail.
+fn lock_nodes() -> std::sync::MutexGuard<'static, ()> {
+    static NODES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    NODES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The Citus cluster shared by the tests of one binary that run against a coordinator

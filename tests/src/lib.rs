@@ -513,28 +513,50 @@ pub fn clear_of_slot(minutes: u64, margin: std::time::Duration) {
     }
 }
 
-/// Supabase's roles in the shared cluster, as Supabase creates them: PostgREST logs in as
-/// `authenticator` and switches to `anon`, `authenticated` or `service_role` (which bypasses
-/// RLS) per request. Databases created before need `apply_role_grants()`.
+const SUPABASE_ROLES: &str = "CREATE ROLE anon NOLOGIN; CREATE ROLE authenticated NOLOGIN;
+     CREATE ROLE service_role NOLOGIN BYPASSRLS;
+     CREATE ROLE authenticator LOGIN NOINHERIT;
+     GRANT anon, authenticated, service_role TO authenticator;
+     CREATE ROLE nobody NOLOGIN;";
+
+/// Supabase's roles in the shared cluster (with `AI_AGENTS_TEST_TARGET=citus`, on every node of
+/// the shared Citus cluster), as Supabase creates them: PostgREST logs in as `authenticator`
+/// and switches to `anon`, `authenticated` or `service_role` (which bypasses RLS) per request.
+/// Databases created before need `apply_role_grants()`.
 pub fn supabase_roles() {
     static ROLES: Once = Once::new();
     ROLES.call_once(|| {
-        shared_cluster()
-            .connect("postgres")
-            .batch_execute(
-                "CREATE ROLE anon NOLOGIN; CREATE ROLE authenticated NOLOGIN;
-                 CREATE ROLE service_role NOLOGIN BYPASSRLS;
-                 CREATE ROLE authenticator LOGIN NOINHERIT;
-                 GRANT anon, authenticated, service_role TO authenticator;
-                 CREATE ROLE nobody NOLOGIN;",
-            )
-            .expect("roles");
+        if on_citus() {
+            citus::shared().on_every_node("postgres", SUPABASE_ROLES);
+        } else {
+            shared_cluster()
+                .connect("postgres")
+                .batch_execute(SUPABASE_ROLES)
+                .expect("roles");
+        }
     });
 }
 
+/// Runs `sql` as the superuser in database `db` of the shared cluster, or of every node of the
+/// shared Citus cluster with `AI_AGENTS_TEST_TARGET=citus`: for settings each node reads.
+pub fn on_every_node(db: &str, sql: &str) {
+    if on_citus() {
+        citus::shared().on_every_node(db, sql);
+    } else {
+        shared_cluster()
+            .connect(db)
+            .batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
 /// A PostgREST-like session on the shared cluster: `authenticator` switched to `role`, with
-/// the JWT claims set.
+/// the JWT claims set. With `AI_AGENTS_TEST_TARGET=citus`, a session on the shared Citus
+/// cluster's coordinator (`citus::CitusCluster::as_role`).
 pub fn as_role(db: &str, role: &str, claims: Option<&str>) -> Client {
+    if on_citus() {
+        return citus::shared().as_role(db, role, claims);
+    }
     let conninfo = shared_cluster()
         .conninfo(db)
         .replace("user=postgres", "user=authenticator");

@@ -1,10 +1,13 @@
 //! Security (issue [security]): the permission matrix generated from the catalog, tenants kept
 //! apart by row-level security and checked entry points, a hostile public schema, secrets that
-//! appear nowhere, and the outbound URL allowlist.
+//! appear nowhere, and the outbound URL allowlist. The tests that take their database from
+//! `fresh_database` or `tenant_database` also run against a Citus coordinator
+//! (AI_AGENTS_TEST_TARGET=citus, scripts/test); the others are about one server's install and
+//! worker.
 use ai_agents_tests::postgres::Client;
 use ai_agents_tests::{
-    as_role, claims, create_agent, enqueue, error_of, shared_cluster, strings, supabase_roles,
-    wait_for, WorkerEnv, PLANTED_KEY,
+    as_role, claims, create_agent, enqueue, error_of, fresh_database, on_citus, on_every_node,
+    shared_cluster, strings, supabase_roles, wait_for, WorkerEnv, PLANTED_KEY,
 };
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -19,7 +22,7 @@ const AGENT_B: &str = "b0000000-0000-4000-8000-00000000000b";
 /// came later), and two organizations with an agent, a task, a conversation and a report each.
 fn tenant_database() -> (Client, String) {
     supabase_roles();
-    let (mut c, db) = shared_cluster().fresh_database();
+    let (mut c, db) = fresh_database();
     let applied: Vec<String> = c
         .query_one("SELECT ai_agents.apply_role_grants()", &[])
         .unwrap()
@@ -299,7 +302,7 @@ fn the_permission_matrix_generated_from_the_catalog_holds_cell_by_cell() {
         "per organization: enqueued, conversation, report narrative"
     );
     service
-        .batch_execute(&format!("SELECT ai_agents.claim_due_tasks('svc', 1, '1 minute'); UPDATE ai_agents.ai_agent_rate_limits SET max_per_minute = 11 WHERE organization_id = '{ORG_A}'"))
+        .batch_execute(&format!("SELECT ai_agents.claim_due_tasks('svc', 1, '1 minute', ARRAY['{ORG_A}']::uuid[]); UPDATE ai_agents.ai_agent_rate_limits SET max_per_minute = 11 WHERE organization_id = '{ORG_A}'"))
         .expect("service_role writes");
     println!(
         "permission matrix: {} relations, {} functions, {cells} cells asserted",
@@ -310,7 +313,7 @@ fn the_permission_matrix_generated_from_the_catalog_holds_cell_by_cell() {
 
 #[test]
 fn security_definer_only_where_needed_and_every_function_pins_its_search_path() {
-    let (mut c, _db) = shared_cluster().fresh_database();
+    let (mut c, _db) = fresh_database();
     c.batch_execute("SET search_path = pg_catalog").unwrap();
     let definers = strings(
         &mut c,
@@ -439,8 +442,19 @@ fn one_organization_cannot_touch_anothers_agents_tasks_or_conversations() {
         .query_one(&format!("SELECT id::text FROM ai_agents.enqueue_task('{AGENT_A}', 'mine', idempotency_key => 'k1')"), &[])
         .unwrap()
         .get(0);
+    // The conversation first, then the call with its id: under Citus a call taking a subquery
+    // over a distributed table would run on the shard (docs/distributed.md).
+    let conversation_a: String = a
+        .query_one(&format!("SELECT id::text FROM ai_agents.ai_agent_conversations WHERE agent_id = '{AGENT_A}'"), &[])
+        .unwrap()
+        .get(0);
     let reply: String = a
-        .query_one(&format!("SELECT task_type FROM ai_agents.send_message((SELECT id FROM ai_agents.ai_agent_conversations WHERE agent_id = '{AGENT_A}'), 'and again')"), &[])
+        .query_one(
+            &format!(
+                "SELECT task_type FROM ai_agents.send_message('{conversation_a}', 'and again')"
+            ),
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(reply, "conversation");
@@ -471,6 +485,11 @@ fn organizations_come_from_a_nested_claim_or_a_membership_hook() {
          GRANT EXECUTE ON FUNCTION public.member_organizations() TO authenticated;",
     )
     .unwrap();
+    if on_citus() {
+        // The hook runs where the policies do, on the workers too: its table is on every node.
+        c.batch_execute("SELECT create_reference_table('public.memberships')")
+            .unwrap();
+    }
     c.batch_execute(&format!(
         "INSERT INTO public.memberships VALUES ('coach', '{ORG_A}'), ('coach', '{ORG_B}'), ('trainee', '{ORG_B}')"
     ))
@@ -482,11 +501,11 @@ fn organizations_come_from_a_nested_claim_or_a_membership_hook() {
             .get(0)
     };
     // A nested claim, as Supabase's app_metadata. The settings are the superuser's to make:
-    // here per database for the role PostgREST logs in as.
-    c.batch_execute(&format!(
-        "ALTER ROLE authenticator IN DATABASE {db} SET ai_agents.jwt_organization_claim = 'app_metadata.organizations'"
-    ))
-    .unwrap();
+    // here per database, on every node (under Citus the workers' policies read them too).
+    on_every_node(
+        &db,
+        &format!("ALTER DATABASE {db} SET ai_agents.jwt_organization_claim = 'app_metadata.organizations'"),
+    );
     let nested_claims =
         format!(r#"{{"sub": "x", "app_metadata": {{"organizations": ["{ORG_A}", "{ORG_B}"]}}}}"#);
     let mut nested = as_role(&db, "authenticated", Some(&nested_claims));
@@ -498,10 +517,12 @@ fn organizations_come_from_a_nested_claim_or_a_membership_hook() {
         "the claim is read where the setting says"
     );
     // The membership hook instead of claims.
-    c.batch_execute(&format!(
-        "ALTER ROLE authenticator IN DATABASE {db} SET ai_agents.organization_hook = 'public.member_organizations'"
-    ))
-    .unwrap();
+    on_every_node(
+        &db,
+        &format!(
+            "ALTER DATABASE {db} SET ai_agents.organization_hook = 'public.member_organizations'"
+        ),
+    );
     for (user, expected) in [("coach", 2), ("trainee", 1), ("stranger", 0)] {
         let mut member = as_role(
             &db,
@@ -510,10 +531,10 @@ fn organizations_come_from_a_nested_claim_or_a_membership_hook() {
         );
         assert_eq!(visible_agents(&mut member), expected, "{user}");
     }
-    c.batch_execute(&format!(
-        "ALTER ROLE authenticator IN DATABASE {db} RESET ALL"
-    ))
-    .unwrap();
+    on_every_node(
+        &db,
+        &format!("ALTER DATABASE {db} RESET ai_agents.jwt_organization_claim; ALTER DATABASE {db} RESET ai_agents.organization_hook"),
+    );
     // Only a superuser chooses where organizations come from.
     let mut member = as_role(&db, "authenticated", Some(&claims(ORG_A)));
     let (code, _) = error_of(
@@ -524,12 +545,11 @@ fn organizations_come_from_a_nested_claim_or_a_membership_hook() {
     let (code, _) = error_of(&mut member, "SET ai_agents.jwt_organization_claim = 'sub'");
     assert_eq!(code, "42501");
     // A claim that is not a uuid is an error, not an empty answer.
-    member
-        .query(
-            "SELECT set_config('request.jwt.claims', '{\"organization_id\": \"gym-7\"}', false)",
-            &[],
-        )
-        .unwrap();
+    let mut member = as_role(
+        &db,
+        "authenticated",
+        Some(r#"{"sub": "x", "organization_id": "gym-7"}"#),
+    );
     let (code, message) = error_of(&mut member, "SELECT count(*) FROM ai_agents.ai_agents");
     assert_eq!(code, "22P02", "{message}");
 }
@@ -782,11 +802,16 @@ fn a_planted_key_appears_in_no_table_dump_log_or_error() {
 fn installed_after_the_roles_exist_the_grants_are_in_place_at_once() {
     supabase_roles();
     let cluster = shared_cluster();
-    let db = cluster.create_blank_database();
-    cluster
-        .connect(&db)
-        .batch_execute("CREATE EXTENSION ai_agents")
-        .unwrap();
+    // Under Citus, a database of the Citus cluster: it creates the extension once the roles
+    // exist, as here.
+    let (mut admin, db) = if on_citus() {
+        fresh_database()
+    } else {
+        let db = cluster.create_blank_database();
+        let mut admin = cluster.connect(&db);
+        admin.batch_execute("CREATE EXTENSION ai_agents").unwrap();
+        (admin, db)
+    };
     let mut member = as_role(&db, "authenticated", Some(&claims(ORG_A)));
     let n: i64 = member
         .query_one(
@@ -799,8 +824,7 @@ fn installed_after_the_roles_exist_the_grants_are_in_place_at_once() {
     let grants: BTreeMap<String, bool> = ["authenticated", "service_role", "anon"]
         .iter()
         .map(|role| {
-            let usage: bool = cluster
-                .connect(&db)
+            let usage: bool = admin
                 .query_one(
                     "SELECT has_schema_privilege($1, 'ai_agents', 'USAGE')",
                     &[role],
