@@ -1303,14 +1303,7 @@ fn a_node_added_later_takes_shards_by_rebalance_and_its_worker_runs_their_tasks(
     let stub = Stub::start();
     let mut cluster = cluster_with_workers("add-node", &stub, &[]);
     let mut c = cluster.connect();
-    c.batch_execute(
-        "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model)
-         SELECT gen_random_uuid(), 'front desk ' || g, 'customer_care', 'gpt-4o-mini'
-           FROM generate_series(1, 24) g;
-         SET client_min_messages = warning;
-         SELECT count(*) FROM ai_agents.distribute(8);",
-    )
-    .expect("agents, then distributing");
+    distribute_gyms(&mut c, 24, 8);
 
     // docs/distributed.md#adding-a-node, step by step.
     let added = cluster.add_worker();
@@ -1381,15 +1374,7 @@ fn a_node_added_later_takes_shards_by_rebalance_and_its_worker_runs_their_tasks(
         .unwrap()
         .iter()
         .map(|r| {
-            let port: i32 = cluster
-                .connect()
-                .query_one(
-                    "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n ON n.groupid = p.groupid
-                      WHERE p.shardid = get_shard_id_for_distribution_column('ai_agents.ai_agent_tasks', $1::text::uuid)",
-                    &[&r.get::<_, String>(2)],
-                )
-                .unwrap()
-                .get(0);
+            let port = port_of_organization(&mut cluster.connect(), &r.get::<_, String>(2));
             (r.get(0), r.get(1), port)
         })
         .collect();
@@ -1409,6 +1394,29 @@ fn a_node_added_later_takes_shards_by_rebalance_and_its_worker_runs_their_tasks(
         "the new node holds {moved} of the tasks' shards and ran {} of 96 tasks",
         on_added.len()
     );
+}
+
+/// `gyms` organizations of one front-desk agent each, then the tables distributed in `shards`.
+fn distribute_gyms(c: &mut Client, gyms: i32, shards: i32) {
+    c.batch_execute(&format!(
+        "INSERT INTO ai_agents.ai_agents (organization_id, name, agent_type, model)
+         SELECT gen_random_uuid(), 'front desk ' || g, 'customer_care', 'gpt-4o-mini'
+           FROM generate_series(1, {gyms}) g;
+         SET client_min_messages = warning;
+         SELECT count(*) FROM ai_agents.distribute({shards});"
+    ))
+    .expect("gyms, then distributing");
+}
+
+/// The port of the node holding an organization's shards.
+fn port_of_organization(c: &mut Client, org: &str) -> i32 {
+    c.query_one(
+        "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n ON n.groupid = p.groupid
+          WHERE p.shardid = get_shard_id_for_distribution_column('ai_agents.ai_agents', $1::text::uuid)",
+        &[&org],
+    )
+    .unwrap()
+    .get(0)
 }
 
 /// Polls `sql` (a boolean) until it holds; panics after `limit`.
@@ -1449,14 +1457,7 @@ fn a_budget_through_the_coordinator_is_never_overspent_alerts_once_per_threshold
     let (org, agent) = agent_of(&mut c, "Spender");
     let (free_org, free_agent) = agent_of(&mut c, "Free");
     // Alerts are sent from the node holding the organization: listen there.
-    let home: i32 = c
-        .query_one(
-            "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n ON n.groupid = p.groupid
-              WHERE p.shardid = get_shard_id_for_distribution_column('ai_agents.ai_agents', $1::text::uuid)",
-            &[&org],
-        )
-        .unwrap()
-        .get(0);
+    let home = port_of_organization(&mut c, &org);
     let mut listener = cluster
         .workers
         .iter()
@@ -1575,4 +1576,121 @@ fn a_budget_through_the_coordinator_is_never_overspent_alerts_once_per_threshold
     assert!((1.45..=1.5).contains(&raised), "spent {spent}");
     assert_eq!(alerts(&mut c).len(), 2);
     println!("raised to $1.50: spent ${spent}");
+}
+
+#[test]
+fn a_task_wakes_the_worker_of_its_shards_node_at_commit_and_is_announced_from_there() {
+    let stub = Stub::start();
+    let cluster = cluster_with_workers("wake", &stub, &[]);
+    let mut c = cluster.connect();
+    distribute_gyms(&mut c, 12, 8);
+    // One organization per worker node, and a listener on every node.
+    let placed: Vec<(String, i32)> = c
+        .query(
+            "SELECT id::text, organization_id::text FROM ai_agents.ai_agents ORDER BY name",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                port_of_organization(&mut cluster.connect(), &r.get::<_, String>(1)),
+            )
+        })
+        .collect();
+    let agents: Vec<String> = cluster
+        .workers
+        .iter()
+        .map(|w| {
+            placed
+                .iter()
+                .find(|(_, port)| *port == i32::from(w.port()))
+                .map(|(agent, _)| agent.clone())
+                .expect("an organization on every worker node")
+        })
+        .collect();
+    let mut listeners: Vec<Client> = std::iter::once(&cluster.coordinator)
+        .chain(&cluster.workers)
+        .map(|node| {
+            let mut l = node.connect(ai_agents_tests::citus::DATABASE);
+            l.batch_execute("LISTEN ai_agents_task_events").unwrap();
+            l
+        })
+        .collect();
+    // The workers find their shards and fall asleep with nothing due (up to a minute).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut tasks_of_node: Vec<Vec<String>> = vec![vec![]; agents.len()];
+    for (node, agent) in agents.iter().enumerate() {
+        let mut latencies = vec![];
+        for i in 0..5 {
+            let task: String = c
+                .query_one(
+                    "SELECT id::text FROM ai_agents.enqueue_task($1::text::uuid, $2)",
+                    &[agent, &format!("wake-up {i}")],
+                )
+                .unwrap()
+                .get(0);
+            let started = std::time::Instant::now();
+            while !c
+                .query_one(
+                    "SELECT execution_started_at IS NOT NULL FROM ai_agents.ai_agent_tasks
+                      WHERE agent_id = $1::text::uuid AND id = $2::text::uuid",
+                    &[agent, &task],
+                )
+                .unwrap()
+                .get::<_, bool>(0)
+            {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(5),
+                    "task {task} not started"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let ms: f64 = c
+                .query_one(
+                    "SELECT extract(epoch FROM execution_started_at - created_at)::float8 * 1000
+                       FROM ai_agents.ai_agent_tasks WHERE agent_id = $1::text::uuid AND id = $2::text::uuid",
+                    &[agent, &task],
+                )
+                .unwrap()
+                .get(0);
+            latencies.push(ms);
+            tasks_of_node[node].push(task);
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        println!("worker node {node}: insert-to-start latencies (ms): {latencies:?}");
+        latencies.sort_by(f64::total_cmp);
+        assert!(
+            latencies[2] < 200.0,
+            "median wake-up {} ms on worker node {node}: the worker is polling, not woken",
+            latencies[2]
+        );
+    }
+    // Each run's end is announced from the node holding its shard, and from nowhere else.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut heard: Vec<Vec<String>> = vec![];
+    for listener in &mut listeners {
+        let mut completed: Vec<String> = listener
+            .notifications()
+            .timeout_iter(std::time::Duration::from_millis(300))
+            .map(|n| Ok(serde_json::from_str::<serde_json::Value>(n.payload()).unwrap()))
+            .collect::<Vec<serde_json::Value>>()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e["status"] == "completed")
+            .map(|e| e["task_id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        completed.sort();
+        heard.push(completed);
+    }
+    assert!(
+        heard[0].is_empty(),
+        "the coordinator announced {:?}",
+        heard[0]
+    );
+    for (node, mut tasks) in tasks_of_node.into_iter().enumerate() {
+        tasks.sort();
+        assert_eq!(heard[node + 1], tasks, "announced on worker node {node}");
+    }
 }
