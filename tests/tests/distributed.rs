@@ -1492,13 +1492,35 @@ fn a_budget_through_the_coordinator_is_never_overspent_alerts_once_per_threshold
         .unwrap();
     }
 
-    // Through the coordinator: the view of the agents' state, and of the budget.
-    let settled = format!(
-        // SELECT 1: Citus fails on an EXISTS of a subquery over every shard that selects nothing.
-        "SELECT NOT EXISTS (SELECT 1 FROM ai_agents.ai_agent_tasks WHERE status = 'running')
-            AND EXISTS (SELECT 1 FROM ai_agents.agent_budget_state WHERE held AND agent_id = '{agent}')
-            AND NOT EXISTS (SELECT 1 FROM ai_agents.ai_agent_tasks WHERE organization_id = '{free_org}' AND status <> 'completed')"
+    // Through the coordinator: the view of the agents' state, and of the budget. The free gym's
+    // tasks all run.
+    wait_until(
+        &mut c,
+        &format!(
+            // SELECT 1: Citus fails on an EXISTS of a subquery over every shard that selects
+            // nothing.
+            "SELECT NOT EXISTS (SELECT 1 FROM ai_agents.ai_agent_tasks
+                                 WHERE organization_id = '{free_org}' AND status <> 'completed')"
+        ),
+        std::time::Duration::from_secs(60),
     );
+    // Settled: nothing of the spender's running, its agent held, less left than a call may
+    // cost, and still so half a second later. A claim marks the agent held when a call does not
+    // fit, and the calls it let run then settle at their cost, less than they reserved: until
+    // the worker's next claim, room is left. One organization's statement, so one query on its
+    // node and one snapshot (Citus has no snapshot across statements).
+    let settled_now = format!(
+        "SELECT NOT EXISTS (SELECT 1 FROM ai_agents.ai_agent_tasks WHERE organization_id = '{org}' AND status = 'running')
+            AND EXISTS (SELECT 1 FROM ai_agents.agent_budget_state
+                         WHERE organization_id = '{org}' AND agent_id = '{agent}' AND held AND remaining_usd < 0.02)"
+    );
+    let settled = |c: &mut Client| {
+        while {
+            wait_until(c, &settled_now, std::time::Duration::from_secs(60));
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            !c.query_one(&settled_now, &[]).unwrap().get::<_, bool>(0)
+        } {}
+    };
     let budget_now = |c: &mut Client| -> (String, String, String) {
         let row = c
             .query_one(
@@ -1509,7 +1531,7 @@ fn a_budget_through_the_coordinator_is_never_overspent_alerts_once_per_threshold
             .unwrap();
         (row.get(0), row.get(1), row.get(2))
     };
-    wait_until(&mut c, &settled, std::time::Duration::from_secs(60));
+    settled(&mut c);
     let (spent, reserved, remaining) = budget_now(&mut c);
     println!("budget $1.00 on Citus: spent ${spent}, reserved ${reserved}, remaining ${remaining}");
     let spend: f64 = spent.parse().unwrap();
@@ -1537,7 +1559,15 @@ fn a_budget_through_the_coordinator_is_never_overspent_alerts_once_per_threshold
     assert_eq!(
         (failed, waiting + completed),
         (0, 400),
-        "later tasks wait, none fails"
+        "later tasks wait, none fails: {:?}",
+        strings(
+            &mut c,
+            &format!(
+                "SELECT status || ' ' || attempts || ' ' || coalesce(error_message, '') || ' ' || count(*)
+                   FROM ai_agents.ai_agent_tasks WHERE organization_id = '{org}'
+                  GROUP BY status, attempts, error_message"
+            )
+        )
     );
     let alerts = |c: &mut Client| -> Vec<String> {
         strings(
@@ -1570,7 +1600,7 @@ fn a_budget_through_the_coordinator_is_never_overspent_alerts_once_per_threshold
         ),
         std::time::Duration::from_secs(5),
     );
-    wait_until(&mut c, &settled, std::time::Duration::from_secs(60));
+    settled(&mut c);
     let (spent, _, _) = budget_now(&mut c);
     let raised: f64 = spent.parse().unwrap();
     assert!((1.45..=1.5).contains(&raised), "spent {spent}");
