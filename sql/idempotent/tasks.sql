@@ -369,8 +369,18 @@ $$;
 -- The claim queue per organization (docs/fairness.md): its due tasks and how long the oldest
 -- has waited, its calls in the limiter's current window and their share of all calls, and
 -- its weight. Organizations with due tasks or calls in the window. For the operator: it counts
--- every due task, and reads the limiter, which needs the preloaded library.
-CREATE OR REPLACE VIEW ai_agents.organization_queue WITH (security_invoker = true) AS
+-- every due task, and reads the limiter, which needs the preloaded library. A function with
+-- its search_path pinned, under the view: Citus plans the due tasks apart and then parses the
+-- rest again in the caller's search_path, where a `=` of another schema could win.
+CREATE OR REPLACE FUNCTION ai_agents._organization_queue()
+RETURNS TABLE (organization_id uuid, due_tasks bigint, oldest_due_at timestamptz, oldest_waiting interval,
+               calls_in_window bigint, share_of_calls numeric, weight float8)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH due AS (
         SELECT t.organization_id, count(*) AS due_tasks, min(t.next_run_at) AS oldest_due_at
           FROM ai_agents.ai_agent_tasks t
@@ -380,16 +390,22 @@ CREATE OR REPLACE VIEW ai_agents.organization_queue WITH (security_invoker = tru
         SELECT substr(u.key, 14)::uuid AS organization_id, u.used
           FROM ai_agents.rate_limit_usage u
          WHERE u.key LIKE 'organization:%' AND u.window = interval '1 minute' AND u.used > 0)
-    SELECT organization_id,
-           coalesce(d.due_tasks, 0) AS due_tasks,
+    SELECT coalesce(d.organization_id, c.organization_id),
+           coalesce(d.due_tasks, 0),
            d.oldest_due_at,
-           now() - d.oldest_due_at AS oldest_waiting,
-           coalesce(c.used, 0) AS calls_in_window,
-           round(coalesce(c.used, 0)::numeric / nullif(sum(c.used) OVER (), 0), 4) AS share_of_calls,
-           coalesce(l.weight, 1)::float8 AS weight
+           now() - d.oldest_due_at,
+           coalesce(c.used, 0)::bigint,
+           round(coalesce(c.used, 0)::numeric / nullif(sum(c.used) OVER (), 0), 4),
+           coalesce(l.weight, 1)::float8
       FROM due d
-      FULL JOIN calls c USING (organization_id)
-      LEFT JOIN ai_agents.ai_agent_organization_limits l USING (organization_id);
+      FULL JOIN calls c ON c.organization_id = d.organization_id
+      LEFT JOIN ai_agents.ai_agent_organization_limits l
+        ON l.organization_id = coalesce(d.organization_id, c.organization_id);
+END
+$$;
+
+CREATE OR REPLACE VIEW ai_agents.organization_queue WITH (security_invoker = true) AS
+    SELECT * FROM ai_agents._organization_queue();
 
 -- Raises the error for a completion, failure or heartbeat that does not hold the task's lease.
 -- The organization of a task (NULL when there is no such task): asked first by the functions

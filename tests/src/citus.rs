@@ -85,6 +85,15 @@ impl CitusCluster {
     /// Database `name` on every node, joined into one Citus database, with the extension created
     /// on the coordinator (Citus creates it on the workers), not yet distributed.
     fn create_database(&self, name: &str) {
+        self.join_database(name);
+        self.coordinator
+            .connect(name)
+            .batch_execute("CREATE EXTENSION ai_agents")
+            .expect("CREATE EXTENSION ai_agents on the coordinator");
+    }
+
+    /// Database `name` on every node with Citus, joined into one Citus database.
+    fn join_database(&self, name: &str) {
         for node in self.nodes() {
             node.connect("postgres")
                 .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -109,21 +118,26 @@ impl CitusCluster {
             )
             .expect("citus_add_node");
         }
-        c.batch_execute("CREATE EXTENSION ai_agents")
-            .expect("CREATE EXTENSION ai_agents on the coordinator");
     }
 
     /// A new database of this cluster with the extension distributed (4 shards), as tests written
     /// for one server use it: a connection to the coordinator, and the database's name.
     pub fn fresh_database(&self) -> (Client, String) {
         let _one_at_a_time = lock_nodes();
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!("d{}", NEXT.fetch_add(1, Ordering::SeqCst));
+        let name = next_database_name();
         self.create_database(&name);
         let mut c = self.coordinator.connect(&name);
         c.batch_execute("SET client_min_messages = warning; SELECT ai_agents.distribute(4); RESET client_min_messages")
             .expect("ai_agents.distribute");
         (c, name)
+    }
+
+    /// A new database of this cluster with Citus but without ai_agents; its name.
+    pub fn blank_database(&self) -> String {
+        let _one_at_a_time = lock_nodes();
+        let name = next_database_name();
+        self.join_database(&name);
+        name
     }
 
     /// Runs `sql` as the superuser in database `db` of every node, each node for itself (Citus
@@ -187,14 +201,25 @@ impl CitusCluster {
         }
     }
 
-    fn nodes(&self) -> impl Iterator<Item = &Cluster> {
+    /// The coordinator, then the workers.
+    pub fn nodes(&self) -> impl Iterator<Item = &Cluster> {
         std::iter::once(&self.coordinator).chain(&self.workers)
+    }
+
+    /// The coordinator and the workers, for a caller that keeps them.
+    pub fn into_nodes(self) -> (Cluster, Vec<Cluster>) {
+        (self.coordinator, self.workers)
     }
 
     /// A connection to the coordinator.
     pub fn connect(&self) -> Client {
         self.coordinator.connect(DATABASE)
     }
+}
+
+fn next_database_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("d{}", NEXT.fetch_add(1, Ordering::SeqCst))
 }
 
 /// Held while a test changes what every node of the shared cluster holds (a database joined to

@@ -388,8 +388,13 @@ pub fn error_of(client: &mut Client, sql: &str) -> (String, String) {
 /// A cluster whose background worker serves its `postgres` database (with the extension
 /// installed), pointed at an LLM stub for both providers.
 pub struct WorkerEnv {
+    /// The server the tests connect to; with `AI_AGENTS_TEST_TARGET=citus`, the coordinator of a
+    /// Citus cluster whose tables are distributed.
     pub cluster: Cluster,
+    /// The Citus workers (none on one server), each running the extension's worker too.
+    pub workers: Vec<Cluster>,
     pub stub: stub::Stub,
+    database: &'static str,
 }
 
 /// Recognisable, so tests can look for it everywhere it must not be.
@@ -412,13 +417,44 @@ impl WorkerEnv {
             "log_min_messages = info".into(),
         ];
         all.extend(settings.iter().map(|s| s.to_string()));
+        if on_citus() {
+            all.push(format!("ai_agents.database = '{}'", citus::DATABASE));
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            let nodes = citus::CitusCluster::start(name, 2, &all);
+            nodes
+                .connect()
+                .batch_execute("SET client_min_messages = warning; SELECT ai_agents.distribute(4)")
+                .expect("ai_agents.distribute");
+            let (cluster, workers) = nodes.into_nodes();
+            return WorkerEnv {
+                cluster,
+                workers,
+                stub,
+                database: citus::DATABASE,
+            };
+        }
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         let cluster = Cluster::start(name, &all);
         cluster
             .connect("postgres")
             .batch_execute("CREATE EXTENSION ai_agents")
             .expect("CREATE EXTENSION in the worker's database");
-        WorkerEnv { cluster, stub }
+        WorkerEnv {
+            cluster,
+            workers: vec![],
+            stub,
+            database: "postgres",
+        }
+    }
+
+    /// Every server of the environment: the one the tests connect to, then the Citus workers.
+    pub fn nodes(&self) -> impl Iterator<Item = &Cluster> {
+        std::iter::once(&self.cluster).chain(&self.workers)
+    }
+
+    /// The database the extension's worker runs in.
+    pub fn database(&self) -> &'static str {
+        self.database
     }
 
     /// The cluster kept in `cell` for a test binary: started on first use, stopped when the
@@ -434,7 +470,7 @@ impl WorkerEnv {
             WorkerEnv::start(name, settings)
         });
         if started {
-            stop_at_exit(&env.cluster);
+            env.nodes().for_each(stop_at_exit);
         }
         env
     }
@@ -444,7 +480,7 @@ impl WorkerEnv {
     pub fn reconnect(&self, limit: std::time::Duration) -> Client {
         let deadline = std::time::Instant::now() + limit;
         loop {
-            if let Ok(mut c) = Client::connect(&self.cluster.conninfo("postgres"), NoTls) {
+            if let Ok(mut c) = Client::connect(&self.cluster.conninfo(self.database), NoTls) {
                 if c.batch_execute("SET search_path = ai_agents, public")
                     .is_ok()
                 {
@@ -461,7 +497,7 @@ impl WorkerEnv {
 
     /// A connection to the worker's database with the guide's search_path.
     pub fn connect(&self) -> Client {
-        let mut c = self.cluster.connect("postgres");
+        let mut c = self.cluster.connect(self.database);
         c.batch_execute("SET search_path = ai_agents, public")
             .expect("search_path");
         c

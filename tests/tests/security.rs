@@ -1,10 +1,10 @@
 //! Security (issue [security]): the permission matrix generated from the catalog, tenants kept
 //! apart by row-level security and checked entry points, a hostile public schema, secrets that
-//! appear nowhere, and the outbound URL allowlist. The tests that take their database from
-//! `fresh_database` or `tenant_database` also run against a Citus coordinator
-//! (AI_AGENTS_TEST_TARGET=citus, scripts/test); the others are about one server's install and
-//! worker.
+//! appear nowhere, and the outbound URL allowlist. With AI_AGENTS_TEST_TARGET=citus (run so by
+//! scripts/test) every one of them runs against a Citus coordinator with two workers, the tables
+//! distributed: the hostile objects, the dumps and the logs on every node.
 use ai_agents_tests::postgres::Client;
+use ai_agents_tests::Cluster;
 use ai_agents_tests::{
     as_role, claims, create_agent, enqueue, error_of, fresh_database, on_citus, on_every_node,
     shared_cluster, strings, supabase_roles, wait_for, WorkerEnv, PLANTED_KEY,
@@ -593,14 +593,25 @@ const HOSTILE: &str = "
 
 #[test]
 fn a_hostile_public_schema_never_runs_inside_the_extension() {
-    let cluster = shared_cluster();
-    let db = cluster.create_blank_database();
-    let mut c = cluster.connect(&db);
+    // Under Citus the hostile objects are on every node, where the extension's triggers,
+    // policies and functions run too, and every node records what ran.
+    let (nodes, db): (Vec<&Cluster>, String) = if on_citus() {
+        let citus = ai_agents_tests::citus::shared();
+        (citus.nodes().collect(), citus.blank_database())
+    } else {
+        let cluster = shared_cluster();
+        (vec![cluster], cluster.create_blank_database())
+    };
+    let mut c = nodes[0].connect(&db);
     // Before install.
-    c.batch_execute(HOSTILE).expect("hostile objects");
+    on_every_node(&db, HOSTILE);
     c.batch_execute("CREATE EXTENSION ai_agents").unwrap();
+    if on_citus() {
+        c.batch_execute("SET client_min_messages = warning; SELECT ai_agents.distribute(4)")
+            .unwrap();
+    }
     // And after: replaced and added again.
-    c.batch_execute(HOSTILE).expect("hostile objects again");
+    on_every_node(&db, HOSTILE);
     // The hostile objects work where public comes first: the test can fail.
     c.batch_execute("SET search_path = public, pg_catalog; SELECT 'a'::text = 'a'::text, now()")
         .unwrap();
@@ -609,7 +620,7 @@ fn a_hostile_public_schema_never_runs_inside_the_extension() {
         .unwrap()
         .get(0);
     assert!(probe >= 2, "the hostile operators are live: {probe}");
-    c.batch_execute("TRUNCATE public.hostile_calls").unwrap();
+    on_every_node(&db, "TRUNCATE public.hostile_calls");
     // The guide's statements and the SQL API, with public searched before pg_catalog.
     c.batch_execute(&format!(
         "SET search_path = public, pg_catalog, ai_agents;
@@ -622,10 +633,12 @@ fn a_hostile_public_schema_never_runs_inside_the_extension() {
          SELECT ai_agents.enqueue_task('{AGENT_A}', 'ad hoc', idempotency_key => 'k');
          SELECT ai_agents.send_message((ai_agents.start_conversation('{AGENT_A}')).id, 'hello');
          SELECT ai_agents.complete_task(t.id, t.fencing_token, output => 'ok', tokens_used => 10)
-           FROM ai_agents.claim_due_tasks('w', 2, '1 minute') t;
+           FROM ai_agents.claim_due_tasks('w', 2, '1 minute', ARRAY['{ORG_A}']::uuid[]) t;
          SELECT ai_agents.fail_task(t.id, t.fencing_token, 'boom', http_status => 503)
-           FROM ai_agents.claim_due_tasks('w', 5, '1 minute') t;
-         SELECT ai_agents.cancel_task(id) FROM ai_agents.ai_agent_tasks WHERE status OPERATOR(pg_catalog.=) 'pending';
+           FROM ai_agents.claim_due_tasks('w', 5, '1 minute', ARRAY['{ORG_A}']::uuid[]) t;
+         WITH pending AS MATERIALIZED (
+             SELECT id FROM ai_agents.ai_agent_tasks WHERE status OPERATOR(pg_catalog.=) 'pending')
+         SELECT ai_agents.cancel_task(p.id) FROM pending p;
          SELECT * FROM ai_agents.task_summary('24 hours');
          SELECT ai_agents.build_report('Customer Care Weekly Summary', '{ORG_A}', '2026-11-16', '2026-11-23', '{AGENT_A}');
          SELECT ai_agents.build_due_reports();
@@ -636,18 +649,24 @@ fn a_hostile_public_schema_never_runs_inside_the_extension() {
          INSERT INTO ai_agents.ai_agent_rate_limits (organization_id, max_per_minute) VALUES ('{ORG_A}', 5);
          SELECT * FROM ai_agents.rate_limit_usage;
          SELECT * FROM ai_agents.organization_queue;
-         SELECT ai_agents.prune_history('0 days', 100);
-         SELECT ai_agents.apply_role_grants();"
+         SELECT ai_agents.prune_history('0 days', 100, ARRAY['{ORG_A}']::uuid[]);"
     ))
     .expect("the extension under a hostile search_path");
-    let calls = strings(
-        &mut c,
-        "SELECT DISTINCT what FROM public.hostile_calls ORDER BY 1",
-    );
-    assert!(
-        calls.is_empty(),
-        "hostile code ran inside the extension: {calls:?}"
-    );
+    // In a transaction of its own, as it is run: under Citus, grants after reads of distributed
+    // tables in one transaction are refused.
+    c.batch_execute("SELECT ai_agents.apply_role_grants()")
+        .expect("the grants under a hostile search_path");
+    for node in nodes {
+        let calls = strings(
+            &mut node.connect(&db),
+            "SELECT DISTINCT what FROM public.hostile_calls ORDER BY 1",
+        );
+        assert!(
+            calls.is_empty(),
+            "hostile code ran inside the extension on the node at {}: {calls:?}",
+            node.port()
+        );
+    }
 }
 
 fn worker_env() -> &'static WorkerEnv {
@@ -724,7 +743,7 @@ fn a_base_url_off_the_allowlist_is_refused_and_no_request_leaves() {
 fn a_planted_key_appears_in_no_table_dump_log_or_error() {
     let env = worker_env();
     let mut c = env.connect();
-    let (_, agent) = create_agent(&mut c, "key holder");
+    let (org, agent) = create_agent(&mut c, "key holder");
     // Replies that echo the key back, as OpenAI's 401 does, and a success, a conversation, a
     // report with its narrative.
     env.stub.script(serde_json::json!([
@@ -760,8 +779,7 @@ fn a_planted_key_appears_in_no_table_dump_log_or_error() {
         "{message}"
     );
     c.batch_execute(&format!(
-        "SELECT ai_agents.build_report('Customer Care Weekly Summary', organization_id, '2026-11-16', '2026-11-23', id)
-           FROM ai_agents.ai_agents WHERE id = '{agent}'"
+        "SELECT ai_agents.build_report('Customer Care Weekly Summary', '{org}', '2026-11-16', '2026-11-23', '{agent}')"
     ))
     .unwrap();
     // Every table of the extension, as text.
@@ -786,16 +804,23 @@ fn a_planted_key_appears_in_no_table_dump_log_or_error() {
     );
     assert_eq!(code, "42501");
     c.batch_execute("RESET ROLE").unwrap();
-    // pg_dump of the database, data included.
-    let dump = env.cluster.client_program("pg_dump", "postgres", &[]);
-    assert!(
-        !String::from_utf8_lossy(&dump.stdout).contains(PLANTED_KEY),
-        "the key is in pg_dump"
-    );
-    // The server log (errors of the worker included).
-    let log = std::fs::read_to_string(env.cluster.log_path()).unwrap_or_default();
-    assert!(!log.is_empty(), "the server log is read");
-    assert!(!log.contains(PLANTED_KEY), "the key is in the server log");
+    // pg_dump of the database, data included, and the server log (errors of the worker
+    // included): of every node under Citus.
+    for node in env.nodes() {
+        let dump = node.client_program("pg_dump", env.database(), &[]);
+        assert!(
+            !String::from_utf8_lossy(&dump.stdout).contains(PLANTED_KEY),
+            "the key is in pg_dump of the node at {}",
+            node.port()
+        );
+        let log = std::fs::read_to_string(node.log_path()).unwrap_or_default();
+        assert!(!log.is_empty(), "the server log is read");
+        assert!(
+            !log.contains(PLANTED_KEY),
+            "the key is in the server log of the node at {}",
+            node.port()
+        );
+    }
 }
 
 #[test]
