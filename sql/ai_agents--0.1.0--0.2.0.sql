@@ -3650,10 +3650,8 @@ BEGIN
     END IF;
     -- Under Citus the coordinator builds every organization's reports (its queries reach every
     -- node), so that no two nodes' workers build the same report at once; the others build none.
-    IF to_regclass('pg_catalog.pg_dist_node') IS NOT NULL THEN
-        IF NOT citus_is_coordinator() THEN
-            RETURN NULL;
-        END IF;
+    IF ai_agents._on_citus_worker() THEN
+        RETURN NULL;
     END IF;
     FOR due IN
         WITH scheduled AS (
@@ -3756,6 +3754,22 @@ BEGIN
             INTO found USING tbl;
     END IF;
     RETURN found;
+END
+$$;
+
+-- Whether this node is a Citus worker (false on a coordinator, and without Citus): what the
+-- coordinator alone does (distributing, releasing, the scheduled reports), a worker does not.
+CREATE OR REPLACE FUNCTION ai_agents._on_citus_worker() RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    worker boolean := false;
+BEGIN
+    IF to_regproc('pg_catalog.citus_is_coordinator') IS NOT NULL THEN
+        EXECUTE 'SELECT NOT pg_catalog.citus_is_coordinator()' INTO worker;
+    END IF;
+    RETURN worker;
 END
 $$;
 
@@ -3976,11 +3990,7 @@ AS $$
 DECLARE
     tbl record;
 BEGIN
-    -- Two statements: one expression would name Citus's function where it does not exist.
-    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
-        RETURN;
-    END IF;
-    IF NOT citus_is_coordinator() THEN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL OR ai_agents._on_citus_worker() THEN
         RETURN;
     END IF;
     -- The coordinator drops its own copies of the reference tables: they are Citus's.
@@ -4196,7 +4206,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     applied text[] := '{}';
-    on_citus_worker boolean := false;
+    on_citus_worker constant boolean := ai_agents._on_citus_worker();
     -- What members read, through row-level security; the report reader reads the same.
     tenant_tables constant text :=
         'ai_agents.ai_agents, ai_agents.ai_agent_versions, ai_agents.ai_agent_tasks,
@@ -4210,9 +4220,6 @@ DECLARE
 BEGIN
     -- A Citus worker refuses grants on the schema it shares with the coordinator, as changes
     -- to make there: these are this node's own, sent by the coordinator's apply_role_grants.
-    IF to_regproc('pg_catalog.citus_is_coordinator') IS NOT NULL THEN
-        EXECUTE 'SELECT NOT pg_catalog.citus_is_coordinator()' INTO on_citus_worker;
-    END IF;
     IF on_citus_worker THEN
         PERFORM set_config('citus.enable_ddl_propagation', 'off', true);
     ELSIF current_setting('citus.multi_shard_modify_mode', true) IS NOT NULL THEN

@@ -16,6 +16,22 @@ BEGIN
 END
 $$;
 
+-- Whether this node is a Citus worker (false on a coordinator, and without Citus): what the
+-- coordinator alone does (distributing, releasing, the scheduled reports), a worker does not.
+CREATE OR REPLACE FUNCTION ai_agents._on_citus_worker() RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    worker boolean := false;
+BEGIN
+    IF to_regproc('pg_catalog.citus_is_coordinator') IS NOT NULL THEN
+        EXECUTE 'SELECT NOT pg_catalog.citus_is_coordinator()' INTO worker;
+    END IF;
+    RETURN worker;
+END
+$$;
+
 -- Runs `command` on every Citus worker, each in a transaction of its own, and fails naming the
 -- first worker where it failed; does nothing without Citus.
 CREATE OR REPLACE FUNCTION ai_agents._run_on_workers(command text, doing text) RETURNS void
@@ -233,11 +249,7 @@ AS $$
 DECLARE
     tbl record;
 BEGIN
-    -- Two statements: one expression would name Citus's function where it does not exist.
-    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
-        RETURN;
-    END IF;
-    IF NOT citus_is_coordinator() THEN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL OR ai_agents._on_citus_worker() THEN
         RETURN;
     END IF;
     -- The coordinator drops its own copies of the reference tables: they are Citus's.

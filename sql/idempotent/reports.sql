@@ -563,10 +563,8 @@ BEGIN
     END IF;
     -- Under Citus the coordinator builds every organization's reports (its queries reach every
     -- node), so that no two nodes' workers build the same report at once; the others build none.
-    IF to_regclass('pg_catalog.pg_dist_node') IS NOT NULL THEN
-        IF NOT citus_is_coordinator() THEN
-            RETURN NULL;
-        END IF;
+    IF ai_agents._on_citus_worker() THEN
+        RETURN NULL;
     END IF;
     FOR due IN
         WITH scheduled AS (

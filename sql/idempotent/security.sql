@@ -192,7 +192,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     applied text[] := '{}';
-    on_citus_worker boolean := false;
+    on_citus_worker constant boolean := ai_agents._on_citus_worker();
     -- What members read, through row-level security; the report reader reads the same.
     tenant_tables constant text :=
         'ai_agents.ai_agents, ai_agents.ai_agent_versions, ai_agents.ai_agent_tasks,
@@ -206,9 +206,6 @@ DECLARE
 BEGIN
     -- A Citus worker refuses grants on the schema it shares with the coordinator, as changes
     -- to make there: these are this node's own, sent by the coordinator's apply_role_grants.
-    IF to_regproc('pg_catalog.citus_is_coordinator') IS NOT NULL THEN
-        EXECUTE 'SELECT NOT pg_catalog.citus_is_coordinator()' INTO on_citus_worker;
-    END IF;
     IF on_citus_worker THEN
         PERFORM set_config('citus.enable_ddl_propagation', 'off', true);
     ELSIF current_setting('citus.multi_shard_modify_mode', true) IS NOT NULL THEN
