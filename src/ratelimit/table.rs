@@ -219,8 +219,12 @@ impl<'a> Table<'a> {
     /// Checks all `limits` at `now_us` as one decision and, when `take` is set and all have
     /// room, takes each one's cost. A refusal at one limit takes nothing at any.
     pub fn check(&mut self, now_us: u64, limits: &[Limit], take: bool) -> Outcome {
-        if take {
-            let missing = limits.iter().filter(|l| self.find(l.hash).is_err()).count();
+        // One lookup per limit serves the check and the take, unless keys have to be made:
+        // making room moves slots, so then they are looked up again.
+        let mut found: Vec<Result<usize, usize>> =
+            limits.iter().map(|l| self.find(l.hash)).collect();
+        let missing = found.iter().filter(|f| f.is_err()).count();
+        if take && missing > 0 {
             if let Err(retry_after_us) = self.make_room(missing, limits, now_us) {
                 return Outcome::Full { retry_after_us };
             }
@@ -229,9 +233,9 @@ impl<'a> Table<'a> {
                     self.insert(empty, new_slot(limit.key, limit.hash, now_us));
                 }
             }
+            found = limits.iter().map(|l| self.find(l.hash)).collect();
         }
-        // No slot moves from here on, so one lookup per limit serves the check and the take.
-        let found: Vec<Option<usize>> = limits.iter().map(|l| self.find(l.hash).ok()).collect();
+        let found: Vec<Option<usize>> = found.into_iter().map(Result::ok).collect();
         // What each limit has left before this call, and the longest wait any of them imposes.
         let mut before = Vec::with_capacity(limits.len());
         let mut refusal: Option<(usize, u64)> = None;
