@@ -1200,6 +1200,10 @@ BEGIN
            budget_reserved_usd = c.pico / 1e12
       FROM unnest(claimable, owners, versions, reserved, tokens) AS c(id, organization_id, version_id, pico, token)
      WHERE t.organization_id = ANY (owners) AND t.organization_id = c.organization_id AND t.id = c.id
+       -- The ids as an index condition too, so that the tasks are found by id whatever the
+       -- session's generic plan expected: one made on a near-empty table read every task of
+       -- the organizations instead (engine.rs, a_batch_of_replies_finds_its_tasks_by_id_...).
+       AND t.id = ANY (claimable)
     RETURNING t.*;
 END
 $$;
@@ -1400,6 +1404,8 @@ BEGIN
                next_run_at = ai_agents._next_run_after(t.schedule_cron, t.timezone, finished_at)
           FROM given g
          WHERE t.organization_id = ANY (owners) AND t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
+           -- The ids as an index condition too (see claim_due_tasks' UPDATE).
+           AND t.id = ANY (task_ids)
         RETURNING t, g.i
     )
     SELECT array_agg(c.t ORDER BY c.i) INTO done FROM completed c;
@@ -2014,15 +2020,10 @@ BEGIN
                   _record_llm_reply_batch.cached_input_tokens, _record_llm_reply_batch.cache_write_tokens,
                   _record_llm_reply_batch.models, _record_llm_reply_batch.request_ids,
                   _record_llm_reply_batch.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, cached, written, model, request_id, ms, i)
-      -- One lookup by id per reply, whatever the table held when the session's plan was made:
-      -- joined plainly, a plan made on a near-empty table read every task of the organization
-      -- to find the batch's few (engine.rs, a_batch_of_replies_finds_its_tasks_by_id_...).
-      CROSS JOIN LATERAL (
-          SELECT t.locked_by, t.organization_id, t.agent_version_id
-            FROM ai_agents.ai_agent_tasks t
-           WHERE t.organization_id = ANY (owners) AND t.id = g.id AND t.status = 'running'
-             AND t.fencing_token = g.token
-           LIMIT 1) t
+      JOIN ai_agents.ai_agent_tasks t
+        ON t.organization_id = ANY (owners) AND t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
+      -- The ids as an index condition too (see claim_due_tasks' UPDATE).
+       AND t.id = ANY (_record_llm_reply_batch.task_ids)
       -- A version deleted behind the extension's back during the call: the reply is kept, at
       -- no known price.
       LEFT JOIN ai_agents.ai_agent_versions v

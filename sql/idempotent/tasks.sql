@@ -338,6 +338,10 @@ BEGIN
            budget_reserved_usd = c.pico / 1e12
       FROM unnest(claimable, owners, versions, reserved, tokens) AS c(id, organization_id, version_id, pico, token)
      WHERE t.organization_id = ANY (owners) AND t.organization_id = c.organization_id AND t.id = c.id
+       -- The ids as an index condition too, so that the tasks are found by id whatever the
+       -- session's generic plan expected: one made on a near-empty table read every task of
+       -- the organizations instead (engine.rs, a_batch_of_replies_finds_its_tasks_by_id_...).
+       AND t.id = ANY (claimable)
     RETURNING t.*;
 END
 $$;
@@ -538,6 +542,8 @@ BEGIN
                next_run_at = ai_agents._next_run_after(t.schedule_cron, t.timezone, finished_at)
           FROM given g
          WHERE t.organization_id = ANY (owners) AND t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
+           -- The ids as an index condition too (see claim_due_tasks' UPDATE).
+           AND t.id = ANY (task_ids)
         RETURNING t, g.i
     )
     SELECT array_agg(c.t ORDER BY c.i) INTO done FROM completed c;

@@ -167,15 +167,10 @@ BEGIN
                   _record_llm_reply_batch.cached_input_tokens, _record_llm_reply_batch.cache_write_tokens,
                   _record_llm_reply_batch.models, _record_llm_reply_batch.request_ids,
                   _record_llm_reply_batch.execution_times_ms) WITH ORDINALITY AS g(id, token, content, input, output, cached, written, model, request_id, ms, i)
-      -- One lookup by id per reply, whatever the table held when the session's plan was made:
-      -- joined plainly, a plan made on a near-empty table read every task of the organization
-      -- to find the batch's few (engine.rs, a_batch_of_replies_finds_its_tasks_by_id_...).
-      CROSS JOIN LATERAL (
-          SELECT t.locked_by, t.organization_id, t.agent_version_id
-            FROM ai_agents.ai_agent_tasks t
-           WHERE t.organization_id = ANY (owners) AND t.id = g.id AND t.status = 'running'
-             AND t.fencing_token = g.token
-           LIMIT 1) t
+      JOIN ai_agents.ai_agent_tasks t
+        ON t.organization_id = ANY (owners) AND t.id = g.id AND t.status = 'running' AND t.fencing_token = g.token
+      -- The ids as an index condition too (see claim_due_tasks' UPDATE).
+       AND t.id = ANY (_record_llm_reply_batch.task_ids)
       -- A version deleted behind the extension's back during the call: the reply is kept, at
       -- no known price.
       LEFT JOIN ai_agents.ai_agent_versions v

@@ -879,19 +879,23 @@ fn a_batch_of_replies_finds_its_tasks_by_id_with_a_plan_made_on_an_empty_table()
     explain_from_now_on(&mut c);
     assert_eq!(claim_and_reply(&mut c, 2), ["completed", "completed"]);
     let plans = plans.lock().unwrap();
-    let found: Vec<&String> = plans
-        .iter()
-        .filter(|p| p.contains("array_agg(g.id ORDER BY g.i)"))
-        .collect();
-    assert_eq!(found.len(), 1, "{plans:#?}");
-    // The tasks' index is searched for each reply's id (by the id or the primary key).
-    assert!(
-        found[0]
-            .lines()
-            .any(|l| l.contains("Index Cond:") && l.contains("id = g.id)")),
-        "{}",
-        found[0]
-    );
+    // The claim's update, the completion's and the replies' lookup each search the tasks'
+    // index for the batch's ids (by the id or the primary key).
+    for statement in [
+        "SET status = 'running'",
+        "SET status = 'completed'",
+        "array_agg(g.id ORDER BY g.i)",
+    ] {
+        let found: Vec<&String> = plans.iter().filter(|p| p.contains(statement)).collect();
+        assert_eq!(found.len(), 1, "{statement}: {plans:#?}");
+        assert!(
+            found[0]
+                .lines()
+                .any(|l| l.contains("Index Cond:") && l.contains("(id = ")),
+            "{}",
+            found[0]
+        );
+    }
 }
 
 #[test]
