@@ -1703,8 +1703,6 @@ BEGIN
                lease_expires_at = NULL
           FROM unnest(expired.ids, expired.owners, expired.retry, expired.errors) AS e(id, organization_id, retry, error)
          WHERE t.organization_id = ANY (expired.owners) AND t.organization_id = e.organization_id AND t.id = e.id
-           -- The ids as an index condition too (see claim_due_tasks' UPDATE).
-           AND t.id = ANY (expired.ids)
         RETURNING t.*
     )
     INSERT INTO ai_agents.ai_agent_activity_log
