@@ -60,7 +60,39 @@ REVOKE ALL ON FUNCTION ai_agents._run_on_workers(text, text) FROM PUBLIC;
 -- the distributed ones). Written to be run again: a worker done before a failed distribute()
 -- stays done. Returns the statements that create again what it dropped, for the coordinator to
 -- run once the tables are distributed.
+--
+-- The node's own worker runs meanwhile, and its transactions hold one table while asking for
+-- another (a fresh node's start-up prunes and rescues across several). So every table is locked
+-- first, all in one statement in name order, and a deadlock that still happens (a transaction
+-- holding a later table and asking for an earlier one) undoes only this attempt, which waits and
+-- starts again, instead of failing distribute().
 CREATE OR REPLACE FUNCTION ai_agents._prepare_distribution() RETURNS text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    attempts CONSTANT integer := 10;
+BEGIN
+    FOR attempt IN 1 .. attempts LOOP
+        BEGIN
+            EXECUTE (SELECT 'LOCK TABLE ' || string_agg(c.oid::regclass::text, ', ' ORDER BY c.relname)
+                            || ' IN ACCESS EXCLUSIVE MODE'
+                       FROM pg_class c
+                      WHERE c.relnamespace = 'ai_agents'::regnamespace AND c.relkind = 'r');
+            RETURN ai_agents._prepare_locked_tables();
+        EXCEPTION WHEN deadlock_detected THEN
+            IF attempt = attempts THEN
+                RAISE;
+            END IF;
+            PERFORM pg_sleep(0.1 * attempt);
+        END;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION ai_agents._prepare_distribution() FROM PUBLIC;
+
+-- _prepare_distribution's work, once it holds every table.
+CREATE OR REPLACE FUNCTION ai_agents._prepare_locked_tables() RETURNS text[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -120,7 +152,7 @@ BEGIN
     RETURN restore;
 END
 $$;
-REVOKE ALL ON FUNCTION ai_agents._prepare_distribution() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ai_agents._prepare_locked_tables() FROM PUBLIC;
 
 -- The tables without an organization: global data, reference tables under Citus (keys.rs
 -- checks that every other table has an organization).

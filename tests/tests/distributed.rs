@@ -418,6 +418,65 @@ fn without_citus_the_functions_that_take_arrays_keep_generic_plans() {
     );
 }
 
+/// A node's own worker may hold one of the tables while asking for another: preparing the
+/// node for distribution waits that out instead of failing distribute() with a deadlock.
+#[test]
+fn preparing_a_node_for_distribution_survives_a_deadlock_with_a_transaction_of_its_worker() {
+    let (mut c, db) = fresh_database();
+    let mut preparer = ai_agents_tests::shared_cluster().connect(&db);
+    let preparer_pid: i32 = preparer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    // The worker's side: a claim holds the tasks. A session looks for a deadlock once, when it
+    // has waited deadlock_timeout: the preparer after 1 s, by when the worker's side below has
+    // closed the circle, and the worker's side after a minute, so the preparer finds it.
+    c.batch_execute(
+        "SET deadlock_timeout = '1min';
+         BEGIN;
+         LOCK TABLE ai_agents.ai_agent_tasks IN ROW EXCLUSIVE MODE",
+    )
+    .unwrap();
+    let preparing = std::thread::spawn(move || {
+        preparer.batch_execute("SET deadlock_timeout = '1s'")?;
+        preparer
+            .query_one("SELECT cardinality(ai_agents._prepare_distribution())", &[])
+            .map(|r| r.get::<_, i32>(0))
+    });
+    wait_until(
+        &mut c,
+        &format!(
+            "SELECT wait_event_type IS NOT DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = {preparer_pid}"
+        ),
+        std::time::Duration::from_secs(30),
+    );
+    // Then it asks for a table the preparer already holds.
+    let held = strings(
+        &mut c,
+        &format!(
+            "SELECT l.relation::regclass::text FROM pg_locks l JOIN pg_class r ON r.oid = l.relation
+              WHERE l.pid = {preparer_pid} AND l.granted AND l.mode = 'AccessExclusiveLock'
+                AND r.relnamespace = 'ai_agents'::regnamespace AND r.relkind = 'r'
+              ORDER BY 1 LIMIT 1"
+        ),
+    );
+    assert_eq!(held.len(), 1, "the preparer waits holding no table");
+    c.batch_execute(&format!("SELECT count(*) FROM {}", held[0]))
+        .expect("the worker's transaction goes on");
+    c.batch_execute("COMMIT").unwrap();
+    let restore = preparing
+        .join()
+        .unwrap()
+        .expect("preparing gets through the deadlock");
+    assert!(restore > 0, "nothing to create again");
+    let triggers = strings(
+        &mut c,
+        "SELECT tgname::text FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid
+          WHERE r.relnamespace = 'ai_agents'::regnamespace AND NOT t.tgisinternal",
+    );
+    assert!(triggers.is_empty(), "triggers left: {triggers:?}");
+}
+
 /// The server a worker runs on, from its name (ai_agents-worker-<system identifier>-<pid>).
 fn server_of(worker: &str) -> String {
     worker.rsplit('-').nth(1).unwrap_or_default().to_string()
