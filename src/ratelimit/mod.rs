@@ -300,9 +300,15 @@ fn decide(
     let limit = |i: usize, max: u64, cost: u64| {
         Limit::hashed(key(&keys.names[i]), keys.hashes[i], max, cost)
     };
-    let mut tiers: Vec<&'static str> = TIERS.to_vec();
-    let mut costs = vec![calls; 3];
-    let mut checked: Vec<Limit> = (0..3).map(|i| limit(i, limits.calls[i], calls)).collect();
+    // Room for the token tiers from the start: growing the vectors was a visible share of a
+    // check's cost.
+    let all = TIERS.len() + TOKEN_TIERS.len();
+    let mut tiers: Vec<&'static str> = Vec::with_capacity(all);
+    tiers.extend_from_slice(&TIERS);
+    let mut costs = Vec::with_capacity(all);
+    costs.extend_from_slice(&[calls; 3]);
+    let mut checked: Vec<Limit> = Vec::with_capacity(all);
+    checked.extend((0..3).map(|i| limit(i, limits.calls[i], calls)));
     // Only the token tiers that are on are checked: one that is off costs nothing.
     for (i, &tier) in TOKEN_TIERS.iter().enumerate() {
         let Some(max) = limits.tokens[i] else {

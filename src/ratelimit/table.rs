@@ -163,9 +163,11 @@ impl<'a> Table<'a> {
         }
     }
 
-    fn insert(&mut self, empty: usize, slot: Slot) {
+    /// Puts `slot` in the empty slot `empty`, moving no other, and returns where it is.
+    fn insert(&mut self, empty: usize, slot: Slot) -> usize {
         self.slots[empty] = slot;
         *self.live += 1;
+        empty
     }
 
     /// Removes slot `hole`, moving later members of its probe run back so lookups still work.
@@ -220,22 +222,20 @@ impl<'a> Table<'a> {
     /// room, takes each one's cost. A refusal at one limit takes nothing at any.
     pub fn check(&mut self, now_us: u64, limits: &[Limit], take: bool) -> Outcome {
         // One lookup per limit serves the check and the take, unless keys have to be made:
-        // making room moves slots, so then they are looked up again.
-        let mut found: Vec<Result<usize, usize>> =
-            limits.iter().map(|l| self.find(l.hash)).collect();
-        let missing = found.iter().filter(|f| f.is_err()).count();
+        // making room moves slots, so then they are looked up again (an insert moves none).
+        let mut found: Vec<Option<usize>> = limits.iter().map(|l| self.find(l.hash).ok()).collect();
+        let missing = found.iter().filter(|f| f.is_none()).count();
         if take && missing > 0 {
             if let Err(retry_after_us) = self.make_room(missing, limits, now_us) {
                 return Outcome::Full { retry_after_us };
             }
-            for limit in limits {
-                if let Err(empty) = self.find(limit.hash) {
-                    self.insert(empty, new_slot(limit.key, limit.hash, now_us));
-                }
+            for (limit, slot) in limits.iter().zip(&mut found) {
+                *slot = Some(match self.find(limit.hash) {
+                    Ok(i) => i,
+                    Err(empty) => self.insert(empty, new_slot(limit.key, limit.hash, now_us)),
+                });
             }
-            found = limits.iter().map(|l| self.find(l.hash)).collect();
         }
-        let found: Vec<Option<usize>> = found.into_iter().map(Result::ok).collect();
         // What each limit has left before this call, and the longest wait any of them imposes.
         let mut before = Vec::with_capacity(limits.len());
         let mut refusal: Option<(usize, u64)> = None;
@@ -275,13 +275,10 @@ impl<'a> Table<'a> {
                 }
             }
         }
-        Outcome::Admitted {
-            remaining: before
-                .iter()
-                .zip(limits)
-                .map(|(left, limit)| left.saturating_sub(limit.cost))
-                .collect(),
+        for (left, limit) in before.iter_mut().zip(limits) {
+            *left = left.saturating_sub(limit.cost);
         }
+        Outcome::Admitted { remaining: before }
     }
 
     /// Corrects what a check took from `key` at `at_us` by `delta`; nothing when the key is
@@ -329,10 +326,7 @@ impl<'a> Table<'a> {
         }
         Ok(match self.find(pinned.hash) {
             Ok(i) => i,
-            Err(empty) => {
-                self.insert(empty, new_slot(key, pinned.hash, now_us));
-                empty
-            }
+            Err(empty) => self.insert(empty, new_slot(key, pinned.hash, now_us)),
         })
     }
 

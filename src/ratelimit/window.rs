@@ -9,9 +9,10 @@
 //!   granularity (0.5 s for the per-minute limits).
 //!
 //! The window keeps the total of its buckets, so that a check that fits reads one number
-//! under the table's lock instead of summing the buckets.
+//! under the table's lock instead of summing the buckets, and when its next bucket starts, so
+//! that a check inside the newest bucket divides nothing.
 //!
-//! Memory: 8 + 8 + 8 + 4 + 4 x (BUCKETS + 1) = 512 bytes per key, whatever the limit.
+//! Memory: 8 + 8 + 8 + 8 + 4 + 4 x (BUCKETS + 1) = 520 bytes per key, whatever the limit.
 
 /// Buckets per window: the granularity is W / 120 (500 ms for a one-minute window).
 pub const BUCKETS: u64 = 120;
@@ -23,6 +24,8 @@ pub struct Window {
     window_us: u64,
     /// Tick (time / bucket width) of the newest bucket.
     newest_tick: u64,
+    /// When the bucket after the newest starts: until then the window does not move.
+    next_tick_us: u64,
     /// The sum of `counts`.
     total: u64,
     /// Index of the newest bucket in `counts`; the oldest follows it.
@@ -43,6 +46,7 @@ impl Window {
     pub const EMPTY: Window = Window {
         window_us: BUCKETS,
         newest_tick: 0,
+        next_tick_us: 0,
         total: 0,
         newest: 0,
         counts: [0; RING],
@@ -51,9 +55,12 @@ impl Window {
     /// An empty window of `window_us` microseconds (at least `BUCKETS`).
     pub fn new(window_us: u64, now_us: u64) -> Window {
         let window_us = window_us.max(BUCKETS);
+        let width = window_us.div_ceil(BUCKETS);
+        let newest_tick = now_us / width;
         Window {
             window_us,
-            newest_tick: now_us / window_us.div_ceil(BUCKETS),
+            newest_tick,
+            next_tick_us: (newest_tick + 1) * width,
             total: 0,
             newest: 0,
             counts: [0; RING],
@@ -67,7 +74,12 @@ impl Window {
     /// Moves the window to `now_us`, dropping the buckets that fell out. Time never runs back
     /// for a window: an earlier `now_us` counts into the newest bucket, which only over-counts.
     fn advance(&mut self, now_us: u64) {
-        let tick = now_us / self.width();
+        if now_us < self.next_tick_us {
+            return;
+        }
+        let width = self.width();
+        let tick = now_us / width;
+        self.next_tick_us = (tick.max(self.newest_tick) + 1) * width;
         if tick <= self.newest_tick {
             return;
         }
