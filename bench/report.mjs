@@ -2,7 +2,7 @@
 // in the same run with PASS/MISS, and the machine, versions and command. Markdown on stdout.
 // Fails when a figure the report needs is missing or zero, so that the smoke run proves the
 // whole pipeline.
-// Usage: node bench/report.mjs <results.tsv> <versions.tsv> <runs> <sizes>
+// Usage: node bench/report.mjs <results.tsv> <versions.tsv> <how many runs, in words> <sizes>
 import { readFileSync, existsSync } from "node:fs";
 
 const [resultsFile, versionsFile, runs, sizes] = process.argv.slice(2);
@@ -83,7 +83,7 @@ const out = [];
 const p = (s = "") => out.push(s);
 p("# Benchmarks");
 p();
-p(`Measured by \`${versions.command}\` on ${versions.date}, commit ${versions.commit}. Every scenario ran ${runs} time(s) in one`);
+p(`Measured by \`${versions.command}\` on ${versions.date}, commit ${versions.commit}. Every scenario ran ${runs} in one`);
 p("run on one private PostgreSQL cluster on loopback, with the scenarios' cells interleaved round by round;");
 p("figures are medians with min-max, targets are ratios of medians from this same run. These machines are");
 p("noisy: compare the ratios, not the absolute numbers, with other runs.");
